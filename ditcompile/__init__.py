@@ -1,0 +1,13 @@
+"""ditaccel: a torch.compile backend for Diffusion Transformers.
+
+    pipe.transformer = torch.compile(pipe.transformer, backend="ditaccel",
+                                     options={"preset": "wan2.1"})
+
+The backend is registered through an entry point, so importing this package is optional.
+"""
+from .backend import ditaccel_backend
+from .config import ConfigError, DitConfig, available_presets, resolve_config
+from .explain import explain
+
+__version__ = "0.1.0"
+__all__ = ["ditaccel_backend", "explain", "resolve_config", "DitConfig", "ConfigError", "available_presets"]

@@ -1,0 +1,94 @@
+"""The `ditaccel` torch.compile backend: options -> config -> analysis -> passes -> Inductor.
+
+    torch.compile(model, backend="ditaccel", options={"preset": "wan2.1"})
+
+Registered through the `torch_dynamo_backends` entry point, so no import is needed. For each
+Dynamo graph:
+
+    1. `resolve_config(options)`        bad options raise ConfigError here, before any work
+    2. `analyze_graph(...)`             attention/linear sites, token grid, text segment
+    3. `PassManager.from_config(...)`   ordered passes edit a copy of the graph
+    4. the explain report is logged (INFO, logger "ditcompile") and handed to `explain()`
+    5. `compile_fx` (Inductor), or the rewritten graph itself with `compiler="eager"`
+
+If the analysis or a pass fails unexpectedly, the original graph is compiled unchanged and
+the report says why (`strict=True` in `ditaccel_backend` raises instead; tests use it).
+"""
+from __future__ import annotations
+
+import contextvars
+import copy
+import logging
+import traceback
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+from .config import DitConfig, resolve_config
+from .graph.analysis import analyze_graph
+from .graph.sites import GraphAnalysis
+from .passes.base import PassContext
+from .passes.manager import PassManager
+from .report import GraphReport
+
+log = logging.getLogger("ditcompile")
+
+# Reports of the graphs compiled inside an `explain()` call (context-local, not global state).
+_REPORT_SINK: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("ditaccel_report_sink", default=None)
+# Raise on internal failures instead of falling back (set by tests and `explain(strict=True)`).
+_STRICT: contextvars.ContextVar[bool] = contextvars.ContextVar("ditaccel_strict", default=False)
+
+
+def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, options: Any = None,
+                     mode: Optional[str] = None) -> Callable:
+    config = resolve_config(options)
+    report, compiled_gm = rewrite_graph(gm, example_inputs, config)
+    if config.report:
+        log.info("%s", report.format())
+    sink = _REPORT_SINK.get()
+    if sink is not None:
+        sink.append(report)
+    if config.compiler == "eager":
+        return compiled_gm.forward
+    return _inductor(compiled_gm, example_inputs, config, mode)
+
+
+def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig
+                  ) -> tuple[GraphReport, fx.GraphModule]:
+    """Run the analysis and passes on a copy of `gm`; return the report and the graph to run."""
+    graph_id = _graph_id()
+    manager = PassManager.from_config(config)
+    work = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    try:
+        analysis = analyze_graph(work, example_inputs, config.graph.token_grid, config.graph.text_position)
+        reports = manager.run(work, PassContext(config, analysis, example_inputs))
+    except Exception as err:  # never crash deep inside: keep the model's own computation
+        if _STRICT.get():
+            raise
+        log.warning("ditaccel: rewriting graph %s failed, compiling it unchanged:\n%s",
+                    graph_id, traceback.format_exc())
+        empty = GraphAnalysis([], [], None, None, None, None)
+        error = f"{type(err).__name__}: {err}"
+        return GraphReport(graph_id, empty, [], manager.names(), manager.uuid(), config.compiler,
+                           config.preset, error=error), gm
+    return GraphReport(graph_id, analysis, reports, manager.names(), manager.uuid(), config.compiler,
+                       config.preset), work
+
+
+def _graph_id() -> str:
+    try:
+        compile_id = torch._guards.CompileContext.current_compile_id()
+    except Exception:  # outside Dynamo (direct calls in tests)
+        compile_id = None
+    return str(compile_id) if compile_id is not None else "-"
+
+
+def _inductor(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig, mode: Optional[str]):
+    from torch._inductor.compile_fx import compile_fx
+
+    patches: dict = {}
+    if mode and mode != "default":
+        patches.update(torch._inductor.list_mode_options(mode))
+    patches.update(dict(config.inductor))
+    return compile_fx(gm, list(example_inputs), config_patches=patches or None)

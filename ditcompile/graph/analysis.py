@@ -1,0 +1,109 @@
+"""`analyze_graph`: one pass over a Dynamo graph producing the `GraphAnalysis` all passes share.
+
+Order: main input -> token grid (patch embedding, rotary meshgrid, or the `graph.token_grid`
+option) -> attention and linear sites -> per-site kind (self / cross / joint / spatial /
+temporal) and text segment.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+from .attention_match import find_attention_sites, projection_input
+from .fx_utils import example_value, static_shape
+from .joint import find_text_segment
+from .linear_match import find_linear_sites
+from .sites import CROSS, JOINT, SELF, SPATIAL, TEMPORAL, AttentionSite, GraphAnalysis, TextSegment, TokenGrid
+from .token_grid import discover_grid, discover_rope_grid, find_main_input, tokens_of_main_input
+
+
+def analyze_graph(
+    gm: fx.GraphModule,
+    example_inputs: Sequence,
+    token_grid: Optional[Sequence[int]] = None,
+    text_position: str = "auto",
+) -> GraphAnalysis:
+    """Describe every attention and linear site of `gm`.
+
+    token_grid: (frames, height, width) overriding discovery (a preset or user option).
+    text_position: "auto" (discover), "before"/"after" (override where a joint site's
+        text segment cannot be discovered), or "none" (the model has no joint attention).
+    """
+    graph = gm.graph
+    notes: list[str] = []
+    main = find_main_input(graph, example_inputs)
+    main_shape = static_shape(main) if main is not None else None
+    batch = main_shape[0] if main_shape else None
+    dynamic = any(isinstance(x, torch.SymInt) for x in example_inputs) or any(
+        static_shape(n) is not None and None in static_shape(n)
+        for n in graph.nodes if n.op == "placeholder" and example_value(n) is not None
+    )
+
+    grid = discover_grid(graph, main)
+    num_tokens = grid.num_tokens if grid else tokens_of_main_input(main)
+    if grid is None:
+        grid = discover_rope_grid(graph, num_tokens)
+    if token_grid is not None:
+        option_grid = TokenGrid(*(int(x) for x in token_grid), source="option graph.token_grid")
+        if grid is not None and grid.num_tokens != option_grid.num_tokens:
+            notes.append(f"graph.token_grid {option_grid.frames}x{option_grid.height}x{option_grid.width} "
+                         f"replaces the discovered grid {grid}")
+        grid = option_grid
+        num_tokens = grid.num_tokens
+    if main is None:
+        notes.append("no main latent input found (no placeholder named hidden_states/x/latents/sample)")
+    elif grid is None:
+        notes.append("token grid not discoverable (packed tokens with data-dependent positions?); "
+                     "set graph.token_grid = [frames, height, width] to enable grid-based passes")
+
+    sites = find_attention_sites(graph)
+    for site in sites:
+        _classify(site, grid, num_tokens, batch, text_position)
+    if not sites:
+        notes.append("no attention found in this graph")
+    return GraphAnalysis(
+        attention=sites, linear=find_linear_sites(graph, example_inputs), grid=grid,
+        num_video_tokens=num_tokens, batch=batch, main_input=main.name if main is not None else None,
+        notes=notes, dynamic=dynamic,
+    )
+
+
+def _classify(site: AttentionSite, grid: Optional[TokenGrid], num_tokens: Optional[int],
+              batch: Optional[int], text_position: str) -> None:
+    sq, skv = site.q_len, site.kv_len
+    if text_position != "none" and site.q is not None:
+        segment = find_text_segment(site.q, sq, num_tokens)
+        if segment is None and text_position in ("before", "after") and sq and num_tokens and sq > num_tokens:
+            segment = TextSegment(text_position, sq - num_tokens, "option graph.text_position")
+        elif segment is not None and text_position in ("before", "after") and segment.position != text_position:
+            segment = TextSegment(text_position, segment.length, "option graph.text_position")
+        if segment is not None and sq == skv:
+            site.kind, site.tokens, site.text = JOINT, "video+text", segment
+            return
+    if grid is not None and sq is not None and sq == skv and site.batch is not None and batch:
+        if grid.frames > 1 and sq == grid.height * grid.width and site.batch == batch * grid.frames:
+            site.kind, site.tokens = SPATIAL, "video"
+            return
+        if sq == grid.frames and site.batch == batch * grid.height * grid.width:
+            site.kind, site.tokens = TEMPORAL, "video"
+            return
+    same_stream = _same_projection_input(site)
+    if sq is not None and sq == skv and same_stream is not False:
+        site.kind = SELF
+    elif sq is None and same_stream:
+        site.kind = SELF
+    else:
+        site.kind = CROSS
+    if num_tokens and sq == num_tokens:
+        site.tokens = "video"
+    elif sq is not None:
+        site.tokens = "other"
+
+
+def _same_projection_input(site: AttentionSite) -> Optional[bool]:
+    q_in, k_in = projection_input(site.q), projection_input(site.k)
+    if q_in is None or k_in is None:
+        return None
+    return q_in is k_in

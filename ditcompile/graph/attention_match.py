@@ -1,0 +1,339 @@
+"""Find attention calls in a Dynamo FX graph and describe each as an `AttentionSite`.
+
+Two shapes of attention are recognised:
+
+    SDPA:    out = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0,
+                                                 is_causal=False, scale=None)
+    manual:  s = matmul(q, k.transpose(-2, -1)) [* scale | / d]      (or baddbmm(_, q, kT,
+             p = softmax(s[.float()], dim=-1)[.to(dtype)]                 beta=0, alpha=scale))
+             out = matmul(p, v)                                         (or bmm)
+
+q/k/v reached through `permute(0, 2, 1, 3)` / `transpose(1, 2)` of a [B, S, H, D] tensor make the
+site BSHD: the op then reads the [B, S, H, D] tensors directly. Manual attention on [B*H, S, D]
+(heads folded into the batch, as diffusers' legacy processors do) is described with
+`folded_heads=True` and the head count recovered from the reshape that folded it.
+
+Matching only reads the graph; a site that a pass must not replace is still returned, with
+`supported=False` and the reason, so the explain report can list it.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Optional
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .fx_utils import (
+    call_name,
+    dim_text,
+    dtype_of,
+    example_value,
+    is_function,
+    is_method,
+    node_arg,
+    normalize_dim,
+    shape_of,
+    static_int,
+)
+from .module_path import block_of, module_class, module_path
+from .sites import BHSD, BSHD, AttentionSite
+
+SDPA_TARGETS = {F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention}
+SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax, torch.Tensor.softmax}
+MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.bmm}
+BADDBMM_FUNCTIONS = {torch.baddbmm, torch.Tensor.baddbmm}
+CAST_METHODS = ("to", "float", "half", "bfloat16", "type_as", "type", "contiguous")
+DROPOUT_FUNCTIONS = {F.dropout, torch.dropout}
+
+
+def find_attention_sites(graph: fx.Graph) -> list[AttentionSite]:
+    """All attention calls in graph order (supported or not)."""
+    sites: list[AttentionSite] = []
+    for node in graph.nodes:
+        site = None
+        if is_function(node, *SDPA_TARGETS):
+            site = _match_sdpa(node, len(sites))
+        elif _is_softmax(node):
+            site = _match_manual(node, len(sites))
+        if site is not None:
+            sites.append(site)
+    return sites
+
+
+# ----------------------------------------------------------------------------- SDPA
+
+
+def _match_sdpa(node: fx.Node, index: int) -> AttentionSite:
+    q = node_arg(node, 0, "query")
+    k = node_arg(node, 1, "key")
+    v = node_arg(node, 2, "value")
+    mask = node_arg(node, 3, "attn_mask")
+    dropout_p = node_arg(node, 4, "dropout_p", 0.0)
+    is_causal = node_arg(node, 5, "is_causal", False)
+    scale = node_arg(node, 6, "scale")
+    enable_gqa = node_arg(node, 7, "enable_gqa", False)
+
+    site = _new_site(node, index, "sdpa", q, k, v, node)
+    site.has_mask = mask is not None
+    site.is_causal = bool(is_causal) if isinstance(is_causal, bool) else False
+    site.scale = float(scale) if isinstance(scale, (int, float)) else None
+    site.dropout_p = float(dropout_p) if isinstance(dropout_p, (int, float)) else float("nan")
+
+    if mask is not None:
+        site.unsupported("explicit attn_mask (kept as SDPA: masks are not part of the plan yet)")
+    if not isinstance(is_causal, bool):
+        site.unsupported("is_causal is computed at run time")
+    if scale is not None and not isinstance(scale, (int, float)):
+        site.unsupported("scale is a tensor computed at run time")
+    if not isinstance(dropout_p, (int, float)):
+        site.unsupported("dropout_p is computed at run time")
+    elif dropout_p > 0:
+        site.unsupported(f"dropout_p={dropout_p} (training-time dropout is not supported)")
+    if enable_gqa is True:
+        site.unsupported("enable_gqa=True (grouped-query attention)")
+    if site.supported:
+        _try_bshd(site)
+    return site
+
+
+def _try_bshd(site: AttentionSite) -> None:
+    """Read q/k/v before their permute to [B,H,S,D] when all three come from [B,S,H,D]."""
+    sources = [_bshd_source(n) for n in (site.q, site.k, site.v)]
+    if all(s is not None for s in sources):
+        site.q, site.k, site.v = sources
+        site.layout = BSHD
+
+
+def _bshd_source(node: fx.Node) -> Optional[fx.Node]:
+    """x when `node` is x.transpose(1, 2) / x.permute(0, 2, 1, 3) of a 4-D x, else None."""
+    if not isinstance(node, fx.Node) or len(node.args) < 1:
+        return None
+    src = node.args[0]
+    if not isinstance(src, fx.Node) or example_value(src) is None or example_value(src).dim() != 4:
+        return None
+    if is_method(node, "transpose") or is_function(node, torch.transpose):
+        dims = {normalize_dim(d, 4) for d in node.args[1:3]}
+        return src if dims == {1, 2} else None
+    if is_method(node, "permute") or is_function(node, torch.permute):
+        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:]
+        return src if tuple(normalize_dim(d, 4) for d in dims) == (0, 2, 1, 3) else None
+    return None
+
+
+# ----------------------------------------------------------------------------- manual
+
+
+def _is_softmax(node: fx.Node) -> bool:
+    return is_method(node, "softmax") or is_function(node, *SOFTMAX_FUNCTIONS)
+
+
+def _skip_casts_back(node: fx.Node) -> fx.Node:
+    while isinstance(node, fx.Node) and is_method(node, *CAST_METHODS) and len(node.users) == 1:
+        node = node.args[0]
+    return node
+
+
+def _single_chain_forward(node: fx.Node) -> tuple[Optional[fx.Node], list[fx.Node]]:
+    """Follow single-user casts/no-op dropouts after softmax to the P.V matmul."""
+    chain: list[fx.Node] = []
+    while True:
+        if len(node.users) != 1:
+            return None, chain
+        user = next(iter(node.users))
+        if is_method(user, *CAST_METHODS) or _is_noop_dropout(user):
+            chain.append(user)
+            node = user
+            continue
+        return user, chain
+
+
+def _is_noop_dropout(node: fx.Node) -> bool:
+    if not is_function(node, *DROPOUT_FUNCTIONS):
+        return False
+    p = node_arg(node, 1, "p", 0.5)
+    training = node_arg(node, 2, "training", True)
+    return (isinstance(p, (int, float)) and p == 0) or training is False
+
+
+def _is_matmul(node: fx.Node) -> bool:
+    return is_function(node, *MATMUL_FUNCTIONS) or is_method(node, "matmul", "bmm")
+
+
+def _is_baddbmm(node: fx.Node) -> bool:
+    return is_function(node, *BADDBMM_FUNCTIONS) or is_method(node, "baddbmm")
+
+
+def _key_from_transpose(kt: fx.Node) -> Optional[fx.Node]:
+    """k when kt is k.transpose(-2, -1) (any spelling of swapping the last two dims)."""
+    if not isinstance(kt, fx.Node) or not kt.args or not isinstance(kt.args[0], fx.Node):
+        return None
+    src = kt.args[0]
+    value = example_value(src)
+    if value is None:
+        return None
+    rank = value.dim()
+    if is_method(kt, "transpose") or is_function(kt, torch.transpose):
+        dims = {normalize_dim(d, rank) for d in kt.args[1:3]}
+        return src if dims == {rank - 2, rank - 1} else None
+    if is_method(kt, "permute") or is_function(kt, torch.permute):
+        dims = kt.args[1] if len(kt.args) == 2 and isinstance(kt.args[1], (list, tuple)) else kt.args[1:]
+        expect = tuple(range(rank - 2)) + (rank - 1, rank - 2)
+        return src if tuple(normalize_dim(d, rank) for d in dims) == expect else None
+    return None
+
+
+def _match_manual(softmax: fx.Node, index: int) -> Optional[AttentionSite]:
+    """Describe softmax(q @ k^T * scale) @ v around a softmax node; None if it is not attention."""
+    dim = node_arg(softmax, 1, "dim")
+    value = example_value(softmax)
+    if value is None or normalize_dim(dim, value.dim()) != value.dim() - 1:
+        return None
+    replaced = [softmax]
+
+    # backwards: softmax input -> [mask add] -> [scale] -> matmul(q, kT) / baddbmm
+    scores = _skip_casts_back(softmax.args[0])
+    has_mask = False
+    if (is_function(scores, operator.add, torch.add) or is_method(scores, "add")) and len(scores.users) == 1:
+        has_mask = True
+        scores = scores.args[0]
+    scale: Optional[float] = None
+    if (is_function(scores, operator.mul) or is_method(scores, "mul")) and len(scores.users) == 1:
+        a, b = scores.args[0], scores.args[1]
+        if isinstance(b, (int, float)) and isinstance(a, fx.Node):
+            scale, scores = float(b), a
+        elif isinstance(a, (int, float)) and isinstance(b, fx.Node):
+            scale, scores = float(a), b
+    elif (is_function(scores, operator.truediv) or is_method(scores, "div")) and len(scores.users) == 1:
+        if isinstance(scores.args[1], (int, float)) and isinstance(scores.args[0], fx.Node):
+            scale, scores = 1.0 / float(scores.args[1]), scores.args[0]
+    if not isinstance(scores, fx.Node):
+        return None
+
+    if _is_matmul(scores):
+        pattern, q, kt = "matmul-softmax-matmul", scores.args[0], scores.args[1]
+    elif _is_baddbmm(scores):
+        pattern, q, kt = "baddbmm-softmax-bmm", node_arg(scores, 1, "batch1"), node_arg(scores, 2, "batch2")
+        beta = scores.kwargs.get("beta", 1)
+        alpha = scores.kwargs.get("alpha", 1)
+        if not (isinstance(beta, (int, float)) and beta == 0):
+            has_mask = True  # baddbmm adds its first operand: an additive mask
+        if isinstance(alpha, (int, float)):
+            scale = float(alpha) * (scale if scale is not None else 1.0)
+        else:
+            return None
+    else:
+        return None
+    k = _key_from_transpose(kt)
+    pv, chain = _single_chain_forward(softmax)
+    if k is None or pv is None or not _is_matmul(pv) or pv.args[0] is not (chain[-1] if chain else softmax):
+        return None  # a softmax, but not the attention pattern we can describe
+    v = pv.args[1]
+    replaced += chain + [pv, scores, kt]
+    replaced += [n for n in softmax.args[0:1] if isinstance(n, fx.Node) and n is not scores]
+
+    site = _new_site(pv, index, pattern, q, k, v, pv)
+    site.scale = scale if scale is not None else 1.0
+    site.has_mask = has_mask
+    site.replaced = tuple(_between(scores, softmax)) + tuple(replaced)
+    if has_mask:
+        site.unsupported("additive attention mask (kept as written)")
+    if len(scores.users) != 1:
+        site.unsupported("attention scores are used elsewhere")
+    if example_value(q) is None or example_value(q).dim() not in (3, 4):
+        site.unsupported("q is not a 3-D or 4-D tensor")
+    return site
+
+
+def _between(start: fx.Node, end: fx.Node) -> list[fx.Node]:
+    """Nodes on the single-input chain from end back to start (exclusive of start)."""
+    out, node = [], end
+    while isinstance(node, fx.Node) and node is not start and node.args:
+        out.append(node)
+        node = node.args[0]
+    return out
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def _new_site(node, index, pattern, q, k, v, output) -> AttentionSite:
+    path = module_path(node)
+    block = block_of(path)
+    qv, kv, vv = example_value(q), example_value(k), example_value(v)
+    site = AttentionSite(
+        index=index, pattern=pattern, module_path=path, module_class=module_class(node),
+        block=block.path if block else None, block_index=block.index if block else None,
+        layout=BHSD, batch=None, heads=None, kv_heads=None, head_dim=None, value_dim=None,
+        q_len=None, kv_len=None, shape_text="?", scale=None, is_causal=False, has_mask=False,
+        dropout_p=0.0, dtype=str(dtype_of(q)).replace("torch.", ""), q=q, k=k, v=v, output=output,
+    )
+    if qv is None or kv is None or vv is None:
+        site.unsupported("q, k or v has no example value (not a tensor?)")
+        return site
+    if qv.dim() == 4:
+        b, h, sq, d = qv.shape
+        site.kv_heads = static_int(kv.shape[1])
+    elif qv.dim() == 3:
+        (b, sq, d), h = qv.shape, None
+        site.folded_heads = True
+        heads = _folded_heads(q, qv.shape)
+        site.heads, site.batch = heads, (static_int(b) // heads if heads and static_int(b) else None)
+    else:
+        site.unsupported(f"q has rank {qv.dim()} (expected 4-D [B,H,S,D] or 3-D [B*H,S,D])")
+        return site
+    skv, dv = kv.shape[-2], vv.shape[-1]
+    if not site.folded_heads:
+        site.batch, site.heads = static_int(b), static_int(h)
+    site.head_dim, site.value_dim = static_int(d), static_int(dv)
+    site.q_len, site.kv_len = static_int(sq), static_int(skv)
+    heads_text = dim_text(h) if h is not None else (str(site.heads) if site.heads else "?")
+    site.shape_text = (f"B={dim_text(b)}{'(xH)' if site.folded_heads else ''} H={heads_text} "
+                       f"Sq={dim_text(sq)} Skv={dim_text(skv)} D={dim_text(d)}")
+    if qv.dim() == 4 and static_int(d) is None:
+        site.unsupported("head dim is symbolic")
+    return site
+
+
+def _folded_heads(q: fx.Node, shape) -> Optional[int]:
+    """Heads of a [B*H, S, D] tensor, read from the 4-D [B, H, S, D] tensor it was reshaped from."""
+    bh, s, d = (static_int(x) for x in shape)
+    node = q
+    for _ in range(6):
+        if not isinstance(node, fx.Node) or not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        node = node.args[0]
+        src = shape_of(node)
+        if src is not None and len(src) == 4:
+            b4, h4, s4, d4 = (static_int(x) for x in src)
+            if None not in (b4, h4, bh) and b4 * h4 == bh and s4 == s and d4 == d:
+                return h4
+    return None
+
+
+def projection_input(node: fx.Node, limit: int = 80) -> Optional[fx.Node]:
+    """The tensor a q/k/v was projected from: the input of the nearest `linear` upstream.
+
+    Follows the first tensor argument (views, norms, rotary embeddings) and stops at a linear
+    layer or a concatenation. Two sites' q and k with the same projection input attend within
+    one stream (self/joint); different inputs mean cross-attention.
+    """
+    current = node
+    for _ in range(limit):
+        if not isinstance(current, fx.Node):
+            return None
+        if call_name(current) == "linear":
+            return current.args[0] if isinstance(current.args[0], fx.Node) else None
+        if call_name(current) == "cat":
+            return current
+        nxt = None
+        for arg in current.args:
+            if isinstance(arg, fx.Node) and example_value(arg) is not None:
+                nxt = arg
+                break
+        current = nxt
+    return None
+
+
+__all__ = ["find_attention_sites", "projection_input", "SDPA_TARGETS"]

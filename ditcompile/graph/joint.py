@@ -1,0 +1,47 @@
+"""Find where the text tokens sit in a joint (text + video) attention sequence.
+
+MM-DiT models concatenate the two streams along the sequence dimension before attention:
+
+    Flux, CogVideoX:     q = cat([q_text, q_video], dim=seq)     text *before* video
+    SD3, HunyuanVideo:   q = cat([q_video, q_text], dim=seq)     text *after* video
+
+Starting at a site's q, the nearest upstream `cat` along a sequence dimension whose output is
+the site's q length and one of whose two pieces is exactly the video tokens identifies the text
+segment (the other piece). For single-stream blocks (Flux) the `cat` sits before the first
+block and is reached through the residual stream.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.fx as fx
+
+from .fx_utils import call_name, static_shape, walk_back
+from .sites import TextSegment
+
+SEARCH_LIMIT = 400  # nodes visited per site: a block of a DiT has ~100 nodes
+
+
+def find_text_segment(q: fx.Node, q_len: Optional[int], num_video_tokens: Optional[int]) -> Optional[TextSegment]:
+    if not q_len or not num_video_tokens or q_len <= num_video_tokens:
+        return None
+    for node in walk_back(q, SEARCH_LIMIT):
+        if call_name(node) != "cat":
+            continue
+        pieces = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        out = static_shape(node)
+        if out is None or not isinstance(pieces, (list, tuple)) or len(pieces) != 2 or not isinstance(dim, int):
+            continue
+        dim = dim % len(out)
+        if dim in (0, len(out) - 1) or out[dim] != q_len:
+            continue
+        lengths = [(static_shape(p) or (None,) * len(out))[dim] for p in pieces]
+        if lengths[1] == num_video_tokens and lengths[0] is not None:
+            return TextSegment("before", lengths[0], f"cat at {node.name}")
+        if lengths[0] == num_video_tokens and lengths[1] is not None:
+            return TextSegment("after", lengths[1], f"cat at {node.name}")
+    return None
+
+
+__all__ = ["find_text_segment"]

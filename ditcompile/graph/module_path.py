@@ -1,0 +1,78 @@
+"""Module paths from `node.meta["nn_module_stack"]`, independent of the torch version's spelling.
+
+Dynamo spells the same submodule differently across releases:
+
+    torch 2.13: "L['self'].__dict__['_modules']['blocks'].0.attn1"
+    older:      "L['self'].blocks[0].attn1"   or   "L__self___blocks_0_attn1"
+
+`module_path(node)` turns all of them into the dotted path `model.named_modules()` uses,
+`blocks.0.attn1`, and `block_of(path)` finds the repeated-block container and index in it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import torch.fx as fx
+
+_TOKEN = re.compile(r"\['([^']*)'\]|\[\"([^\"]*)\"\]|\[(\d+)\]|\.?([A-Za-z_]\w*|\d+)")
+_SKIP = {"L", "self", "__dict__", "_modules", "getattr"}
+
+
+def normalize_module_path(raw: str) -> str:
+    """`"L['self'].__dict__['_modules']['blocks'].0.attn1"` -> `"blocks.0.attn1"`."""
+    if raw.startswith("L__self___"):  # flattened spelling of old releases; '_' is ambiguous
+        return raw[len("L__self___"):].replace("_", ".")
+    parts = []
+    for match in _TOKEN.finditer(raw):
+        token = next(g for g in match.groups() if g is not None)
+        if token in _SKIP:
+            continue
+        parts.append(token)
+    return ".".join(parts)
+
+
+def module_stack(node: fx.Node) -> list[tuple[str, str]]:
+    """[(dotted path, class name), ...] from the outermost to the innermost module."""
+    stack = node.meta.get("nn_module_stack") or {}
+    out = []
+    for value in stack.values():
+        raw, typ = value if isinstance(value, tuple) else (str(value), "")
+        type_name = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+        out.append((normalize_module_path(str(raw)), type_name.rsplit(".", 1)[-1]))
+    return out
+
+
+def module_path(node: fx.Node) -> str:
+    """Dotted path of the innermost module that made this node ('' at the model's top level)."""
+    stack = module_stack(node)
+    return stack[-1][0] if stack else ""
+
+
+def module_class(node: fx.Node) -> str:
+    stack = module_stack(node)
+    return stack[-1][1] if stack else ""
+
+
+_BLOCK = re.compile(r"^(?P<container>(?:[A-Za-z_]\w*\.)*?[A-Za-z_]\w*)\.(?P<index>\d+)(?:\.|$)")
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """A repeated block: `transformer_blocks.3` is container 'transformer_blocks', index 3."""
+
+    container: str
+    index: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.container}.{self.index}"
+
+
+def block_of(path: str) -> Optional[BlockRef]:
+    """The outermost `<container>.<int>` prefix of a module path, e.g. blocks.3.attn1 -> blocks.3."""
+    match = _BLOCK.match(path)
+    if not match:
+        return None
+    return BlockRef(match.group("container"), int(match.group("index")))

@@ -1,0 +1,102 @@
+"""Discover the video token grid (frames x height x width after patching) and the main input.
+
+The grid comes from the patch embedding applied to the model's main input:
+
+    conv3d on [B, C, F, H, W]            -> [B, D, F', H', W']        grid F' x H' x W'
+    conv2d on [B*F, C, H, W] (from 5-D)  -> [B*F, D, H', W']          grid F  x H' x W'
+    conv2d on [B, C, H, W] (an image)    -> [B, D, H', W']            grid 1  x H' x W'
+    meshgrid(arange(F), arange(H), arange(W)) with F*H*W == tokens     grid F  x H  x W
+        (rotary coordinates of models fed pre-patched tokens, e.g. LTX-Video)
+
+Models fed packed tokens with data-dependent positions (Flux's img_ids) have no discoverable
+grid; the token count is still known from the main input, and `graph.token_grid` sets the grid.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .fx_utils import is_function, static_shape, tensor_inputs, walk_back
+from .module_path import module_path
+from .sites import TokenGrid
+
+CONV3D = {F.conv3d, torch.conv3d}
+CONV2D = {F.conv2d, torch.conv2d}
+_MAIN_INPUT_NAMES = ("hidden_states", "x", "latents", "latent", "sample", "video", "img", "inputs")
+_NOT_MAIN = re.compile(r"encoder|text|context|prompt|caption|_buffers_|_parameters_|timestep|pooled|guidance|ids|mask|freqs|rotary")
+
+
+def _input_name(node: fx.Node) -> str:
+    """'hidden_states' from Dynamo's placeholder names 'l_kwargs_hidden_states_' / 'l_hidden_states_'."""
+    name = re.sub(r"^l_(kwargs_|args_)?", "", node.name)
+    return re.sub(r"_+\d*$", "", name)
+
+
+def find_main_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[fx.Node]:
+    """The placeholder carrying the noisy latents (the first forward argument of a DiT)."""
+    candidates = []
+    for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
+        value = example_inputs[i] if i < len(example_inputs) else None
+        if not isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Parameter):
+            continue
+        if value.dim() < 3 or _NOT_MAIN.search(node.name):
+            continue
+        name = _input_name(node)
+        rank = _MAIN_INPUT_NAMES.index(name) if name in _MAIN_INPUT_NAMES else len(_MAIN_INPUT_NAMES)
+        candidates.append((rank, i, node))
+    return min(candidates)[2] if candidates else None
+
+
+def _depends_on(node: fx.Node, target: fx.Node, limit: int = 40) -> bool:
+    return any(n is target for n in walk_back(node, limit))
+
+
+def discover_grid(graph: fx.Graph, main_input: Optional[fx.Node]) -> Optional[TokenGrid]:
+    if main_input is None:
+        return None
+    main_shape = static_shape(main_input) or ()
+    batch = main_shape[0] if main_shape else None
+    for node in graph.nodes:
+        conv3d, conv2d = is_function(node, *CONV3D), is_function(node, *CONV2D)
+        if not (conv3d or conv2d) or not _depends_on(node.args[0], main_input):
+            continue
+        out = static_shape(node)
+        if out is None or None in out:
+            return None  # dynamic spatial size: no static grid
+        where = module_path(node) or "the model's top level"
+        if conv3d and len(out) == 5:
+            return TokenGrid(out[2], out[3], out[4], f"conv3d patch embedding at {where}")
+        if conv2d and len(out) == 4:
+            if len(main_shape) == 5 and batch and out[0] % batch == 0:
+                return TokenGrid(out[0] // batch, out[2], out[3], f"conv2d patch embedding per frame at {where}")
+            if len(main_shape) == 4:
+                return TokenGrid(1, out[2], out[3], f"conv2d patch embedding at {where}")
+    return None
+
+
+def discover_rope_grid(graph: fx.Graph, num_tokens: Optional[int]) -> Optional[TokenGrid]:
+    """Grid from `meshgrid(arange(F), arange(H), arange(W))` rotary coordinates."""
+    if not num_tokens:
+        return None
+    for node in graph.nodes:
+        if not is_function(node, torch.meshgrid, torch.functional.meshgrid):
+            continue
+        axes = [static_shape(a) for a in tensor_inputs(node)]
+        if len(axes) == 3 and all(a is not None and len(a) == 1 for a in axes):
+            f, h, w = (a[0] for a in axes)
+            if None not in (f, h, w) and f * h * w == num_tokens:
+                return TokenGrid(f, h, w, f"rotary meshgrid at {module_path(node) or 'top level'}")
+    return None
+
+
+def tokens_of_main_input(main_input: Optional[fx.Node]) -> Optional[int]:
+    """Sequence length of a main input that is already a token sequence [B, S, C]."""
+    shape = static_shape(main_input) if main_input is not None else None
+    return shape[1] if shape is not None and len(shape) == 3 else None
+
+
+__all__ = ["find_main_input", "discover_grid", "discover_rope_grid", "tokens_of_main_input"]

@@ -1,0 +1,253 @@
+"""Pure-torch references for the attention and quantization kernels.
+
+These compute *exactly the same function* as the Triton kernels and serve two purposes:
+the ground truth for the tests (run them on float64 inputs), and the CPU fallback.
+
+Semantics shared with ``flash_attention.py``:
+
+* ``mask`` is a :class:`BlockSparseMask` (or None for dense attention); it is expanded to
+  token level including ragged last blocks and the dense text rows/columns
+  (:func:`token_mask`).
+* Softmax is over the allowed keys of each query row; a row with **no** allowed key
+  outputs zeros (never NaN).
+* ``layout`` is ``"bhsd"`` (``[B, H, S, D]``) or ``"bshd"`` (``[B, S, H, D]``); the
+  output has q's layout.
+
+The int8 path (``int8_attention_reference``) emulates the kernel's quantization:
+per-block int8 Q and smoothed K (:func:`quantize_int8_per_block_reference`), exact integer
+QK^T, and P.V either in FP8 e4m3 (P scaled by 448, V per-channel,
+:func:`quantize_fp8_per_channel_reference`) or in V's 16-bit dtype.  It differs from the
+kernel in one respect only: the kernel quantizes P against the *running* row maximum of its
+online softmax, the emulation against the final row maximum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .block_mask import BlockSparseMask
+
+__all__ = [
+    "FP8_E4M3_MAX",
+    "P_FP8_SCALE",
+    "token_mask",
+    "sparse_attention_reference",
+    "smooth_k_mean_reference",
+    "quantize_int8_per_block_reference",
+    "quantize_fp8_per_channel_reference",
+    "int8_attention_reference",
+]
+
+FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+P_FP8_SCALE = 448.0  # P in [0, 1] is multiplied by this before the FP8 cast
+INT8_MAX = 127.0
+
+_LAYOUTS = ("bhsd", "bshd")
+
+
+# ---------------------------------------------------------------------- layout helpers
+
+
+def to_bhsd(x: Tensor, layout: str) -> Tensor:
+    """View ``x`` as ``[B, H, S, D]`` (no copy)."""
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+    return x if layout == "bhsd" else x.transpose(1, 2)
+
+
+def from_bhsd(x: Tensor, layout: str) -> Tensor:
+    """Inverse of :func:`to_bhsd`."""
+    return to_bhsd(x, layout)
+
+
+# ---------------------------------------------------------------------- masks
+
+
+def token_mask(mask: BlockSparseMask, q_start: int = 0, q_end: int | None = None) -> Tensor:
+    """Token-level mask of query rows ``[q_start, q_end)``: bool ``[B|1, H|1, rows, kv_len]``."""
+    q_end = mask.q_len if q_end is None else q_end
+    rows = torch.arange(q_start, q_end, device=mask.device)  # [R]
+    cols = torch.arange(mask.kv_len, device=mask.device)  # [N]
+    blocks = mask.to_dense_block_mask()  # [B, H, NQB, NKB]
+    allowed = blocks[:, :, rows // mask.block_m][..., cols // mask.block_n]  # [B, H, R, N]
+    if mask.dense_q_range is not None:
+        start, end = mask.dense_q_range
+        allowed = allowed | ((rows >= start) & (rows < end))[:, None]
+    if mask.dense_kv_range is not None:
+        start, end = mask.dense_kv_range
+        allowed = allowed | ((cols >= start) & (cols < end))[None, :]
+    return allowed
+
+
+def _masked_softmax_pv(scores: Tensor, allowed: Tensor | None, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """scores [B,H,R,N] (already scaled), allowed broadcastable bool, v [B,H,N,D].
+
+    Returns (probabilities relative to the row max [B,H,R,N], row sums [B,H,R], row max).
+    Rows with no allowed key get p == 0 and row sum 0.
+    """
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)
+    p = torch.exp(scores - row_max)
+    return p, p.sum(dim=-1), row_max
+
+
+def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
+    """num [B,H,R,D] / den [B,H,R], with 0 where den == 0 (empty rows)."""
+    den = den[..., None]
+    return torch.where(den == 0, torch.zeros_like(num), num / torch.where(den == 0, torch.ones_like(den), den))
+
+
+def _row_chunk(q_len: int, kv_len: int, batch_heads: int, budget: int = 1 << 25) -> int:
+    """Query rows per chunk so that one [B, H, rows, kv_len] score tensor stays ~budget elements."""
+    return max(1, min(max(q_len, 1), budget // max(1, kv_len * batch_heads)))
+
+
+def _check_reference_inputs(q: Tensor, k: Tensor, v: Tensor, mask: BlockSparseMask | None, layout: str) -> None:
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be 4-D")
+    if mask is not None:
+        qb, kb = to_bhsd(q, layout), to_bhsd(k, layout)
+        if (mask.q_len, mask.kv_len) != (qb.shape[2], kb.shape[2]):
+            raise ValueError(
+                f"mask describes q_len={mask.q_len}, kv_len={mask.kv_len} but the inputs have "
+                f"q_len={qb.shape[2]}, kv_len={kb.shape[2]}"
+            )
+
+
+# ---------------------------------------------------------------------- attention
+
+
+def sparse_attention_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: BlockSparseMask | None = None,
+    *,
+    scale: float | None = None,
+    layout: str = "bhsd",
+) -> Tensor:
+    """Block-sparse attention in plain torch; same function as ``sparse_flash_attention``.
+
+    Computes in float64 for float64 inputs and float32 otherwise; returns q's dtype and
+    layout.  Processes query rows in chunks so memory stays bounded.
+    """
+    _check_reference_inputs(q, k, v, mask, layout)
+    qb, kb, vb = (to_bhsd(t, layout) for t in (q, k, v))  # [B, H, S, D]
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale = 1.0 / math.sqrt(qb.shape[-1]) if scale is None else scale
+    q_len, kv_len = qb.shape[2], kb.shape[2]
+    out = torch.empty(*qb.shape[:3], vb.shape[-1], dtype=compute, device=q.device)  # [B, H, Sq, D]
+    kc, vc = kb.to(compute), vb.to(compute)
+    chunk = _row_chunk(q_len, kv_len, qb.shape[0] * qb.shape[1])
+    for start in range(0, q_len, chunk):
+        end = min(start + chunk, q_len)
+        scores = torch.matmul(qb[:, :, start:end].to(compute), kc.transpose(-1, -2)) * scale  # [B,H,R,N]
+        allowed = None if mask is None else token_mask(mask, start, end)
+        p, row_sum, _ = _masked_softmax_pv(scores, allowed, vc)
+        out[:, :, start:end] = _safe_divide(torch.matmul(p, vc), row_sum)
+    return from_bhsd(out.to(q.dtype), layout)
+
+
+# ---------------------------------------------------------------------- quantization
+
+
+def smooth_k_mean_reference(k: Tensor, layout: str = "bhsd") -> Tensor:
+    """K's mean over the sequence per (b, h, channel): float32 ``[B, H, D]``.
+
+    Subtracting it from every key shifts each score row by a constant, which softmax ignores,
+    and removes the per-channel offset that would otherwise dominate the int8 range.
+    """
+    return to_bhsd(k, layout).mean(dim=2, dtype=torch.float32)
+
+
+def quantize_int8_per_block_reference(
+    x: Tensor, block: int, *, layout: str = "bhsd", mean: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 quantization with one scale per ``block`` rows of the sequence.
+
+    x: [B, H, S, D] (or [B, S, H, D] for layout "bshd"); mean: optional float32 [B, H, D]
+    subtracted first (K smoothing).
+    Returns (int8 ``[B, H, S, D]`` contiguous, float32 scales ``[B, H, ceil(S / block)]``)
+    with ``x - mean ~= x_int8 * scale`` blockwise.  Rounding is half away from zero.
+    """
+    xb = to_bhsd(x, layout).to(torch.float32)  # [B, H, S, D]
+    if mean is not None:
+        xb = xb - mean[:, :, None, :]
+    batch, heads, seq, dim = xb.shape
+    nblocks = -(-seq // block)
+    padded = torch.nn.functional.pad(xb, (0, 0, 0, nblocks * block - seq))  # [B, H, NB*block, D]
+    blocks = padded.view(batch, heads, nblocks, block * dim)
+    amax = blocks.abs().amax(dim=-1)  # [B, H, NB]
+    scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
+    scaled = blocks / scale[..., None]
+    rounded = torch.where(scaled >= 0, scaled + 0.5, scaled - 0.5).trunc()
+    x_int8 = rounded.to(torch.int8).view(batch, heads, nblocks * block, dim)[:, :, :seq]
+    return x_int8.contiguous(), scale.contiguous()
+
+
+def quantize_fp8_per_channel_reference(v: Tensor, *, layout: str = "bhsd") -> tuple[Tensor, Tensor]:
+    """FP8 e4m3 quantization of V with one scale per (b, h, channel) over the sequence.
+
+    Returns (float8_e4m3fn ``[B, H, D, S]``, i.e. transposed so the sequence is contiguous,
+    float32 scales ``[B, H, D]``) with ``v ~= v_fp8.mT * scale``.
+    """
+    vb = to_bhsd(v, layout).to(torch.float32)  # [B, H, S, D]
+    amax = vb.abs().amax(dim=2)  # [B, H, D]
+    scale = torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.ones_like(amax))
+    v_fp8 = (vb / scale[:, :, None, :]).to(torch.float8_e4m3fn)
+    return v_fp8.transpose(2, 3).contiguous(), scale.contiguous()
+
+
+def int8_attention_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: BlockSparseMask | None = None,
+    *,
+    scale: float | None = None,
+    layout: str = "bhsd",
+    block_m: int = 128,
+    block_n: int = 64,
+    pv_fp8: bool = False,
+) -> Tensor:
+    """Emulation of the int8 kernel path (same quantization), in float64.
+
+    ``block_m`` / ``block_n``: rows of Q / K sharing one int8 scale (the kernel's tile sizes).
+    ``pv_fp8``: P.V in FP8 e4m3 (P * 448, V per-channel) instead of V's dtype.
+    Returns q's dtype and layout.
+    """
+    _check_reference_inputs(q, k, v, mask, layout)
+    qb, vb = to_bhsd(q, layout), to_bhsd(v, layout)
+    scale = 1.0 / math.sqrt(qb.shape[-1]) if scale is None else scale
+    q_int8, q_scale = quantize_int8_per_block_reference(q, block_m, layout=layout)
+    k_mean = smooth_k_mean_reference(k, layout)
+    k_int8, k_scale = quantize_int8_per_block_reference(k, block_n, layout=layout, mean=k_mean)
+    q_len, kv_len = q_int8.shape[2], k_int8.shape[2]
+    f64 = torch.float64
+    # Exact integer products (|sum| < 2^53), then the two block scales.
+    scores = torch.matmul(q_int8.to(f64), k_int8.to(f64).transpose(-1, -2))  # [B, H, Sq, Skv]
+    scores = scores * q_scale.to(f64).repeat_interleave(block_m, dim=-1)[..., :q_len, None]
+    scores = scores * k_scale.to(f64).repeat_interleave(block_n, dim=-1)[..., None, :kv_len]
+    scores = scores * scale
+    allowed = None if mask is None else token_mask(mask)
+    if pv_fp8:
+        v_fp8, v_scale = quantize_fp8_per_channel_reference(v, layout=layout)
+        v_pv = v_fp8.transpose(2, 3).to(f64)  # [B, H, Skv, D], in units of v_scale
+    else:
+        v_pv = vb.to(f64)
+    p, row_sum, _ = _masked_softmax_pv(scores.to(torch.float32), allowed, v_pv)  # fp32 P like the kernel
+    if pv_fp8:
+        p_pv = (p * P_FP8_SCALE).to(torch.float8_e4m3fn).to(f64)
+        out = torch.matmul(p_pv, v_pv) * (v_scale.to(f64)[:, :, None, :] / P_FP8_SCALE)
+    else:
+        p_pv = p.to(vb.dtype if vb.dtype in (torch.float16, torch.bfloat16) else torch.float32).to(f64)
+        out = torch.matmul(p_pv, v_pv)
+    out = _safe_divide(out, row_sum.to(f64))
+    return from_bhsd(out.to(q.dtype), layout)

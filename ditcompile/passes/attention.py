@@ -1,0 +1,123 @@
+"""Attention rewrite pass: each supported attention site becomes one `ditaccel::attention` call.
+
+Before (diffusers' dispatch, q/k/v in [B, S, H, D]):
+
+    q_t = q.permute(0, 2, 1, 3); k_t = ...; v_t = ...                 # [B, H, S, D]
+    out = F.scaled_dot_product_attention(q_t, k_t, v_t, attn_mask=None, dropout_p=0.0,
+                                         is_causal=False, scale=None)
+    out_t = out.permute(0, 2, 1, 3)                                    # [B, S, H, D]
+
+After (reads [B, S, H, D] directly, writes [B, S, H, D]):
+
+    out_t = torch.ops.ditaccel.attention(q, k, v, layout="bshd", scale=None,
+                                         is_causal=False, plan='{"method":"dense",...}')
+
+Hand-written attention (`softmax(q @ k.transpose(-2, -1) * s) @ v`, or baddbmm/bmm on
+[B*H, S, D]) becomes the same op with the matched scale (3-D operands get a unit head dim).
+
+The plan is built here, in one place, so later planners (sparse masks, 8-bit attention) only
+add fields to it. Sites the analysis marked unsupported, or that `attention.skip` names, keep
+their original computation and get a KEPT decision with the reason.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+import torch.fx as fx
+from torch._guards import detect_fake_mode
+
+from ..graph.fx_utils import erase_if_unused, example_value, is_function, is_method, normalize_dim
+from ..graph.sites import BSHD, AttentionSite
+from ..kernels.ops import attention_op
+from ..plan import AttentionPlan
+from .base import KEPT, REWRITTEN, DitPass, PassContext, PassReport, SiteDecision
+
+
+class AttentionRewritePass(DitPass):
+    name = "attention"
+    config_section = "attention"
+
+    def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> PassReport:
+        report = self.report()
+        skip = [re.compile(p) for p in self.config.attention.skip]
+        fake_mode = detect_fake_mode(list(ctx.example_inputs))
+        for site in ctx.analysis.attention:
+            if not site.supported:
+                report.decisions.append(SiteDecision(site.index, site.module_path, KEPT, reason=site.reason))
+                continue
+            if any(p.fullmatch(site.module_path) for p in skip):
+                report.decisions.append(SiteDecision(site.index, site.module_path, KEPT,
+                                                     reason="matched attention.skip"))
+                continue
+            plan = self.plan_for(site)
+            _rewrite(gm.graph, site, plan, fake_mode)
+            report.decisions.append(SiteDecision(site.index, site.module_path, REWRITTEN, plan=plan.describe()))
+        return report
+
+    def plan_for(self, site: AttentionSite) -> AttentionPlan:
+        return AttentionPlan(method="dense", backend="sdpa", site=site.module_path)
+
+
+def _rewrite(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan, fake_mode) -> None:
+    old = site.output
+    with graph.inserting_before(old):
+        q, k, v = site.q, site.k, site.v
+        if site.folded_heads:  # [B*H, S, D] -> [B*H, 1, S, D]
+            q, k, v = (_add_node(graph, old, "call_method", "unsqueeze", (t, 1), fake_mode) for t in (q, k, v))
+        new = _add_node(graph, old, "call_function", attention_op,
+                        (q, k, v, site.layout, site.scale, site.is_causal, plan.to_json()), fake_mode)
+        if site.folded_heads:
+            new = _add_node(graph, old, "call_method", "squeeze", (new, 1), fake_mode)
+    if site.layout == BSHD:
+        _replace_bhsd_output(graph, old, new, fake_mode)
+    else:
+        old.replace_all_uses_with(new)
+    erase_if_unused(graph, [old, *site.replaced, *_inputs_of(old)])
+    site.output = new
+
+
+def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode) -> None:
+    """`old` was [B,H,S,D]; `new` is [B,S,H,D]. Users that permuted back now read `new`."""
+    bhsd_view: Optional[fx.Node] = None
+    for user in list(old.users):
+        if _is_seq_head_swap(user):
+            user.replace_all_uses_with(new)
+            graph.erase_node(user)
+            continue
+        if bhsd_view is None:
+            with graph.inserting_after(new):
+                bhsd_view = _add_node(graph, old, "call_method", "transpose", (new, 1, 2), fake_mode)
+        user.replace_input_with(old, bhsd_view)
+
+
+def _is_seq_head_swap(node: fx.Node) -> bool:
+    """node is x.transpose(1, 2) or x.permute(0, 2, 1, 3) of a 4-D x."""
+    if is_method(node, "transpose") or is_function(node, torch.transpose):
+        return {normalize_dim(d, 4) for d in node.args[1:3]} == {1, 2}
+    if is_method(node, "permute") or is_function(node, torch.permute):
+        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:]
+        return tuple(normalize_dim(d, 4) for d in dims) == (0, 2, 1, 3)
+    return False
+
+
+def _inputs_of(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.all_input_nodes]
+
+
+def _add_node(graph: fx.Graph, like: fx.Node, op: str, target, args: tuple, fake_mode) -> fx.Node:
+    """A new node with `like`'s module stack (later passes read it) and a fake example value."""
+    node = graph.create_node(op, target, args)
+    for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
+        if key in like.meta:
+            node.meta[key] = like.meta[key]
+    if fake_mode is not None:
+        values = [example_value(a) if isinstance(a, fx.Node) else a for a in args]
+        if all(v is not None for v in values):
+            with fake_mode:
+                if op == "call_method":
+                    node.meta["example_value"] = getattr(values[0], target)(*values[1:])
+                else:
+                    node.meta["example_value"] = target(*values)
+    return node

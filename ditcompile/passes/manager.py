@@ -1,0 +1,44 @@
+"""The pass manager: an ordered list of passes chosen by the config.
+
+Order matters and is fixed here, not by registration side effects:
+
+    1. attention   every supported attention site -> ditaccel::attention with its plan
+    (later: linear quantization, step cache (splits the graph: must run last), sequence parallel)
+
+`PassManager.from_config(config)` keeps the passes whose config section is enabled.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch.fx as fx
+
+from ..config import DitConfig
+from .attention import AttentionRewritePass
+from .base import DitPass, PassContext, PassReport
+
+PIPELINE: tuple[type[DitPass], ...] = (AttentionRewritePass,)
+
+
+class PassManager:
+    def __init__(self, passes: list[DitPass]):
+        self.passes = passes
+
+    @classmethod
+    def from_config(cls, config: DitConfig) -> "PassManager":
+        return cls([p(config) for p in PIPELINE if p.enabled(config)])
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> list[PassReport]:
+        reports = []
+        for p in self.passes:
+            reports.append(p(gm, ctx))
+            gm.graph.lint()
+        gm.recompile()
+        return reports
+
+    def uuid(self) -> str:
+        joined = ",".join(f"{p.name}:{p.uuid()}" for p in self.passes)
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]

@@ -1,0 +1,124 @@
+"""The explain report: what the analysis found in a graph and what each pass did with it."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .graph.sites import GraphAnalysis
+from .passes.base import KEPT, REWRITTEN, PassReport
+
+
+@dataclass
+class GraphReport:
+    """Report of one Dynamo graph (a model with graph breaks gives several)."""
+
+    graph_id: str
+    analysis: GraphAnalysis
+    passes: list[PassReport]
+    pipeline: list[str]
+    pipeline_uuid: str
+    compiler: str
+    preset: Optional[str]
+    error: Optional[str] = None   # set when the passes failed and the graph ran unchanged
+    notes: list[str] = field(default_factory=list)
+
+    def decision_for(self, site_index: int):
+        """The last pass decision about an attention site (None if no pass looked at it)."""
+        found = None
+        for report in self.passes:
+            for decision in report.decisions:
+                if decision.site_index == site_index:
+                    found = decision
+        return found
+
+    def rows(self) -> list[dict]:
+        rows = []
+        for site in self.analysis.attention:
+            decision = self.decision_for(site.index)
+            if decision is not None and decision.action == REWRITTEN:
+                plan, note = decision.plan, ""
+            elif decision is not None:
+                plan, note = "original", decision.reason or ""
+            else:
+                plan = "original"
+                note = site.reason if not site.supported else ("no pass ran" if self.error is None else "passes failed")
+            text = ""
+            if site.text is not None:
+                text = f"text {site.text.position} ({site.text.length})"
+            rows.append({
+                "index": site.index, "module": site.module_path or "<top>", "kind": site.kind,
+                "tokens": site.tokens, "text": text, "pattern": site.pattern, "layout": site.layout,
+                "shape": site.shape_text, "dtype": site.dtype, "plan": plan, "note": note,
+            })
+        return rows
+
+    def format(self) -> str:
+        a = self.analysis
+        rewritten = sum(r.rewritten for r in self.passes)
+        lines = [
+            f"ditaccel graph {self.graph_id}: preset={self.preset or '-'} compiler={self.compiler} "
+            f"passes={self.pipeline or ['none']} (uuid {self.pipeline_uuid})",
+            f"  token grid: {a.grid if a.grid else 'unknown'}; video tokens: {a.num_video_tokens or '?'}; "
+            f"batch: {a.batch or '?'}{'; dynamic shapes' if a.dynamic else ''}",
+            f"  attention sites: {len(a.attention)} found, {rewritten} rewritten, "
+            f"{len(a.attention) - rewritten} kept; linear sites: {len(a.linear)} "
+            f"({sum(s.in_features * s.out_features for s in a.linear):,} weights)",
+        ]
+        for note in [*a.notes, *self.notes, *(n for r in self.passes for n in r.notes)]:
+            lines.append(f"  note: {note}")
+        if self.error:
+            lines.append(f"  ERROR: {self.error} -- the graph runs unchanged")
+        rows = self.rows()
+        if rows:
+            cols = ["index", "module", "kind", "text", "pattern", "layout", "shape", "plan", "note"]
+            heads = ["#", "module", "kind", "text", "pattern", "layout", "shape", "plan", "why kept"]
+            table = [heads] + [[str(r[c]) for c in cols] for r in rows]
+            widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+            for j, row in enumerate(table):
+                lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+                if j == 0:
+                    lines.append("  " + "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        a = self.analysis
+        return {
+            "graph_id": self.graph_id, "preset": self.preset, "compiler": self.compiler,
+            "pipeline": self.pipeline, "pipeline_uuid": self.pipeline_uuid, "error": self.error,
+            "grid": dataclasses.asdict(a.grid) if a.grid else None,
+            "num_video_tokens": a.num_video_tokens, "batch": a.batch, "dynamic": a.dynamic,
+            "notes": [*a.notes, *self.notes],
+            "attention": self.rows(),
+            "linear": [{"module": s.module_path, "in": s.in_features, "out": s.out_features,
+                        "tokens": s.tokens, "bias": s.has_bias} for s in a.linear],
+        }
+
+
+@dataclass
+class Explanation:
+    """Reports of every graph compiled during one `explain()` call."""
+
+    graphs: list[GraphReport]
+
+    @property
+    def sites(self):
+        return [s for g in self.graphs for s in g.analysis.attention]
+
+    @property
+    def rewritten(self) -> int:
+        return sum(r.rewritten for g in self.graphs for r in g.passes)
+
+    def format(self) -> str:
+        if not self.graphs:
+            return "ditaccel: no graph was compiled (the model ran entirely in eager mode?)"
+        head = f"ditaccel explain: {len(self.graphs)} graph(s)"
+        if len(self.graphs) > 1:
+            head += " -- the model has graph breaks; each graph is compiled and reported separately"
+        return "\n".join([head, *(g.format() for g in self.graphs)])
+
+    def to_dict(self) -> dict:
+        return {"graphs": [g.to_dict() for g in self.graphs]}
+
+
+__all__ = ["GraphReport", "Explanation", "KEPT", "REWRITTEN"]
