@@ -12,7 +12,7 @@ Dynamo graph:
     5. `compile_fx` (Inductor), or the rewritten graph itself with `compiler="eager"`
 
 If the analysis or a pass fails unexpectedly, the original graph is compiled unchanged and
-the report says why (`strict=True` in `ditaccel_backend` raises instead; tests use it).
+the report says why (option `strict=True` raises instead; tests use it).
 """
 from __future__ import annotations
 
@@ -36,8 +36,6 @@ log = logging.getLogger("ditcompile")
 
 # Reports of the graphs compiled inside an `explain()` call (context-local, not global state).
 _REPORT_SINK: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("ditaccel_report_sink", default=None)
-# Raise on internal failures instead of falling back (set by tests and `explain(strict=True)`).
-_STRICT: contextvars.ContextVar[bool] = contextvars.ContextVar("ditaccel_strict", default=False)
 
 
 def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, options: Any = None,
@@ -64,7 +62,7 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Dit
         analysis = analyze_graph(work, example_inputs, config.graph.token_grid, config.graph.text_position)
         reports = manager.run(work, PassContext(config, analysis, example_inputs))
     except Exception as err:  # never crash deep inside: keep the model's own computation
-        if _STRICT.get():
+        if config.strict:
             raise
         log.warning("ditaccel: rewriting graph %s failed, compiling it unchanged:\n%s",
                     graph_id, traceback.format_exc())

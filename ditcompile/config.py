@@ -64,6 +64,8 @@ class DitConfig:
     """"inductor" compiles the rewritten graph; "eager" runs it as is (debugging, explain)."""
     report: bool = True
     """Log the explain report at INFO level on the 'ditcompile' logger."""
+    strict: bool = False
+    """Raise when the analysis or a pass fails, instead of compiling the graph unchanged."""
     inductor: tuple[tuple[str, Any], ...] = ()
     """Inductor config patches, e.g. {"max_autotune": True} (keys of torch._inductor.config)."""
     graph: GraphConfig = GraphConfig()

@@ -14,17 +14,17 @@ from typing import Any
 
 import torch
 
-from .backend import _REPORT_SINK, _STRICT, ditaccel_backend
+from .backend import _REPORT_SINK, ditaccel_backend
 from .config import resolve_config
 from .report import Explanation
 
 
 def explain(model: Any, *args: Any, options: Any = None, strict: bool = False, fullgraph: bool = False,
             dynamic: Any = None, **kwargs: Any) -> Explanation:
-    config = dataclasses.replace(resolve_config(options), compiler="eager", report=False)
+    config = resolve_config(options)
+    config = dataclasses.replace(config, compiler="eager", report=False, strict=strict or config.strict)
     reports: list = []
     sink_token = _REPORT_SINK.set(reports)
-    strict_token = _STRICT.set(strict)
     try:
         compiled = torch.compile(model, backend=lambda gm, ex: ditaccel_backend(gm, ex, options=config),
                                  fullgraph=fullgraph, dynamic=dynamic)
@@ -32,5 +32,4 @@ def explain(model: Any, *args: Any, options: Any = None, strict: bool = False, f
             compiled(*args, **kwargs)
     finally:
         _REPORT_SINK.reset(sink_token)
-        _STRICT.reset(strict_token)
     return Explanation(reports)

@@ -133,6 +133,7 @@ __all__ = [
     "TINY_MODELS",
     "get_tiny_model",
     "list_tiny_models",
+    "normalize_module_path",
     "run_model",
 ]
 
@@ -161,7 +162,11 @@ class Expected:
             video/image tokens, or ``None`` if the model has no joint attention.
         attention: ``{module-path regex: kind}`` for every attention module that attends over
             video/image tokens; kind is one of :data:`ATTENTION_KINDS`.  Regexes are matched with
-            ``re.fullmatch`` against names from ``model.named_modules()``.
+            ``re.fullmatch`` against names from ``model.named_modules()``.  Token counts per
+            kind: self ``Sq = Sk = F*H*W``; cross ``Sq = F*H*W, Sk = text`` (per frame, batch
+            ``B*F`` and ``Sq = H*W``, in models that also have spatial attention, i.e. Latte);
+            joint ``Sq = Sk = F*H*W + text``; spatial ``Sq = Sk = H*W`` with batch ``B*F``;
+            temporal ``Sq = Sk = F`` with batch ``B*H*W``.
         aux_attention: ``{module-path regex: kind}`` for attention that never touches the
             video/image tokens (kind in :data:`AUX_ATTENTION_KINDS`): HunyuanVideo's text token
             refiner (``"text_self"``), Mochi's caption attention pool (``"pool"``).
@@ -170,9 +175,10 @@ class Expected:
             or ``"BSC"`` (already patchified/packed tokens: LTX-Video, Flux).
         output_matches_input: whether the main output has the latent's shape.
         attention_impl: ``"sdpa"`` (``F.scaled_dot_product_attention``) or ``"manual"``.
-        fullgraph: whether ``torch.compile(model, fullgraph=True)`` traces with no graph break
-            (measured with torch 2.13 / diffusers 0.42.1).
-        graph_break: the break reason when ``fullgraph`` is False.
+        fullgraph: whether ``torch.compile(model, fullgraph=True)`` traces into one graph
+            (measured with torch 2.13 / diffusers 0.42.1; True for every entry, see Mochi notes).
+        graph_break: why the *default* ``torch.compile`` (``fullgraph=False``) splits the model
+            into several graphs, or ``None`` when it captures one graph.
         notes: free-form remarks.
     """
 
@@ -209,7 +215,13 @@ class Expected:
         return f * h * w
 
     def kind_of(self, module_path: str) -> str | None:
-        """Kind of the attention module at ``module_path`` (main or aux), or ``None``."""
+        """Kind of the attention module at ``module_path`` (main or aux), or ``None``.
+
+        ``module_path`` may be a ``named_modules()`` name or a raw Dynamo ``nn_module_stack``
+        path such as ``L['self'].__dict__['_modules']['blocks'].0.attn1`` (see
+        :func:`normalize_module_path`).
+        """
+        module_path = normalize_module_path(module_path)
         for table in (self.attention, self.aux_attention):
             for pattern, kind in table.items():
                 if re.fullmatch(pattern, module_path):
@@ -243,6 +255,32 @@ class TinyModel:
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
+
+
+def normalize_module_path(path: str) -> str:
+    """Turn a Dynamo ``nn_module_stack`` path into a ``named_modules()`` name.
+
+    Examples (torch 2.13)::
+
+        L['self'].__dict__['_modules']['blocks'].0.attn1   -> blocks.0.attn1   (diffusers ModelMixin)
+        L['self'].blocks.0.attn1                            -> blocks.0.attn1   (plain nn.Module)
+        L['self'].blocks[0].attn1, getattr(L['self'].blocks, '0').attn1 -> blocks.0.attn1 (older torch)
+
+    Plain names pass through unchanged.
+    """
+    s = path.strip()
+    while True:  # getattr(X, 'name') -> X.name
+        new = re.sub(r"getattr\(([^()]*), ['\"]([^'\"]+)['\"]\)", r"\1.\2", s)
+        if new == s:
+            break
+        s = new
+    s = re.sub(r"^[LG]\[['\"][^'\"]+['\"]\]", "", s)  # L['self'] / L['fn'] / G['model'] prefix
+    s = s.replace(".__dict__['_modules']", "").replace('.__dict__["_modules"]', "")
+    s = s.replace("._modules", "")
+    s = re.sub(r"\[['\"]([^'\"\]]+)['\"]\]", r".\1", s)  # ['name'] -> .name
+    s = re.sub(r"\[(\d+)\]", r".\1", s)  # [0] -> .0
+    s = re.sub(r"\.{2,}", ".", s)
+    return s.strip(".")
 
 
 def run_model(model: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:

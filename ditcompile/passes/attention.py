@@ -26,7 +26,6 @@ from typing import Optional
 
 import torch
 import torch.fx as fx
-from torch._guards import detect_fake_mode
 
 from ..graph.fx_utils import erase_if_unused, example_value, is_function, is_method, normalize_dim
 from ..graph.sites import BSHD, AttentionSite
@@ -42,7 +41,6 @@ class AttentionRewritePass(DitPass):
     def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> PassReport:
         report = self.report()
         skip = [re.compile(p) for p in self.config.attention.skip]
-        fake_mode = detect_fake_mode(list(ctx.example_inputs))
         for site in ctx.analysis.attention:
             if not site.supported:
                 report.decisions.append(SiteDecision(site.index, site.module_path, KEPT, reason=site.reason))
@@ -52,7 +50,7 @@ class AttentionRewritePass(DitPass):
                                                      reason="matched attention.skip"))
                 continue
             plan = self.plan_for(site)
-            _rewrite(gm.graph, site, plan, fake_mode)
+            _rewrite(gm.graph, site, plan)
             report.decisions.append(SiteDecision(site.index, site.module_path, REWRITTEN, plan=plan.describe()))
         return report
 
@@ -60,8 +58,9 @@ class AttentionRewritePass(DitPass):
         return AttentionPlan(method="dense", backend="sdpa", site=site.module_path)
 
 
-def _rewrite(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan, fake_mode) -> None:
+def _rewrite(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan) -> None:
     old = site.output
+    fake_mode = getattr(example_value(site.q), "fake_mode", None)  # Dynamo's mode for this graph
     with graph.inserting_before(old):
         q, k, v = site.q, site.k, site.v
         if site.folded_heads:  # [B*H, S, D] -> [B*H, 1, S, D]

@@ -1,0 +1,645 @@
+"""Block-sparse flash-attention forward in Triton, with an optional 8-bit (int8 QK, FP8 PV) path.
+
+Entry point: :func:`sparse_flash_attention`.  One kernel (:func:`_sparse_attn_fwd_kernel`)
+covers dense and block-sparse attention, any sequence lengths (ragged last tiles), q_len !=
+kv_len, head dims up to 128 (padded to a power of two >= 16 and masked), fp16 / bf16 / fp32
+inputs, fp32 accumulation and an online (exp2) softmax.  Rows with no allowed key output 0.
+
+Sparsity follows :class:`~ditcompile.kernels.block_mask.BlockSparseMask`: each program (one
+BLOCK_M query tile of one (batch, head)) walks the mask's *full* kv blocks without any
+per-element masking, then its *partial* ones (ragged last block, text rows/columns that do
+not align with blocks) with token-exact masking.  Kernel tiles may be smaller than the mask
+blocks (BLOCK_M must divide block_m and BLOCK_N must divide block_n).
+
+8-bit path (``quant="int8"``), following SageAttention's recipe:
+
+* Q: int8, one scale per BLOCK_M rows; K: mean over the sequence subtracted per
+  (b, h, channel) (softmax is invariant to it), then int8 with one scale per BLOCK_N rows.
+  Quantization kernels are in ``quantize.py``.
+* S = (Q_i8 @ K_i8^T) as an int32 ``tl.dot``, dequantized by the two block scales.
+* P.V: on sm89+ in FP8 e4m3 (P * 448 cast per tile, V per-channel FP8 with its scale
+  applied once at the end; each tile's product is added to the fp32 accumulator separately,
+  so Hopper's reduced-precision FP8 accumulation spans only one tile); elsewhere in V's
+  16-bit dtype.  Softmax statistics stay in fp32.
+
+Tested versions: only under ``TRITON_INTERPRET=1`` on CPU with triton 3.9.0 / torch 2.13
+(CPU build).  The code uses only Triton APIs that exist in triton 3.6 (the production
+H100 / H200 stack with torch 2.11), but it has **not yet been compiled or run on a GPU**;
+the autotuning config space and its pruning are therefore untuned guesses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .block_mask import BlockSparseMask
+from .quantize import interpreting, quantize_fp8_per_channel, quantize_int8_per_block, smooth_k_mean, to_fp8_e4m3
+from .reference import P_FP8_SCALE, int8_attention_reference, sparse_attention_reference
+
+__all__ = ["KernelConfig", "CONFIG_SPACE", "prune_configs", "sparse_flash_attention", "SUPPORTED_DTYPES"]
+
+LOG2E = 1.4426950408889634
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 128
+_LAYOUTS = ("bhsd", "bshd")
+_QUANT_MODES = ("none", "int8")
+
+
+# ====================================================================== kernel
+
+
+@triton.jit
+def _load_tile(ptrs, row_ok, col_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    """Load a 2-D tile, masking only the dimensions that can run out of bounds (zeros there)."""
+    if MASK_ROWS:
+        if MASK_COLS:
+            x = tl.load(ptrs, mask=row_ok & col_ok, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=row_ok, other=0.0)
+    else:
+        if MASK_COLS:
+            x = tl.load(ptrs, mask=col_ok, other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _attend_kv_tiles(
+    acc,  # float32 [BLOCK_M, HEAD_DIM_PAD]  running un-normalised output
+    l_i,  # float32 [BLOCK_M]                running softmax denominator
+    m_i,  # float32 [BLOCK_M]                running row max (log2 domain), -inf if none yet
+    q,  # [BLOCK_M, HEAD_DIM_PAD]            query tile (int8 when QUANT_INT8)
+    offs_m,  # int32 [BLOCK_M]               query token indices of the tile
+    k_base,  # pointer to K[b, h, 0, 0]
+    v_base,  # pointer to V[b, h, 0, 0]
+    k_scale_base,  # pointer to K_SCALE[b, h, 0] (QUANT_INT8 only)
+    idx_ptr,  # pointer to this query block's kv-block list (SPARSE only)
+    flag_ptr,  # pointer to the matching flags (SPARSE and APPLY_MASK only)
+    n_tiles,  # number of BLOCK_N tiles to visit
+    first_tile,  # dense only: index of the first BLOCK_N tile
+    stride_ks,
+    stride_kd,
+    stride_vs,
+    stride_vd,
+    kv_len,
+    qk_scale,  # softmax scale * log2(e) (* q block scale when QUANT_INT8)
+    dense_q_start,
+    dense_q_end,
+    dense_kv_start,
+    dense_kv_end,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK_BLOCK_N: tl.constexpr,
+    SPARSE: tl.constexpr,
+    APPLY_MASK: tl.constexpr,  # per-element masking (kv bounds, dense text ranges)
+    QUANT_INT8: tl.constexpr,
+    PV_FP8: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EMULATE_FP8_ROUNDING: tl.constexpr,
+):
+    """Online-softmax update of (acc, l_i, m_i) over ``n_tiles`` kv tiles."""
+    PAD_D: tl.constexpr = HEAD_DIM != HEAD_DIM_PAD
+    offs_tile = tl.arange(0, BLOCK_N)  # [BN]
+    offs_d = tl.arange(0, HEAD_DIM_PAD)  # [DP]
+    d_ok = offs_d < HEAD_DIM
+    q_dense = (offs_m >= dense_q_start) & (offs_m < dense_q_end)  # [BM] text query rows
+    for t in range(0, n_tiles):
+        if SPARSE:  # a mask block of MASK_BLOCK_N keys spans MASK_BLOCK_N // BLOCK_N tiles
+            kv_block = tl.load(idx_ptr + t // (MASK_BLOCK_N // BLOCK_N))
+            start_n = kv_block * MASK_BLOCK_N + (t % (MASK_BLOCK_N // BLOCK_N)) * BLOCK_N
+        else:
+            start_n = (first_tile + t) * BLOCK_N
+        offs_n = start_n + offs_tile  # [BN] key token indices
+        kv_ok = offs_n < kv_len
+
+        # ---- S = Q K^T, in log2 units: [BM, BN]
+        k_ptrs = k_base + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_ks  # K^T tile [DP, BN]
+        kt = _load_tile(k_ptrs, d_ok[:, None], kv_ok[None, :], PAD_D, APPLY_MASK)
+        if QUANT_INT8:
+            k_scale = tl.load(k_scale_base + start_n // BLOCK_N)
+            qk = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * (qk_scale * k_scale)
+        else:
+            qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        if APPLY_MASK:
+            if SPARSE:  # flag 1: listed block (only kv bounds); 0: allowed only via text ranges
+                listed = tl.load(flag_ptr + t // (MASK_BLOCK_N // BLOCK_N)) != 0
+                k_dense = (offs_n >= dense_kv_start) & (offs_n < dense_kv_end)  # [BN]
+                allowed = (listed | q_dense[:, None] | k_dense[None, :]) & kv_ok[None, :]
+            else:
+                allowed = kv_ok[None, :] & (offs_m >= 0)[:, None]
+            qk = tl.where(allowed, qk, float("-inf"))
+
+        # ---- online softmax
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))  # [BM]
+        if APPLY_MASK:  # a row may still have seen no allowed key: keep exp2 finite
+            m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new_safe = m_new
+        alpha = tl.exp2(m_i - m_new_safe)  # [BM] rescale of the old state
+        p = tl.exp2(qk - m_new_safe[:, None])  # [BM, BN], in [0, 1]
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+
+        # ---- acc += P V: V tile [BN, DP]
+        v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd
+        v = _load_tile(v_ptrs, kv_ok[:, None], d_ok[None, :], APPLY_MASK, PAD_D)
+        if PV_FP8:  # separate add = fp32 accumulation across tiles (two-level accumulation)
+            acc += tl.dot(to_fp8_e4m3(p * 448.0, EMULATE_FP8_ROUNDING), v)  # 448 = P_FP8_SCALE
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _sparse_attn_fwd_kernel(
+    Q,  # [B, H, Sq, D] through strides (int8 [B, H, Sq, D] contiguous when QUANT_INT8)
+    K,  # [B, H, Skv, D] through strides (int8, smoothed, when QUANT_INT8)
+    V,  # [B, H, Skv, D] through strides (float8e4nv when PV_FP8)
+    OUT,  # [B, H, Sq, D] through strides, q's dtype
+    Q_SCALE,  # float32 [B, H, ceil(Sq / BLOCK_M)]   (QUANT_INT8)
+    K_SCALE,  # float32 [B, H, ceil(Skv / BLOCK_N)]  (QUANT_INT8)
+    V_SCALE,  # float32 [B, H, D]                    (PV_FP8)
+    FULL_NUM,  # int32 [B|1, H|1, NQB]               (SPARSE) full-tile counts
+    FULL_IDX,  # int32 [B|1, H|1, NQB, full_width]   (SPARSE) full kv blocks
+    PART_NUM,  # int32 [B|1, H|1, NQB]               (SPARSE) partial-tile counts
+    PART_IDX,  # int32 [B|1, H|1, NQB, part_width]   (SPARSE) partial kv blocks
+    PART_FLAG,  # int32 [B|1, H|1, NQB, part_width]  (SPARSE) 1 = listed block
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_od,
+    mask_stride_b,  # schedule rows per batch (0: broadcast)
+    mask_stride_h,  # schedule rows per head (0: broadcast)
+    full_width,
+    part_width,
+    num_heads,
+    q_len,
+    kv_len,
+    qk_scale,  # softmax scale * log2(e)
+    dense_q_start,
+    dense_q_end,
+    dense_kv_start,
+    dense_kv_end,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK_BLOCK_M: tl.constexpr,
+    MASK_BLOCK_N: tl.constexpr,
+    SPARSE: tl.constexpr,
+    QUANT_INT8: tl.constexpr,
+    PV_FP8: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    EMULATE_FP8_ROUNDING: tl.constexpr,
+):
+    """Grid: (ceil(Sq / BLOCK_M), B * H).  One program = one query tile of one (b, h)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // num_heads).to(tl.int64)
+    h = (pid_bh % num_heads).to(tl.int64)
+    PAD_D: tl.constexpr = HEAD_DIM != HEAD_DIM_PAD
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    offs_d = tl.arange(0, HEAD_DIM_PAD)  # [DP]
+    m_ok = offs_m < q_len
+    d_ok = offs_d < HEAD_DIM
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
+    q = _load_tile(q_ptrs, m_ok[:, None], d_ok[None, :], True, PAD_D)  # [BM, DP]
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    if QUANT_INT8:
+        q_scale = tl.load(Q_SCALE + pid_bh.to(tl.int64) * tl.cdiv(q_len, BLOCK_M) + pid_m)
+        tile_scale = qk_scale * q_scale
+        k_scale_base = K_SCALE + pid_bh.to(tl.int64) * tl.cdiv(kv_len, BLOCK_N)
+    else:
+        tile_scale = qk_scale
+        k_scale_base = K_SCALE
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    if SPARSE:
+        row = b * mask_stride_b + h * mask_stride_h + (pid_m * BLOCK_M) // MASK_BLOCK_M  # schedule row
+        n_full = tl.load(FULL_NUM + row) * (MASK_BLOCK_N // BLOCK_N)
+        n_part = tl.load(PART_NUM + row) * (MASK_BLOCK_N // BLOCK_N)
+        full_idx = FULL_IDX + row * full_width
+        part_idx = PART_IDX + row * part_width
+        part_flag = PART_FLAG + row * part_width
+        first_masked = 0
+    else:  # dense: all whole tiles unmasked, then the ragged tail tile (if any) masked
+        n_full = kv_len // BLOCK_N
+        n_part = tl.cdiv(kv_len, BLOCK_N) - n_full
+        full_idx = FULL_IDX
+        part_idx = PART_IDX
+        part_flag = PART_FLAG
+        first_masked = n_full
+
+    acc, l_i, m_i = _attend_kv_tiles(
+        acc, l_i, m_i, q, offs_m, k_base, v_base, k_scale_base, full_idx, part_flag, n_full, 0,
+        stride_ks, stride_kd, stride_vs, stride_vd, kv_len, tile_scale,
+        dense_q_start, dense_q_end, dense_kv_start, dense_kv_end,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, MASK_BLOCK_N,
+        SPARSE, False, QUANT_INT8, PV_FP8, DOT_PRECISION, EMULATE_FP8_ROUNDING,
+    )  # fmt: skip
+    acc, l_i, m_i = _attend_kv_tiles(
+        acc, l_i, m_i, q, offs_m, k_base, v_base, k_scale_base, part_idx, part_flag, n_part, first_masked,
+        stride_ks, stride_kd, stride_vs, stride_vd, kv_len, tile_scale,
+        dense_q_start, dense_q_end, dense_kv_start, dense_kv_end,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, MASK_BLOCK_N,
+        SPARSE, True, QUANT_INT8, PV_FP8, DOT_PRECISION, EMULATE_FP8_ROUNDING,
+    )  # fmt: skip
+
+    if PV_FP8:  # undo V's per-channel scale and P's 448
+        v_scale = tl.load(V_SCALE + pid_bh.to(tl.int64) * HEAD_DIM + offs_d, mask=d_ok, other=0.0)  # [DP]
+        acc = acc * (v_scale / 448.0)[None, :]
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows with no allowed key: acc == 0 -> output 0
+    out = acc / l_safe[:, None]
+    o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :] * stride_od
+    if PAD_D:
+        tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    else:
+        tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_ok[:, None])
+
+
+# ====================================================================== configs
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One point of the launch space: tile sizes, warps and software-pipelining stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Preference order matters: the first surviving config is the untuned default.
+CONFIG_SPACE: tuple[KernelConfig, ...] = tuple(
+    KernelConfig(bm, bn, w, s)
+    for bm in (128, 64, 32, 16)
+    for bn in (64, 128, 32, 16)
+    for w in (8, 4)
+    for s in (3, 2, 4)
+)
+_MAX_TUNED_CONFIGS = 12
+
+
+def _head_dim_pad(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _divides(tile: int, block: int | None) -> bool:
+    return block is None or block % tile == 0
+
+
+def prune_configs(
+    configs: tuple[KernelConfig, ...] | list[KernelConfig],
+    *,
+    head_dim: int,
+    elem_bytes: int,
+    q_len: int,
+    kv_len: int,
+    mask_block_m: int | None = None,
+    mask_block_n: int | None = None,
+    smem_bytes: int = 227 * 1024,
+    for_tuning: bool = True,
+) -> list[KernelConfig]:
+    """Drop configs that cannot run or are unlikely to be fast, keeping the input order.
+
+    * tiles must divide the mask's blocks (a tile never straddles two mask blocks);
+    * tiles no larger than needed for short sequences;
+    * shared memory: Q tile + ``num_stages`` K/V tile pairs within ``smem_bytes``;
+    * registers: fp32 accumulator + score tile per thread within a budget;
+    * when ``for_tuning``: only the big-tile, GPU-sensible part of the space (>= 64 x 32)
+      and at most ``_MAX_TUNED_CONFIGS`` entries.
+    """
+    dp = _head_dim_pad(head_dim)
+    bm_cap = max(16, triton.next_power_of_2(max(q_len, 1)))
+    bn_cap = max(16, triton.next_power_of_2(max(kv_len, 1)))
+    kept = []
+    for cfg in configs:
+        if not (_divides(cfg.block_m, mask_block_m) and _divides(cfg.block_n, mask_block_n)):
+            continue
+        if cfg.block_m > bm_cap or cfg.block_n > bn_cap:
+            continue
+        smem = (cfg.block_m * dp + cfg.num_stages * 2 * cfg.block_n * dp) * elem_bytes
+        regs_per_thread = (cfg.block_m * dp + cfg.block_m * cfg.block_n) * 4 // (4 * 32 * cfg.num_warps)
+        if smem > smem_bytes or regs_per_thread > 160:
+            continue
+        if for_tuning and (cfg.block_m < 64 or cfg.block_n < 32) and (bm_cap >= 64 and bn_cap >= 32):
+            continue
+        kept.append(cfg)
+    return kept[:_MAX_TUNED_CONFIGS] if for_tuning else kept
+
+
+# ====================================================================== autotuning
+
+
+_TUNED: dict[tuple, KernelConfig] = {}
+
+
+def _autotune_enabled() -> bool:
+    return os.environ.get("DITACCEL_ATTN_AUTOTUNE", "1") not in ("0", "", "false")
+
+
+def _time_ms(fn, budget_ms: float = 50.0) -> float:
+    """Median CUDA-event time of ``fn`` (already compiled), a few repetitions."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    first = max(start.elapsed_time(end), 1e-3)
+    reps = int(min(20, max(2, budget_ms / first)))
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def _bucket(n: int) -> int:
+    return triton.next_power_of_2(max(n, 1))
+
+
+# ====================================================================== launcher
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, quant: str) -> tuple[int, int, int, int, int]:
+    """Validate q/k/v; returns (B, H, Sq, Skv, D)."""
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+    if quant not in _QUANT_MODES:
+        raise ValueError(f"quant must be one of {_QUANT_MODES}, got {quant!r}")
+    names = ("q", "k", "v")
+    dims = "[B, H, S, D]" if layout == "bhsd" else "[B, S, H, D]"
+    for name, t in zip(names, (q, k, v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D {dims} for layout={layout!r}, got shape {tuple(t.shape)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    sd, hd = (2, 1) if layout == "bhsd" else (1, 2)
+    batch, heads, q_len, dim = q.shape[0], q.shape[hd], q.shape[sd], q.shape[3]
+    kv_len = k.shape[sd]
+    for name, t in (("k", k), ("v", v)):
+        if t.shape[0] != batch:
+            raise ValueError(f"{name} has batch {t.shape[0]} but q has {batch}")
+        if t.shape[hd] != heads:
+            raise ValueError(
+                f"{name} has {t.shape[hd]} heads but q has {heads} (dim {hd} for layout={layout!r}); "
+                "grouped-query attention is not supported: repeat k/v heads first"
+            )
+        if t.shape[3] != dim:
+            raise ValueError(f"{name} has head dim {t.shape[3]} but q has {dim}; q, k, v must share the head dim")
+    if v.shape[sd] != kv_len:
+        raise ValueError(f"v has sequence length {v.shape[sd]} but k has {kv_len}")
+    if not 1 <= dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}] (64, 96, 128 are the tuned ones), got {dim}")
+    return batch, heads, q_len, kv_len, dim
+
+
+def _check_mask(mask: BlockSparseMask | None, batch: int, heads: int, q_len: int, kv_len: int, device) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, BlockSparseMask):
+        raise ValueError(f"mask must be a BlockSparseMask or None, got {type(mask).__name__}")
+    if (mask.q_len, mask.kv_len) != (q_len, kv_len):
+        raise ValueError(
+            f"mask was built for q_len={mask.q_len}, kv_len={mask.kv_len} but the inputs have "
+            f"q_len={q_len}, kv_len={kv_len}"
+        )
+    mb, mh = mask.kv_num_blocks.shape[:2]
+    if mb not in (1, batch) or mh not in (1, heads):
+        raise ValueError(f"mask has batch/heads ({mb}, {mh}); expected (1 or {batch}, 1 or {heads})")
+    if mask.device != device:
+        raise ValueError(f"mask is on {mask.device} but q is on {device}; use mask.to({str(device)!r})")
+
+
+def _check_out(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device) -> None:
+    if out is None:
+        return
+    if not isinstance(out, Tensor) or tuple(out.shape) != shape or out.dtype != dtype or out.device != device:
+        got = (tuple(out.shape), out.dtype, out.device) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"out must be a tensor of shape {shape}, dtype {dtype} on {device}; got {got}")
+
+
+def _default_config(candidates: list[KernelConfig], interpret: bool) -> KernelConfig:
+    if interpret:  # the interpreter runs fastest with the biggest tiles (fewer numpy calls)
+        return max(candidates, key=lambda c: (c.block_m * c.block_n, c.block_m))
+    return candidates[0]
+
+
+def _quantize_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, cfg: KernelConfig, pv_fp8: bool):
+    """int8 Q (per BLOCK_M rows), smoothed int8 K (per BLOCK_N rows), V as FP8 or as is."""
+    q_i8, q_scale = quantize_int8_per_block(q, cfg.block_m, layout=layout)  # [B,H,Sq,D], [B,H,NQT]
+    k_i8, k_scale = quantize_int8_per_block(k, cfg.block_n, layout=layout, mean=smooth_k_mean(k, layout))
+    if pv_fp8:
+        v_t, v_scale = quantize_fp8_per_channel(v, layout=layout)  # [B,H,D,Skv] view, [B,H,D]
+        v_q = v_t.transpose(2, 3)  # [B, H, Skv, D] view with the sequence contiguous
+    else:
+        v_q, v_scale = (v if layout == "bhsd" else v.transpose(1, 2)), q_scale
+    return q_i8, k_i8, v_q, q_scale, k_scale, v_scale
+
+
+def sparse_flash_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: BlockSparseMask | None = None,
+    *,
+    scale: float | None = None,
+    layout: str = "bhsd",
+    quant: str = "none",
+    pv_fp8: bool | None = None,
+    out: Tensor | None = None,
+    config: KernelConfig | None = None,
+) -> Tensor:
+    """Block-sparse (or dense) flash attention forward.
+
+    Args:
+        q: ``[B, H, Sq, D]`` (layout "bhsd") or ``[B, Sq, H, D]`` (layout "bshd"), fp16 / bf16 /
+           fp32, read through its strides (no copy).
+        k, v: ``[B, H, Skv, D]`` / ``[B, Skv, H, D]``, same dtype, batch, heads and head dim as q.
+        mask: a :class:`BlockSparseMask` for (Sq, Skv) on q's device, or None for dense.
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        layout: "bhsd" or "bshd"; the output has the same layout.
+        quant: "none" or "int8" (int8 QK^T with K smoothing, see the module docstring).
+        pv_fp8: int8 path only: P.V in FP8 e4m3; default on for sm89+ GPUs, off elsewhere.
+        out: optional preallocated output (q's shape, dtype and device), written through its
+             strides and returned.
+        config: force a :class:`KernelConfig` instead of autotuning.  Its tiles must divide
+             the mask's blocks.
+
+    Returns:
+        The attention output, q's shape, dtype and layout.  Rows that attend no key are 0.
+
+    On CPU tensors without ``TRITON_INTERPRET=1`` this falls back to the pure-torch
+    reference (same function, same quantization emulation for ``quant="int8"``).
+    Autotuning (on by default on GPUs, ``DITACCEL_ATTN_AUTOTUNE=0`` disables it) times the
+    pruned :data:`CONFIG_SPACE` once per (shape bucket, dtype, variant) and caches the winner.
+    """
+    batch, heads, q_len, kv_len, dim = _check_inputs(q, k, v, layout, quant)
+    _check_mask(mask, batch, heads, q_len, kv_len, q.device)
+    out_shape = tuple(q.shape[:3]) + (dim,)
+    _check_out(out, out_shape, q.dtype, q.device)
+    if scale is None:
+        scale = 1.0 / math.sqrt(dim)
+    if pv_fp8 is None:
+        pv_fp8 = q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 9)
+    if quant != "int8":
+        pv_fp8 = False
+    interpret = interpreting()
+    if out is None:
+        out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
+    if q_len == 0:
+        return out
+    if kv_len == 0:  # every row attends nothing
+        return out.zero_()
+
+    if not q.is_cuda and not interpret:  # CPU fallback: the reference computes the same function
+        if quant == "int8":
+            ref = _reference_int8(q, k, v, mask, scale, layout, config, pv_fp8, q_len, kv_len, dim)
+        else:
+            ref = sparse_attention_reference(q, k, v, mask, scale=scale, layout=layout)
+        return out.copy_(ref)
+
+    candidates = _candidate_configs(config, q, mask, q_len, kv_len, dim, quant)
+    if config is None:
+        config = _default_config(candidates, interpret)
+
+    def launch(cfg: KernelConfig) -> None:
+        _launch(q, k, v, out, mask, cfg, scale, layout, quant, pv_fp8, interpret)
+
+    if quant == "int8" or not (q.is_cuda and _autotune_enabled() and not interpret and len(candidates) > 1):
+        # int8: tiles are fixed before quantizing (scales are per tile); only the default runs.
+        launch(config)
+        return out
+    key = _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim)
+    if key not in _TUNED:
+        _TUNED[key] = min(candidates, key=lambda cfg: _time_ms(lambda: launch(cfg)))
+    launch(_TUNED[key])
+    return out
+
+
+def _reference_int8(q, k, v, mask, scale, layout, config, pv_fp8, q_len, kv_len, dim) -> Tensor:
+    elem = q.element_size()
+    cands = prune_configs(
+        CONFIG_SPACE, head_dim=dim, elem_bytes=elem, q_len=q_len, kv_len=kv_len,
+        mask_block_m=None if mask is None else mask.block_m,
+        mask_block_n=None if mask is None else mask.block_n, for_tuning=False,
+    )  # fmt: skip
+    cfg = config or cands[0]
+    return int8_attention_reference(
+        q, k, v, mask, scale=scale, layout=layout, block_m=cfg.block_m, block_n=cfg.block_n, pv_fp8=pv_fp8
+    )
+
+
+def _candidate_configs(config, q, mask, q_len, kv_len, dim, quant) -> list[KernelConfig]:
+    mbm = None if mask is None else mask.block_m
+    mbn = None if mask is None else mask.block_n
+    if config is not None:
+        if not isinstance(config, KernelConfig):
+            raise ValueError(f"config must be a KernelConfig, got {type(config).__name__}")
+        if not (_divides(config.block_m, mbm) and _divides(config.block_n, mbn)):
+            raise ValueError(
+                f"config tiles ({config.block_m}, {config.block_n}) must divide the mask blocks ({mbm}, {mbn})"
+            )
+        for name in ("block_m", "block_n"):
+            tile = getattr(config, name)
+            if tile < 16 or tile & (tile - 1):
+                raise ValueError(f"config.{name} must be a power of two >= 16, got {tile}")
+        return [config]
+    elem = 1 if quant == "int8" else q.element_size()
+    smem = 227 * 1024
+    if q.is_cuda:
+        props = torch.cuda.get_device_properties(q.device)
+        smem = getattr(props, "shared_memory_per_block_optin", smem)
+    kwargs = dict(head_dim=dim, elem_bytes=elem, q_len=q_len, kv_len=kv_len, mask_block_m=mbm, mask_block_n=mbn,
+                  smem_bytes=smem)  # fmt: skip
+    cands = prune_configs(CONFIG_SPACE, **kwargs) or prune_configs(CONFIG_SPACE, **kwargs, for_tuning=False)
+    if not cands:
+        raise ValueError(f"no kernel config fits head_dim={dim} and mask blocks ({mbm}, {mbn})")
+    return cands
+
+
+def _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim) -> tuple:
+    mask_key = None if mask is None else (mask.block_m, mask.block_n)
+    return (q.device, q.dtype, layout, quant, pv_fp8, dim, _bucket(q_len), _bucket(kv_len), mask_key,
+            tuple(q.stride()))  # fmt: skip
+
+
+def _launch(q, k, v, out, mask, cfg: KernelConfig, scale, layout, quant, pv_fp8, interpret) -> None:
+    """Quantize if needed, then launch the kernel with one config."""
+    to_bhsd = (lambda t: t) if layout == "bhsd" else (lambda t: t.transpose(1, 2))
+    batch, heads, q_len, dim = to_bhsd(q).shape
+    kv_len = to_bhsd(k).shape[2]
+    if quant == "int8":
+        qk_q, qk_k, v_op, q_scale, k_scale, v_scale = _quantize_inputs(q, k, v, layout, cfg, pv_fp8)
+    else:
+        qk_q, qk_k, v_op = to_bhsd(q), to_bhsd(k), to_bhsd(v)
+        q_scale = k_scale = v_scale = out  # unused placeholders
+    ob = to_bhsd(out)  # [B, H, Sq, D] view
+
+    if mask is None:
+        sched = (out,) * 5  # unused placeholders
+        mask_strides, widths, mbm, mbn = (0, 0), (0, 0), cfg.block_m, cfg.block_n
+        dq, dk = (0, 0), (0, 0)
+    else:
+        sched = (mask.full_kv_num_blocks, mask.full_kv_indices, mask.partial_kv_num_blocks,
+                 mask.partial_kv_indices, mask.partial_kv_flags)  # fmt: skip
+        mb, mh, nqb = mask.full_kv_num_blocks.shape
+        mask_strides = (mh * nqb if mb > 1 else 0, nqb if mh > 1 else 0)
+        widths = (mask.full_kv_indices.shape[-1], mask.partial_kv_indices.shape[-1])
+        mbm, mbn = mask.block_m, mask.block_n
+        dq = mask.dense_q_range or (0, 0)
+        dk = mask.dense_kv_range or (0, 0)
+
+    grid = (triton.cdiv(q_len, cfg.block_m), batch * heads)
+    _sparse_attn_fwd_kernel[grid](
+        qk_q, qk_k, v_op, ob, q_scale, k_scale, v_scale, *sched,
+        *qk_q.stride(), *qk_k.stride(), *v_op.stride(), *ob.stride(),
+        *mask_strides, *widths,
+        heads, q_len, kv_len, scale * LOG2E, dq[0], dq[1], dk[0], dk[1],
+        HEAD_DIM=dim, HEAD_DIM_PAD=_head_dim_pad(dim), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        MASK_BLOCK_M=mbm, MASK_BLOCK_N=mbn, SPARSE=mask is not None, QUANT_INT8=quant == "int8",
+        PV_FP8=pv_fp8, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        EMULATE_FP8_ROUNDING=interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
