@@ -45,7 +45,8 @@ class GraphReport:
                 note = site.reason if not site.supported else ("no pass ran" if self.error is None else "passes failed")
             text = ""
             if site.text is not None:
-                text = f"text {site.text.position} ({site.text.length})"
+                length = site.text.length if site.text.length is not None else "dynamic"
+                text = f"text {site.text.position} ({length})"
             rows.append({
                 "index": site.index, "module": site.module_path or "<top>", "kind": site.kind,
                 "tokens": site.tokens, "text": text, "pattern": site.pattern, "layout": site.layout,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 
 import pytest
 import torch
@@ -308,6 +309,49 @@ def test_expected_attention_matches_model(name):
     assert any(exp.kind_of(w) in zoo.ATTENTION_KINDS for w in seen)
 
 
+def _first_joint_query(model, expected, inputs) -> torch.Tensor:
+    """The query of the first joint-attention SDPA call, as ``[B, H, S, D]``."""
+    captured = []
+    recorder = _AttentionRecorder(model)
+
+    class Grab(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is F.scaled_dot_product_attention and not captured:
+                where = recorder.stack[-1] if recorder.stack else ""
+                if expected.kind_of(where) == "joint":
+                    captured.append((kwargs["query"] if "query" in kwargs else args[0]).clone())
+            return func(*args, **kwargs)
+
+    try:
+        with torch.no_grad(), Grab():
+            run_model(model, inputs)
+    finally:
+        recorder.remove()
+    assert captured, "no joint attention call seen"
+    return captured[0]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if get_tiny_model(n).expected.text_position is not None])
+def test_text_position_in_joint_attention(name):
+    """In the first joint attention, the text rows of q do not depend on the latent: find where they are."""
+    entry = _entry(name)
+    exp = entry.expected
+    model = _model(name)
+    inputs = entry.make_inputs(seed=0)
+    perturbed = dict(inputs)
+    perturbed[exp.latent_key] = inputs[exp.latent_key] + 1.0
+    q0 = _first_joint_query(model, exp, inputs)
+    q1 = _first_joint_query(model, exp, perturbed)
+    video_rows = (q0 - q1).abs().amax(dim=(0, 1, 3)) > 0  # [S]
+    t, v = exp.text_tokens, exp.video_tokens
+    assert video_rows.numel() == t + v
+    text_first = (~video_rows[:t]).all() and video_rows[t:].all()
+    text_last = video_rows[:v].all() and (~video_rows[v:]).all()
+    assert text_first or text_last, f"{name}: cannot locate text rows"
+    assert exp.text_position == ("before" if text_first else "after")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_attention_module_affects_output(name):
     """No zero-initialised output layer or gate hides a block: every attention module gets gradient."""
@@ -378,7 +422,16 @@ def test_manual_attention_matches_sdpa():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Each trace costs ~1 s on CPU; by default only the demo model, the hand-written model and the one
+# with graph breaks are traced (set DITACCEL_ZOO_DYNAMO_ALL=1 to trace every entry).
+DYNAMO_NAMES = NAMES if os.environ.get("DITACCEL_ZOO_DYNAMO_ALL") == "1" else [
+    "wan2.1-tiny",
+    "mochi-tiny",
+    "manual-dit-tiny",
+]
+
+
+@pytest.mark.parametrize("name", DYNAMO_NAMES)
 def test_dynamo_graph_breaks_match_expected(name):
     import torch._dynamo as dynamo
 
@@ -406,7 +459,7 @@ def test_dynamo_graph_breaks_match_expected(name):
         n_graphs = compile_and_count(fullgraph=False)
         assert (n_graphs == 1) == (entry.expected.graph_break is None), f"{name}: {n_graphs} graphs"
         if entry.expected.fullgraph and entry.expected.graph_break is not None:
-            # e.g. Mochi: fullgraph=True turns on capture_dynamic_output_shape_ops (torch >= 2.10)
+            # e.g. Mochi: fullgraph=True turns on capture_dynamic_output_shape_ops (recent torch, PR #163123)
             assert compile_and_count(fullgraph=True) == 1
     finally:
         dynamo.reset()

@@ -72,17 +72,17 @@ def analyze_graph(
 
 def _classify(site: AttentionSite, grid: Optional[TokenGrid], num_tokens: Optional[int],
               batch: Optional[int], text_position: str) -> None:
-    sq, skv = site.q_len, site.kv_len
-    if text_position != "none" and site.q is not None:
-        segment = find_text_segment(site.q, sq, num_tokens)
+    sq = site.q_len
+    if text_position != "none" and site.q is not None and site.equal_lengths:
+        segment = find_text_segment(site.q, site.q_len_expr, num_tokens)
         if segment is None and text_position in ("before", "after") and sq and num_tokens and sq > num_tokens:
             segment = TextSegment(text_position, sq - num_tokens, "option graph.text_position")
         elif segment is not None and text_position in ("before", "after") and segment.position != text_position:
             segment = TextSegment(text_position, segment.length, "option graph.text_position")
-        if segment is not None and sq == skv:
+        if segment is not None:
             site.kind, site.tokens, site.text = JOINT, "video+text", segment
             return
-    if grid is not None and sq is not None and sq == skv and site.batch is not None and batch:
+    if grid is not None and sq is not None and site.equal_lengths and site.batch is not None and batch:
         if grid.frames > 1 and sq == grid.height * grid.width and site.batch == batch * grid.frames:
             site.kind, site.tokens = SPATIAL, "video"
             return
@@ -90,15 +90,10 @@ def _classify(site: AttentionSite, grid: Optional[TokenGrid], num_tokens: Option
             site.kind, site.tokens = TEMPORAL, "video"
             return
     same_stream = _same_projection_input(site)
-    if sq is not None and sq == skv and same_stream is not False:
-        site.kind = SELF
-    elif sq is None and same_stream:
-        site.kind = SELF
-    else:
-        site.kind = CROSS
+    site.kind = SELF if site.equal_lengths and same_stream is not False else CROSS
     if num_tokens and sq == num_tokens:
         site.tokens = "video"
-    elif sq is not None:
+    elif site.q_len_expr != "?":
         site.tokens = "other"
 
 

@@ -266,7 +266,7 @@ def _new_site(node, index, pattern, q, k, v, output) -> AttentionSite:
         index=index, pattern=pattern, module_path=path, module_class=module_class(node),
         block=block.path if block else None, block_index=block.index if block else None,
         layout=BHSD, batch=None, heads=None, kv_heads=None, head_dim=None, value_dim=None,
-        q_len=None, kv_len=None, shape_text="?", scale=None, is_causal=False, has_mask=False,
+        q_len=None, kv_len=None, q_len_expr="?", kv_len_expr="?", shape_text="?", scale=None, is_causal=False, has_mask=False,
         dropout_p=0.0, dtype=str(dtype_of(q)).replace("torch.", ""), q=q, k=k, v=v, output=output,
     )
     if qv is None or kv is None or vv is None:
@@ -288,6 +288,7 @@ def _new_site(node, index, pattern, q, k, v, output) -> AttentionSite:
         site.batch, site.heads = static_int(b), static_int(h)
     site.head_dim, site.value_dim = static_int(d), static_int(dv)
     site.q_len, site.kv_len = static_int(sq), static_int(skv)
+    site.q_len_expr, site.kv_len_expr = dim_text(sq), dim_text(skv)
     heads_text = dim_text(h) if h is not None else (str(site.heads) if site.heads else "?")
     site.shape_text = (f"B={dim_text(b)}{'(xH)' if site.folded_heads else ''} H={heads_text} "
                        f"Sq={dim_text(sq)} Skv={dim_text(skv)} D={dim_text(d)}")

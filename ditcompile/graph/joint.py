@@ -16,32 +16,32 @@ from typing import Optional
 
 import torch.fx as fx
 
-from .fx_utils import call_name, static_shape, walk_back
+from .fx_utils import call_name, dim_text, shape_of, static_int, walk_back
 from .sites import TextSegment
 
 SEARCH_LIMIT = 400  # nodes visited per site: a block of a DiT has ~100 nodes
 
 
-def find_text_segment(q: fx.Node, q_len: Optional[int], num_video_tokens: Optional[int]) -> Optional[TextSegment]:
-    if not q_len or not num_video_tokens or q_len <= num_video_tokens:
+def find_text_segment(q: fx.Node, q_len_expr: str, num_video_tokens: Optional[int]) -> Optional[TextSegment]:
+    """Text segment of a joint site whose q has sequence length `q_len_expr` (may be symbolic)."""
+    if not num_video_tokens or q_len_expr in ("?", str(num_video_tokens)):
         return None
+    video = str(num_video_tokens)
     for node in walk_back(q, SEARCH_LIMIT):
         if call_name(node) != "cat":
             continue
         pieces = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        out = static_shape(node)
+        out = shape_of(node)
         if out is None or not isinstance(pieces, (list, tuple)) or len(pieces) != 2 or not isinstance(dim, int):
             continue
         dim = dim % len(out)
-        if dim in (0, len(out) - 1) or out[dim] != q_len:
+        if dim in (0, len(out) - 1) or dim_text(out[dim]) != q_len_expr:
             continue
-        lengths = [(static_shape(p) or (None,) * len(out))[dim] for p in pieces]
-        if lengths[1] == num_video_tokens and lengths[0] is not None:
-            return TextSegment("before", lengths[0], f"cat at {node.name}")
-        if lengths[0] == num_video_tokens and lengths[1] is not None:
-            return TextSegment("after", lengths[1], f"cat at {node.name}")
+        lengths = [(shape_of(p) or (None,) * len(out))[dim] for p in pieces]
+        texts = [dim_text(n) if n is not None else "?" for n in lengths]
+        if texts[1] == video and texts[0] != "?":
+            return TextSegment("before", static_int(lengths[0]), f"cat at {node.name}")
+        if texts[0] == video and texts[1] != "?":
+            return TextSegment("after", static_int(lengths[1]), f"cat at {node.name}")
     return None
-
-
-__all__ = ["find_text_segment"]

@@ -47,7 +47,7 @@ class TextSegment:
     """Where the text tokens sit inside a joint (text + video) attention sequence."""
 
     position: str  # "before" or "after" the video tokens
-    length: Optional[int]
+    length: Optional[int]  # None when it varies at run time (Mochi keeps only valid text tokens)
     source: str
 
     def token_range(self, total: int) -> tuple[int, int]:
@@ -79,6 +79,8 @@ class AttentionSite:
     value_dim: Optional[int]
     q_len: Optional[int]
     kv_len: Optional[int]
+    q_len_expr: str              # printable q length ("32760", or "u0 + 72" when symbolic)
+    kv_len_expr: str
     shape_text: str              # "B=1 H=12 Sq=32760 Skv=32760 D=128" with symbols if dynamic
     scale: Optional[float]       # None: SDPA default 1/sqrt(head_dim)
     is_causal: bool
@@ -97,6 +99,11 @@ class AttentionSite:
     output: Optional[fx.Node] = field(default=None, repr=False)       # node producing [B,H,S,D]
     replaced: tuple = field(default=(), repr=False)                    # nodes made dead by a rewrite
     folded_heads: bool = False   # q/k/v are [B*H, S, D] (heads folded into batch)
+
+    @property
+    def equal_lengths(self) -> bool:
+        """q and kv lengths are known to be equal (same static value or same expression)."""
+        return self.q_len_expr == self.kv_len_expr and self.q_len_expr != "?"
 
     def unsupported(self, reason: str) -> None:
         self.supported = False

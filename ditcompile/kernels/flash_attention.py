@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .block_mask import BlockSparseMask
 from .quantize import interpreting, quantize_fp8_per_channel, quantize_int8_per_block, smooth_k_mean, to_fp8_e4m3
-from .reference import P_FP8_SCALE, int8_attention_reference, sparse_attention_reference
+from .reference import int8_attention_reference, sparse_attention_reference
 
 __all__ = ["KernelConfig", "CONFIG_SPACE", "prune_configs", "sparse_flash_attention", "SUPPORTED_DTYPES"]
 
@@ -69,6 +69,20 @@ def _load_tile(ptrs, row_ok, col_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.cons
         else:
             x = tl.load(ptrs)
     return x
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, INTERPRETER: tl.constexpr):
+    """``acc + a @ b`` in fp32 (``acc`` may be None).
+
+    Triton's CPU interpreter multiplies bfloat16 tiles as raw 16-bit integers, so there the
+    operands are upcast to fp32 first (exact for bf16 values, same products as on a GPU).
+    """
+    if INTERPRETER:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -104,7 +118,7 @@ def _attend_kv_tiles(
     QUANT_INT8: tl.constexpr,
     PV_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    EMULATE_FP8_ROUNDING: tl.constexpr,
+    INTERPRETER: tl.constexpr,  # running in TRITON_INTERPRET=1: work around its fp8 / bf16 gaps
 ):
     """Online-softmax update of (acc, l_i, m_i) over ``n_tiles`` kv tiles."""
     PAD_D: tl.constexpr = HEAD_DIM != HEAD_DIM_PAD
@@ -128,14 +142,14 @@ def _attend_kv_tiles(
             k_scale = tl.load(k_scale_base + start_n // BLOCK_N)
             qk = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * (qk_scale * k_scale)
         else:
-            qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+            qk = _dot(q, kt, None, DOT_PRECISION, INTERPRETER) * qk_scale
         if APPLY_MASK:
             if SPARSE:  # flag 1: listed block (only kv bounds); 0: allowed only via text ranges
                 listed = tl.load(flag_ptr + t // (MASK_BLOCK_N // BLOCK_N)) != 0
                 k_dense = (offs_n >= dense_kv_start) & (offs_n < dense_kv_end)  # [BN]
                 allowed = (listed | q_dense[:, None] | k_dense[None, :]) & kv_ok[None, :]
             else:
-                allowed = kv_ok[None, :] & (offs_m >= 0)[:, None]
+                allowed = kv_ok[None, :]
             qk = tl.where(allowed, qk, float("-inf"))
 
         # ---- online softmax
@@ -153,9 +167,9 @@ def _attend_kv_tiles(
         v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd
         v = _load_tile(v_ptrs, kv_ok[:, None], d_ok[None, :], APPLY_MASK, PAD_D)
         if PV_FP8:  # separate add = fp32 accumulation across tiles (two-level accumulation)
-            acc += tl.dot(to_fp8_e4m3(p * 448.0, EMULATE_FP8_ROUNDING), v)  # 448 = P_FP8_SCALE
+            acc += tl.dot(to_fp8_e4m3(p * 448.0, INTERPRETER), v)  # 448 = P_FP8_SCALE
         else:
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+            acc = _dot(p.to(v.dtype), v, acc, DOT_PRECISION, INTERPRETER)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -212,7 +226,7 @@ def _sparse_attn_fwd_kernel(
     QUANT_INT8: tl.constexpr,
     PV_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    EMULATE_FP8_ROUNDING: tl.constexpr,
+    INTERPRETER: tl.constexpr,
 ):
     """Grid: (ceil(Sq / BLOCK_M), B * H).  One program = one query tile of one (b, h)."""
     pid_m = tl.program_id(0)
@@ -261,14 +275,14 @@ def _sparse_attn_fwd_kernel(
         stride_ks, stride_kd, stride_vs, stride_vd, kv_len, tile_scale,
         dense_q_start, dense_q_end, dense_kv_start, dense_kv_end,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, MASK_BLOCK_N,
-        SPARSE, False, QUANT_INT8, PV_FP8, DOT_PRECISION, EMULATE_FP8_ROUNDING,
+        SPARSE, False, QUANT_INT8, PV_FP8, DOT_PRECISION, INTERPRETER,
     )  # fmt: skip
     acc, l_i, m_i = _attend_kv_tiles(
         acc, l_i, m_i, q, offs_m, k_base, v_base, k_scale_base, part_idx, part_flag, n_part, first_masked,
         stride_ks, stride_kd, stride_vs, stride_vd, kv_len, tile_scale,
         dense_q_start, dense_q_end, dense_kv_start, dense_kv_end,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, MASK_BLOCK_N,
-        SPARSE, True, QUANT_INT8, PV_FP8, DOT_PRECISION, EMULATE_FP8_ROUNDING,
+        SPARSE, True, QUANT_INT8, PV_FP8, DOT_PRECISION, INTERPRETER,
     )  # fmt: skip
 
     if PV_FP8:  # undo V's per-channel scale and P's 448
@@ -325,16 +339,13 @@ def prune_configs(
     mask_block_m: int | None = None,
     mask_block_n: int | None = None,
     smem_bytes: int = 227 * 1024,
-    for_tuning: bool = True,
 ) -> list[KernelConfig]:
     """Drop configs that cannot run or are unlikely to be fast, keeping the input order.
 
     * tiles must divide the mask's blocks (a tile never straddles two mask blocks);
     * tiles no larger than needed for short sequences;
     * shared memory: Q tile + ``num_stages`` K/V tile pairs within ``smem_bytes``;
-    * registers: fp32 accumulator + score tile per thread within a budget;
-    * when ``for_tuning``: only the big-tile, GPU-sensible part of the space (>= 64 x 32)
-      and at most ``_MAX_TUNED_CONFIGS`` entries.
+    * registers: fp32 accumulator + score tile per thread within a budget.
     """
     dp = _head_dim_pad(head_dim)
     bm_cap = max(16, triton.next_power_of_2(max(q_len, 1)))
@@ -349,10 +360,18 @@ def prune_configs(
         regs_per_thread = (cfg.block_m * dp + cfg.block_m * cfg.block_n) * 4 // (4 * 32 * cfg.num_warps)
         if smem > smem_bytes or regs_per_thread > 160:
             continue
-        if for_tuning and (cfg.block_m < 64 or cfg.block_n < 32) and (bm_cap >= 64 and bn_cap >= 32):
-            continue
         kept.append(cfg)
-    return kept[:_MAX_TUNED_CONFIGS] if for_tuning else kept
+    return kept
+
+
+def _tuning_candidates(valid: list[KernelConfig]) -> list[KernelConfig]:
+    """The GPU-sensible part of the valid configs (tiles >= 64 x 32 when any exist), capped.
+
+    The cap is ``DITACCEL_ATTN_TUNE_CONFIGS`` (default 12); the first entry is the default.
+    """
+    big = [c for c in valid if c.block_m >= 64 and c.block_n >= 32]
+    limit = int(os.environ.get("DITACCEL_ATTN_TUNE_CONFIGS", _MAX_TUNED_CONFIGS))
+    return (big or valid)[: max(1, limit)]
 
 
 # ====================================================================== autotuning
@@ -375,7 +394,7 @@ def _time_ms(fn, budget_ms: float = 50.0) -> float:
     end.record()
     torch.cuda.synchronize()
     first = max(start.elapsed_time(end), 1e-3)
-    reps = int(min(20, max(2, budget_ms / first)))
+    reps = int(min(20, max(1, budget_ms / first)))
     times = []
     for _ in range(reps):
         start.record()
@@ -461,12 +480,6 @@ def _check_out(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, d
         raise ValueError(f"out must be a tensor of shape {shape}, dtype {dtype} on {device}; got {got}")
 
 
-def _default_config(candidates: list[KernelConfig], interpret: bool) -> KernelConfig:
-    if interpret:  # the interpreter runs fastest with the biggest tiles (fewer numpy calls)
-        return max(candidates, key=lambda c: (c.block_m * c.block_n, c.block_m))
-    return candidates[0]
-
-
 def _quantize_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, cfg: KernelConfig, pv_fp8: bool):
     """int8 Q (per BLOCK_M rows), smoothed int8 K (per BLOCK_N rows), V as FP8 or as is."""
     q_i8, q_scale = quantize_int8_per_block(q, cfg.block_m, layout=layout)  # [B,H,Sq,D], [B,H,NQT]
@@ -541,16 +554,14 @@ def sparse_flash_attention(
             ref = sparse_attention_reference(q, k, v, mask, scale=scale, layout=layout)
         return out.copy_(ref)
 
-    candidates = _candidate_configs(config, q, mask, q_len, kv_len, dim, quant)
-    if config is None:
-        config = _default_config(candidates, interpret)
+    candidates = _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, interpret)
 
     def launch(cfg: KernelConfig) -> None:
+        # For quant="int8" the quantization runs inside: its block scales follow cfg's tiles.
         _launch(q, k, v, out, mask, cfg, scale, layout, quant, pv_fp8, interpret)
 
-    if quant == "int8" or not (q.is_cuda and _autotune_enabled() and not interpret and len(candidates) > 1):
-        # int8: tiles are fixed before quantizing (scales are per tile); only the default runs.
-        launch(config)
+    if len(candidates) == 1 or interpret or not _autotune_enabled():
+        launch(candidates[0])
         return out
     key = _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim)
     if key not in _TUNED:
@@ -560,19 +571,14 @@ def sparse_flash_attention(
 
 
 def _reference_int8(q, k, v, mask, scale, layout, config, pv_fp8, q_len, kv_len, dim) -> Tensor:
-    elem = q.element_size()
-    cands = prune_configs(
-        CONFIG_SPACE, head_dim=dim, elem_bytes=elem, q_len=q_len, kv_len=kv_len,
-        mask_block_m=None if mask is None else mask.block_m,
-        mask_block_n=None if mask is None else mask.block_n, for_tuning=False,
-    )  # fmt: skip
-    cfg = config or cands[0]
+    cfg = _candidate_configs(config, q, mask, q_len, kv_len, dim, "int8", pv_fp8, False)[0]
     return int8_attention_reference(
         q, k, v, mask, scale=scale, layout=layout, block_m=cfg.block_m, block_n=cfg.block_n, pv_fp8=pv_fp8
     )
 
 
-def _candidate_configs(config, q, mask, q_len, kv_len, dim, quant) -> list[KernelConfig]:
+def _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, interpret) -> list[KernelConfig]:
+    """[config] if one is forced, else the configs to try, the default first."""
     mbm = None if mask is None else mask.block_m
     mbn = None if mask is None else mask.block_n
     if config is not None:
@@ -587,23 +593,25 @@ def _candidate_configs(config, q, mask, q_len, kv_len, dim, quant) -> list[Kerne
             if tile < 16 or tile & (tile - 1):
                 raise ValueError(f"config.{name} must be a power of two >= 16, got {tile}")
         return [config]
-    elem = 1 if quant == "int8" else q.element_size()
+    elem = 1 if (quant == "int8" and pv_fp8) else q.element_size()  # int8 Q/K with 16-bit V: be safe
     smem = 227 * 1024
     if q.is_cuda:
         props = torch.cuda.get_device_properties(q.device)
         smem = getattr(props, "shared_memory_per_block_optin", smem)
-    kwargs = dict(head_dim=dim, elem_bytes=elem, q_len=q_len, kv_len=kv_len, mask_block_m=mbm, mask_block_n=mbn,
-                  smem_bytes=smem)  # fmt: skip
-    cands = prune_configs(CONFIG_SPACE, **kwargs) or prune_configs(CONFIG_SPACE, **kwargs, for_tuning=False)
-    if not cands:
+    valid = prune_configs(
+        CONFIG_SPACE, head_dim=dim, elem_bytes=elem, q_len=q_len, kv_len=kv_len,
+        mask_block_m=mbm, mask_block_n=mbn, smem_bytes=smem,
+    )  # fmt: skip
+    if not valid:
         raise ValueError(f"no kernel config fits head_dim={dim} and mask blocks ({mbm}, {mbn})")
-    return cands
+    if interpret:  # the interpreter runs fastest with the biggest tiles (fewer numpy calls)
+        return [max(valid, key=lambda c: (c.block_m * c.block_n, c.block_m))]
+    return _tuning_candidates(valid)
 
 
 def _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim) -> tuple:
     mask_key = None if mask is None else (mask.block_m, mask.block_n)
-    return (q.device, q.dtype, layout, quant, pv_fp8, dim, _bucket(q_len), _bucket(kv_len), mask_key,
-            tuple(q.stride()))  # fmt: skip
+    return (q.device, q.dtype, layout, quant, pv_fp8, dim, _bucket(q_len), _bucket(kv_len), mask_key)
 
 
 def _launch(q, k, v, out, mask, cfg: KernelConfig, scale, layout, quant, pv_fp8, interpret) -> None:
@@ -641,5 +649,5 @@ def _launch(q, k, v, out, mask, cfg: KernelConfig, scale, layout, quant, pv_fp8,
         HEAD_DIM=dim, HEAD_DIM_PAD=_head_dim_pad(dim), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         MASK_BLOCK_M=mbm, MASK_BLOCK_N=mbn, SPARSE=mask is not None, QUANT_INT8=quant == "int8",
         PV_FP8=pv_fp8, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        EMULATE_FP8_ROUNDING=interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        INTERPRETER=interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

@@ -19,98 +19,107 @@ Used by the tests, by ``ditaccel demo`` (default: ``wan2.1-tiny``) and by
 Diffusers is imported lazily, only when a diffusers entry is built or its
 inputs are made, so ``import ditcompile.models.zoo`` works without it.
 
-Findings (torch 2.13.0 CPU, diffusers 0.42.1; ``backend="eager"``, counted with
-a backend that prints ``len(gm.graph.nodes)``).  "Layout" is the tensor layout
-produced right after the q/k/v projections, before the permute/transpose that
-feeds SDPA.  "dispatch" means ``diffusers.models.attention_dispatch
-.dispatch_attention_fn``: with the default (native) backend it permutes
-``[B,S,H,D] -> [B,H,S,D]`` with ``permute(0, 2, 1, 3)``, calls
-``F.scaled_dot_product_attention`` and permutes the result back; the FX graph
-shows exactly that (``permute`` x3, ``scaled_dot_product_attention``,
-``permute``) inlined into the attention module, not a call to a diffusers
-function.
+Findings (torch 2.13.0 CPU, diffusers 0.42.1, default attention backend; traced with
+``torch.compile(model, backend=be, fullgraph=...)`` where ``be`` counts ``len(gm.graph.nodes)``;
+the token counts and text positions below are also checked by ``tests/test_zoo.py``).
+"Layout" is the layout right after the q/k/v projections, before the permute/transpose that
+feeds SDPA.  "dispatch" = ``diffusers.models.attention_dispatch.dispatch_attention_fn``: with
+the native backend it does ``permute(0, 2, 1, 3)`` on q, k, v (``[B,S,H,D] -> [B,H,S,D]``),
+calls ``F.scaled_dot_product_attention(query=..., key=..., value=..., attn_mask=...,
+dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False)`` **with keyword arguments**, and
+permutes the result back.  The ``AttnProcessor2_0`` family instead does
+``view(B, -1, H, D).transpose(1, 2)`` and calls SDPA with q, k, v *positionally*.
 
-========================  =============================================================================
-wan2.1-tiny               ``blocks.N.attn1`` self over video, ``blocks.N.attn2`` cross to text.  QKV
-                          ``[B,S,H*D]`` -> RMSNorm over all heads -> ``unflatten(2, (H, -1))`` to
-                          ``[B,S,H,D]`` -> RoPE (interleaved pairs, ``torch.empty_like`` + strided
-                          slice assignment ``out[..., 0::2] = ...``) -> dispatch (SDPA in
-                          ``[B,H,S,D]``).  No joint attention.  fullgraph OK.
-hunyuan_video-tiny        Dual-stream ``transformer_blocks.N.attn`` and single-stream
-                          ``single_transformer_blocks.N.attn``: both *joint*, video tokens first,
-                          text **after** (``cat([video, text], dim=1)`` in ``[B,S,H,D]``; RoPE only on
-                          the video part).  ``[B,S,H,D]`` via ``unflatten`` -> dispatch with a bool
-                          ``[B,1,1,S_video+S_text]`` key-padding mask built from
-                          ``encoder_attention_mask``.  Also text-only self-attention in the token
-                          refiner (``context_embedder.token_refiner.refiner_blocks.N.attn``,
-                          ``AttnProcessor2_0``: ``view(B,-1,H,D).transpose(1,2)`` -> SDPA with a
-                          ``[B,1,T,T]`` bool mask).  fullgraph OK.
-cogvideox-tiny            ``transformer_blocks.N.attn1`` joint, text **before** video
-                          (``cat([text, video], dim=1)`` on ``[B,S,H*D]`` *before* the projections,
-                          so text and video share ``to_q/to_k/to_v``).  ``view(B,-1,H,D)
-                          .transpose(1,2)`` -> ``[B,H,S,D]`` -> LayerNorm q/k -> RoPE applied in place
-                          to the video slice (``query[:, :, T:] = apply_rotary_emb(...)``, a
-                          ``setitem`` in the graph) -> ``F.scaled_dot_product_attention``.  Input is
-                          ``[B, F, C, H, W]`` (frames before channels!).  fullgraph OK.
-mochi-tiny                ``transformer_blocks.N.attn1`` joint, text **after** video; asymmetric
-                          (text stream has its own width ``pooled_projection_dim`` and projections).
-                          ``[B,S,H,D]`` via ``unflatten`` -> RMSNorm per head -> RoPE ->
-                          ``transpose(1,2)``; then a Python loop over the batch selects the valid
-                          text tokens with ``torch.nonzero(mask)`` and calls SDPA once *per sample*
-                          (then ``F.pad`` back).  Also a one-query attention pool over text in
-                          ``time_embed.pooler`` (SDPA, ``[B,H,1,D]`` query).  **Graph break**:
-                          ``torch.nonzero`` has a data-dependent output shape
-                          (``capture_dynamic_output_shape_ops`` is off by default), so
-                          ``fullgraph=True`` fails and the non-fullgraph compile splits every
-                          attention into pieces (SDPA runs in the resumed frames).
-ltx_video-tiny            ``transformer_blocks.N.attn1`` self, ``attn2`` cross.  RMSNorm and RoPE on
-                          ``[B,S,H*D]``, then ``unflatten(2, (H, -1))`` -> ``[B,S,H,D]`` -> dispatch.
-                          The cross-attention gets an additive ``[B,1,1,T]`` mask (from
-                          ``encoder_attention_mask`` via ``prepare_attention_mask``).  Input is
-                          already patchified/packed: ``[B, F*H*W, C]`` plus ``num_frames/height/
-                          width`` ints.  ``LTXAttention.forward`` calls ``inspect.signature`` on
-                          every call; Dynamo constant-folds it.  fullgraph OK.
-latte-tiny                ``transformer_blocks.N.attn1`` *spatial* (batch ``B*F``, sequence ``H'*W'``),
-                          ``transformer_blocks.N.attn2`` cross (text repeated per frame),
-                          ``temporal_transformer_blocks.N.attn1`` *temporal* (batch ``B*H'*W'``,
-                          sequence ``F``).  ``AttnProcessor2_0``: ``view(B,-1,H,D).transpose(1,2)``
-                          -> SDPA.  The spatial<->temporal switch is a
-                          ``reshape(B,F,S,D).permute(0,2,1,3)`` between blocks.  fullgraph OK.
-flux-tiny                 ``transformer_blocks.N.attn`` (dual stream) and
-                          ``single_transformer_blocks.N.attn`` (single stream, ``pre_only``, no
-                          ``to_out``): joint, text **before** image.  ``unflatten(-1, (-1, D))``
-                          -> ``[B,S,H,D]`` -> RMSNorm -> cat ``[text, image]`` -> RoPE over the
-                          whole joint sequence (txt_ids are zeros) -> dispatch.  Input is packed
-                          ``[B, (H/2)*(W/2), 4*C]``.  fullgraph OK.
-sd3-tiny                  ``transformer_blocks.N.attn`` joint, text **after** image, concatenated in
-                          ``[B,H,S,D]`` on ``dim=2`` (``JointAttnProcessor2_0``:
-                          ``view(B,-1,H,D).transpose(1,2)``) -> ``F.scaled_dot_product_attention``.
-                          SD3.5-style: ``transformer_blocks.0.attn2`` is an extra image-only self
-                          attention (dual attention layer); the last block is ``context_pre_only``.
-                          fullgraph OK.
-pixart-tiny               ``transformer_blocks.N.attn1`` self, ``attn2`` cross with an additive
-                          ``[B,1,1,T]`` mask (expanded to heads by ``prepare_attention_mask``).
-                          ``AttnProcessor2_0`` (``view(B,-1,H,D).transpose(1,2)`` -> SDPA).
-                          fullgraph OK.
-manual-dit-tiny           :mod:`ditcompile.models.manual_dit`.  ``blocks.N.attn1``: ``matmul(q,
-                          k^T) * scale`` -> ``softmax`` -> ``matmul`` in ``[B,H,S,D]``;
-                          ``blocks.N.attn2``: heads folded into batch ``[B*H,S,D]``,
-                          ``baddbmm(empty, q, k^T, beta=0, alpha=scale)`` -> ``softmax`` -> ``bmm``.
-                          No SDPA anywhere.  fullgraph OK.
-========================  =============================================================================
+wan2.1-tiny (grid 3x8x12 = 288 tokens, 10 text tokens; 1 graph, 380 nodes)
+    ``blocks.N.attn1`` self, ``blocks.N.attn2`` cross (no joint attention).  Layout
+    ``[B,S,H*D]`` -> RMSNorm across all heads -> ``unflatten(2, (H, -1))`` = ``[B,S,H,D]`` ->
+    RoPE (self-attention only): ``out = torch.empty_like(q)`` then two strided ``setitem``s
+    (``out[..., 0::2] = ...``, ``out[..., 1::2] = ...``) -> ``type_as`` -> dispatch.  No mask.
+hunyuan_video-tiny (grid 3x4x6, 10 text; 1 graph, 544 nodes)
+    ``transformer_blocks.N.attn`` (dual stream: text has its own ``add_{q,k,v}_proj``) and
+    ``single_transformer_blocks.N.attn`` (single stream: ``cat([video, text])`` on
+    ``[B,S,D]`` *before* the shared ``to_q/to_k/to_v``) are both joint with text **after**
+    video.  ``unflatten`` -> ``[B,S,H,D]`` -> RMSNorm per head -> RoPE on the video slice
+    only -> (dual stream) ``cat(dim=1)`` -> dispatch with a bool key-padding mask
+    ``[B,1,1,S_video+S_text]``.  Also text-only self-attention in the token refiner
+    (``context_embedder.token_refiner.refiner_blocks.N.attn``, ``AttnProcessor2_0``, bool mask
+    ``[B,H,T,T]`` built with an in-place ``mask[:, :, :, 0] = True`` and
+    ``repeat_interleave`` over heads).
+cogvideox-tiny (grid 3x4x6, 10 text; 1 graph, 358 nodes)
+    ``transformer_blocks.N.attn1`` joint with text **before** video: ``cat([text, video])``
+    on ``[B,S,D]`` *before* the shared projections.  ``view(B,-1,H,D).transpose(1,2)`` =
+    ``[B,H,S,D]`` -> LayerNorm q/k -> RoPE written **in place** on the video slice
+    (``query[:, :, T:] = apply_rotary_emb(...)``: ``setitem`` nodes that mutate the tensors
+    later passed to SDPA) -> ``F.scaled_dot_product_attention`` (no mask).  The input is
+    ``[B, F, C, H, W]`` (frames before channels); RoPE comes in as ``image_rotary_emb``.
+mochi-tiny (grid 3x4x6, 10 text)
+    ``transformer_blocks.N.attn1`` joint with text **after** video; the text stream is
+    narrower (``pooled_projection_dim``) with its own projections.  ``unflatten`` ->
+    ``[B,S,H,D]`` -> RMSNorm per head -> RoPE -> ``transpose(1, 2)``; then a Python loop over
+    the batch picks the valid text tokens with ``torch.nonzero(mask)`` and calls SDPA once
+    per sample on ``[1,H,S_video+n_valid,D]`` (then ``F.pad`` back, ``cat`` over the batch).
+    Also a one-query attention pool over text (``time_embed.pooler``, SDPA with
+    ``[B,H,1,D]`` queries and a ``[B,1,1,T+1]`` bool mask).
+    **Graph breaks** with the default ``fullgraph=False``: ``aten.nonzero`` has a
+    data-dependent output shape -> 11 graphs / 10 breaks at batch 1, and the per-sample
+    joint-attention SDPA calls run *outside* every FX graph (only the pooler SDPA is
+    captured), so a backend never sees Mochi's joint attention.  ``fullgraph=True`` traces
+    one graph (594 nodes): since pytorch PR #163123 (Sept 2025; present in 2.13, first
+    release not checked) ``fullgraph=True`` implies ``capture_dynamic_output_shape_ops``,
+    and SDPA then sees unbacked sizes
+    ``[1, H, u0 + 72, D]``.  ``torch._dynamo.config.capture_dynamic_output_shape_ops = True``
+    gives the same single graph without ``fullgraph``.
+ltx_video-tiny (grid 3x4x6, 10 text; 1 graph, 364 nodes)
+    ``transformer_blocks.N.attn1`` self, ``attn2`` cross.  RMSNorm and RoPE on
+    ``[B,S,H*D]``, then ``unflatten(2, (H, -1))`` -> ``[B,S,H,D]`` -> dispatch.  The
+    cross-attention gets an additive float mask ``[B,H,1,T]`` (``(1 - mask) * -10000`` ->
+    ``prepare_attention_mask`` repeats it per head).  The input is already packed,
+    ``[B, F*H*W, C]`` with patch size 1, plus ``num_frames/height/width`` ints.
+    ``LTXAttention.forward`` calls ``inspect.signature`` every call; Dynamo folds it away.
+latte-tiny (grid 3x4x6, 10 text; 1 graph, 393 nodes)
+    ``transformer_blocks.N.attn1`` spatial (batch ``B*F``, ``S = H'*W'``),
+    ``transformer_blocks.N.attn2`` cross, also per frame (text ``repeat_interleave``-d F
+    times), ``temporal_transformer_blocks.N.attn1`` temporal (batch ``B*H'*W'``, ``S = F``).
+    ``AttnProcessor2_0``; the spatial <-> temporal switch is
+    ``reshape(B, -1, S, D).permute(0, 2, 1, 3).reshape(-1, S', D)`` between blocks.
+flux-tiny (grid 1x4x6, 10 text; 1 graph, 381 nodes)
+    ``transformer_blocks.N.attn`` (dual stream) and ``single_transformer_blocks.N.attn``
+    (single stream, ``pre_only``: no ``to_out``; ``cat([text, image])`` happens in the block
+    before the projections) are joint with text **before** image.
+    ``unflatten(-1, (-1, D))`` -> ``[B,S,H,D]`` -> RMSNorm -> (dual) ``cat`` -> RoPE over the
+    whole joint sequence (``txt_ids`` are zeros) -> dispatch (no mask).  The input is
+    packed ``[B, (H/2)*(W/2), 4*C]``.
+sd3-tiny (grid 1x4x6, 10 text; 1 graph, 398 nodes)
+    ``transformer_blocks.N.attn`` joint with text **after** image, concatenated in
+    ``[B,H,S,D]`` on ``dim=2`` (``JointAttnProcessor2_0``, so SDPA's q/k/v are ``cat``
+    nodes) -> ``F.scaled_dot_product_attention`` (no mask).  SD3.5-style: RMSNorm q/k and
+    ``transformer_blocks.0.attn2``, an extra image-only self-attention (dual attention
+    layer) sharing the processor object; the last block is ``context_pre_only``.
+pixart-tiny (grid 1x4x6, 10 text; 1 graph, 270 nodes)
+    ``transformer_blocks.N.attn1`` self, ``attn2`` cross with an additive ``[B,H,1,T]``
+    mask.  ``AttnProcessor2_0``.
+manual-dit-tiny (grid 3x4x6, 10 text; 1 graph, 231 nodes)
+    :mod:`ditcompile.models.manual_dit`, no SDPA.  ``blocks.N.attn1``:
+    ``view(B,S,H,D).transpose(1,2)`` -> ``matmul(q, k.transpose(-1,-2))`` -> ``mul`` by scale
+    -> ``softmax(dim=-1)`` -> ``matmul(p, v)``.  ``blocks.N.attn2``: heads folded into the
+    batch, ``[B*H,S,D]`` -> ``baddbmm(empty(B*H,Sq,Sk), q, k^T, beta=0, alpha=scale)`` ->
+    ``Tensor.softmax(dim=-1)`` -> ``bmm``.
 
 Other things visible in the Dynamo FX graphs:
 
-* With the default attention backend, every diffusers SDPA call shows up as
-  ``torch._C._nn.scaled_dot_product_attention`` (``call_function``) whose
-  ``nn_module_stack`` ends at the attention module (``...attn1``), so it can be
-  attributed to a module path.  The processor object itself never appears.
-* ``dispatch_attention_fn`` adds three ``permute`` nodes before and one after
-  SDPA, so the SDPA inputs are non-contiguous ``[B,H,S,D]`` views of
-  ``[B,S,H,D]`` tensors (Wan, HunyuanVideo, LTX, Flux); the ``AttnProcessor2_0``
-  family (CogVideoX, Latte, SD3, PixArt) uses ``transpose(1, 2)`` instead.
-* Wan's self-attention passes ``attn_mask=None``; its cross-attention too (the
-  512-token image-context split only happens for I2V models).
+* SDPA shows up as ``call_function`` on ``torch._C._nn.scaled_dot_product_attention``;
+  the processor object never appears.  Its ``nn_module_stack`` ends at the attention
+  module, but the path is spelled differently for diffusers models:
+  ``L['self'].__dict__['_modules']['blocks'].0.attn1`` (``ModelMixin``) vs
+  ``L['self'].blocks.0.attn1`` (plain ``nn.Module``); :func:`normalize_module_path` maps
+  both to ``blocks.0.attn1``.
+* In-place ops around attention: Wan's RoPE (``empty_like`` + ``setitem``), CogVideoX's
+  RoPE (``setitem`` into the SDPA inputs), HunyuanVideo's refiner mask (``setitem``).  A
+  pass that moves or replaces the SDPA node must keep those mutations ahead of it.
+* Masks reaching SDPA: bool ``[B,1,1,S]`` (HunyuanVideo joint), bool ``[B,H,T,T]``
+  (HunyuanVideo refiner), bool ``[B,1,1,T+1]`` (Mochi pool), additive float ``[B,H,1,T]``
+  (LTX and PixArt cross-attention); every other call has ``attn_mask=None``.
+
 """
 
 from __future__ import annotations
@@ -906,12 +915,16 @@ _ENTRIES = [
             text_position="after",
             attention={r"transformer_blocks\.\d+\.attn1": "joint"},
             aux_attention={r"time_embed\.pooler": "pool"},
-            fullgraph=False,
+            fullgraph=True,
             graph_break=(
-                "MochiAttnProcessor2_0 selects the valid text tokens per sample with "
-                "torch.nonzero(mask) (data-dependent output shape) and loops over the batch"
+                "MochiAttnProcessor2_0 selects the valid text tokens per sample with torch.nonzero(mask) "
+                "(data-dependent output shape) inside a loop over the batch; with fullgraph=False the "
+                "joint-attention SDPA calls end up outside every graph"
             ),
-            notes="one SDPA call per sample; text stream is narrower (pooled_projection_dim).",
+            notes=(
+                "one SDPA call per sample; text stream is narrower (pooled_projection_dim). "
+                "fullgraph=True (recent torch, PR #163123) captures nonzero with unbacked sizes: SDPA sees S = u0 + 72."
+            ),
         ),
         description="diffusers MochiTransformer3DModel, 2 layers (last one context_pre_only)",
     ),

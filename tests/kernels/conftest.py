@@ -1,0 +1,46 @@
+"""Fixtures for the kernel tests.
+
+The Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` is set here,
+before anything imports triton (set ``TRITON_INTERPRET=0`` explicitly to run the same tests
+on a CUDA GPU instead).  Shapes are kept small so the interpreter stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+INTERPRET = os.environ["TRITON_INTERPRET"] not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """Where kernel inputs live: CPU under the interpreter, else the GPU."""
+    if INTERPRET:
+        return "cpu"
+    if not torch.cuda.is_available():
+        pytest.skip("TRITON_INTERPRET=0 but no CUDA device")
+    return "cuda"
+
+
+@pytest.fixture
+def rel_l2():
+    """Relative L2 error ||out - ref|| / ||ref||, computed in float64."""
+
+    def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+        out, ref = out.double().cpu(), ref.double().cpu()
+        assert torch.isfinite(out).all(), "output has NaN/inf (unwritten or poisoned elements?)"
+        denom = ref.norm().item()
+        return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+    return _rel_l2
+
+
+@pytest.fixture
+def gen():
+    """A fresh, seeded generator per test (fresh random data, reproducible failures)."""
+    return torch.Generator().manual_seed(torch.randint(0, 2**31 - 1, ()).item())
