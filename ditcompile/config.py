@@ -177,7 +177,7 @@ def _build(cls: type, data: Mapping, prefix: str) -> Any:
         if key not in fields:
             accepted = sorted(fields)
             close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
+            hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
             where = f"section {prefix[:-1]!r}" if prefix else "options"
             raise ConfigError(f"unknown option {name!r}.{hint} Accepted keys in {where}: {accepted}")
         kwargs[key] = _convert(name, value, hints[key], fields[key])

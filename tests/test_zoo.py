@@ -422,13 +422,10 @@ def test_manual_attention_matches_sdpa():
 # --------------------------------------------------------------------------------------------------
 
 
-# Each trace costs ~1 s on CPU; by default only the demo model, the hand-written model and the one
-# with graph breaks are traced (set DITACCEL_ZOO_DYNAMO_ALL=1 to trace every entry).
-DYNAMO_NAMES = NAMES if os.environ.get("DITACCEL_ZOO_DYNAMO_ALL") == "1" else [
-    "wan2.1-tiny",
-    "mochi-tiny",
-    "manual-dit-tiny",
-]
+# Each trace costs 1-3 s on CPU; by default only the hand-written model and the one with graph
+# breaks are traced (tests/test_models.py compiles every entry; set DITACCEL_ZOO_DYNAMO_ALL=1 to
+# trace every entry here too).
+DYNAMO_NAMES = NAMES if os.environ.get("DITACCEL_ZOO_DYNAMO_ALL") == "1" else ["mochi-tiny", "manual-dit-tiny"]
 
 
 @pytest.mark.parametrize("name", DYNAMO_NAMES)

@@ -91,7 +91,8 @@ def _classify(site: AttentionSite, grid: Optional[TokenGrid], num_tokens: Option
             return
     same_stream = _same_projection_input(site)
     site.kind = SELF if site.equal_lengths and same_stream is not False else CROSS
-    if num_tokens and sq == num_tokens:
+    per_frame = grid is not None and sq == grid.height * grid.width and site.batch == (batch or 0) * grid.frames
+    if (num_tokens and sq == num_tokens) or per_frame:
         site.tokens = "video"
     elif site.q_len_expr != "?":
         site.tokens = "other"
