@@ -33,7 +33,7 @@ class DemoResult:
         return "\n".join([
             f"model {self.model} on {self.device} ({self.dtype}), {self.steps}-step flow-matching loop",
             f"  {'variant':<28}{'loop time':>12}{'per step':>12}",
-            f"  {'eager':<28}{self.eager_s:>11.3f}s{per_eager:>10.2f}ms",
+            f"  {'eager':<28}{self.eager_s:>11.3f}s{per_eager:>10.2f}ms   (best of repeated loops)",
             f"  {'ditaccel (after compile)':<28}{self.compiled_s:>11.3f}s{per_comp:>10.2f}ms",
             f"  compile + first loop: {self.compile_s:.1f}s; speedup over eager: {self.eager_s / self.compiled_s:.2f}x",
             f"  final latents, ditaccel vs eager: max |diff| = {self.max_abs_diff:.3e}, "
@@ -63,8 +63,20 @@ def denoise(call: Callable[..., torch.Tensor], inputs: dict, steps: int, seed: i
     return latents
 
 
+def _best_of(repeats: int, loop: Callable[[], torch.Tensor], device: str) -> tuple[torch.Tensor, float]:
+    """Run `loop` `repeats` times; its result and the fastest wall time (robust to a busy machine)."""
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        result = loop()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
 def run_demo(model_name: str = "wan2.1-tiny", steps: int = 10, compiler: str = "inductor",
-             device: str = "auto", options: Any = None) -> DemoResult:
+             device: str = "auto", options: Any = None, repeats: int = 3) -> DemoResult:
     from .explain import explain
     from .models.zoo import get_tiny_model, run_model
 
@@ -92,21 +104,12 @@ def run_demo(model_name: str = "wan2.1-tiny", steps: int = 10, compiler: str = "
         return run_model(compiled, kw)
 
     with torch.no_grad():
-        _sync(device)
         start = time.perf_counter()
-        reference = denoise(eager_call, inputs, steps)
-        _sync(device)
-        eager_s = time.perf_counter() - start
-
-        start = time.perf_counter()
-        denoise(compiled_call, inputs, steps)
+        denoise(compiled_call, inputs, steps)  # Dynamo + Inductor compile happen here
         _sync(device)
         compile_s = time.perf_counter() - start
-
-        start = time.perf_counter()
-        result = denoise(compiled_call, inputs, steps)
-        _sync(device)
-        compiled_s = time.perf_counter() - start
+        reference, eager_s = _best_of(repeats, lambda: denoise(eager_call, inputs, steps), device)
+        result, compiled_s = _best_of(repeats, lambda: denoise(compiled_call, inputs, steps), device)
 
     diff = (result - reference).float()
     rel = (diff.norm() / reference.float().norm().clamp_min(1e-12)).item()

@@ -297,6 +297,7 @@ def test_a_failing_pass_leaves_the_graph_unchanged_and_reports_it(monkeypatch, c
     ("L['self'].__dict__['_modules']['blocks'].0.attn1", "blocks.0.attn1"),
     ("L['self'].transformer_blocks[3].attn", "transformer_blocks.3.attn"),
     ("L['self']", ""),
+    ("getattr(L['self'].blocks, '0').attn1", "blocks.0.attn1"),
 ])
 def test_module_path_spellings(raw, path):
     assert normalize_module_path(raw) == path

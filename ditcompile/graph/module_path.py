@@ -16,16 +16,24 @@ from typing import Optional
 
 import torch.fx as fx
 
+_ROOT = re.compile(r"^[LG]\[['\"][^'\"]+['\"]\]")  # L['self'], L['fn'], G['model']: the compiled object
+_GETATTR = re.compile(r"getattr\(([^()]*), ['\"]([^'\"]+)['\"]\)")
 _TOKEN = re.compile(r"\['([^']*)'\]|\[\"([^\"]*)\"\]|\[(\d+)\]|\.?([A-Za-z_]\w*|\d+)")
-_SKIP = {"L", "self", "__dict__", "_modules", "getattr"}
+_SKIP = {"__dict__", "_modules", "getattr"}
 
 
 def normalize_module_path(raw: str) -> str:
     """`"L['self'].__dict__['_modules']['blocks'].0.attn1"` -> `"blocks.0.attn1"`."""
     if raw.startswith("L__self___"):  # flattened spelling of old releases; '_' is ambiguous
         return raw[len("L__self___"):].replace("_", ".")
+    text = raw.strip()
+    while True:  # getattr(X, '0') -> X.0 (older releases spell numeric children this way)
+        unwrapped = _GETATTR.sub(r"\1.\2", text)
+        if unwrapped == text:
+            break
+        text = unwrapped
     parts = []
-    for match in _TOKEN.finditer(raw):
+    for match in _TOKEN.finditer(_ROOT.sub("", text)):
         token = next(g for g in match.groups() if g is not None)
         if token in _SKIP:
             continue

@@ -134,6 +134,8 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
+from ..graph.module_path import normalize_module_path
+
 __all__ = [
     "ATTENTION_KINDS",
     "TEXT_POSITIONS",
@@ -264,32 +266,6 @@ class TinyModel:
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def normalize_module_path(path: str) -> str:
-    """Turn a Dynamo ``nn_module_stack`` path into a ``named_modules()`` name.
-
-    Examples (torch 2.13)::
-
-        L['self'].__dict__['_modules']['blocks'].0.attn1   -> blocks.0.attn1   (diffusers ModelMixin)
-        L['self'].blocks.0.attn1                            -> blocks.0.attn1   (plain nn.Module)
-        L['self'].blocks[0].attn1, getattr(L['self'].blocks, '0').attn1 -> blocks.0.attn1 (older torch)
-
-    Plain names pass through unchanged.
-    """
-    s = path.strip()
-    while True:  # getattr(X, 'name') -> X.name
-        new = re.sub(r"getattr\(([^()]*), ['\"]([^'\"]+)['\"]\)", r"\1.\2", s)
-        if new == s:
-            break
-        s = new
-    s = re.sub(r"^[LG]\[['\"][^'\"]+['\"]\]", "", s)  # L['self'] / L['fn'] / G['model'] prefix
-    s = s.replace(".__dict__['_modules']", "").replace('.__dict__["_modules"]', "")
-    s = s.replace("._modules", "")
-    s = re.sub(r"\[['\"]([^'\"\]]+)['\"]\]", r".\1", s)  # ['name'] -> .name
-    s = re.sub(r"\[(\d+)\]", r".\1", s)  # [0] -> .0
-    s = re.sub(r"\.{2,}", ".", s)
-    return s.strip(".")
 
 
 def run_model(model: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
