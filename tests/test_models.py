@@ -4,7 +4,6 @@ Each check compares the backend with an independent observation: attention calls
 by instrumenting eager execution, kinds and grids come from the zoo's description of each
 model, and outputs are compared with the eager model on fresh random inputs.
 """
-import re
 
 import pytest
 import torch

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from .fx_utils import (
     call_name,
+    is_seq_head_swap,
+    permutation_of,
     dim_text,
     dtype_of,
     example_value,
@@ -108,18 +110,7 @@ def _try_bshd(site: AttentionSite) -> None:
 
 def _bshd_source(node: fx.Node) -> Optional[fx.Node]:
     """x when `node` is x.transpose(1, 2) / x.permute(0, 2, 1, 3) of a 4-D x, else None."""
-    if not isinstance(node, fx.Node) or len(node.args) < 1:
-        return None
-    src = node.args[0]
-    if not isinstance(src, fx.Node) or example_value(src) is None or example_value(src).dim() != 4:
-        return None
-    if is_method(node, "transpose") or is_function(node, torch.transpose):
-        dims = {normalize_dim(d, 4) for d in node.args[1:3]}
-        return src if dims == {1, 2} else None
-    if is_method(node, "permute") or is_function(node, torch.permute):
-        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:]
-        return src if tuple(normalize_dim(d, 4) for d in dims) == (0, 2, 1, 3) else None
-    return None
+    return node.args[0] if is_seq_head_swap(node) else None
 
 
 # ----------------------------------------------------------------------------- manual
@@ -167,21 +158,11 @@ def _is_baddbmm(node: fx.Node) -> bool:
 
 def _key_from_transpose(kt: fx.Node) -> Optional[fx.Node]:
     """k when kt is k.transpose(-2, -1) (any spelling of swapping the last two dims)."""
-    if not isinstance(kt, fx.Node) or not kt.args or not isinstance(kt.args[0], fx.Node):
+    perm = permutation_of(kt) if isinstance(kt, fx.Node) else None
+    if perm is None:
         return None
-    src = kt.args[0]
-    value = example_value(src)
-    if value is None:
-        return None
-    rank = value.dim()
-    if is_method(kt, "transpose") or is_function(kt, torch.transpose):
-        dims = {normalize_dim(d, rank) for d in kt.args[1:3]}
-        return src if dims == {rank - 2, rank - 1} else None
-    if is_method(kt, "permute") or is_function(kt, torch.permute):
-        dims = kt.args[1] if len(kt.args) == 2 and isinstance(kt.args[1], (list, tuple)) else kt.args[1:]
-        expect = tuple(range(rank - 2)) + (rank - 1, rank - 2)
-        return src if tuple(normalize_dim(d, rank) for d in dims) == expect else None
-    return None
+    rank = len(perm)
+    return kt.args[0] if perm == tuple(range(rank - 2)) + (rank - 1, rank - 2) else None
 
 
 def _match_manual(softmax: fx.Node, index: int) -> Optional[AttentionSite]:

@@ -142,6 +142,32 @@ def normalize_dim(dim: Any, rank: int) -> Optional[int]:
     return dim + rank if dim < 0 else dim
 
 
+def permutation_of(node: fx.Node) -> Optional[tuple[int, ...]]:
+    """The full dim permutation a transpose/permute node applies to its 4-D-or-other input."""
+    src = node.args[0] if node.args else None
+    value = example_value(src)
+    if value is None:
+        return None
+    rank = value.dim()
+    if is_method(node, "transpose") or is_function(node, torch.transpose):
+        a, b = (normalize_dim(d, rank) for d in node.args[1:3])
+        if a is None or b is None:
+            return None
+        perm = list(range(rank))
+        perm[a], perm[b] = perm[b], perm[a]
+        return tuple(perm)
+    if is_method(node, "permute") or is_function(node, torch.permute):
+        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:]
+        perm = tuple(normalize_dim(d, rank) for d in dims)
+        return perm if len(perm) == rank and None not in perm else None
+    return None
+
+
+def is_seq_head_swap(node: Any) -> bool:
+    """node is x.transpose(1, 2) / x.permute(0, 2, 1, 3) of a 4-D x ([B,S,H,D] <-> [B,H,S,D])."""
+    return isinstance(node, fx.Node) and permutation_of(node) == (0, 2, 1, 3)
+
+
 def node_arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     """Argument `name` of a call, whether it was passed by position `index` or by keyword."""
     if name in node.kwargs:

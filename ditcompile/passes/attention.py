@@ -24,10 +24,9 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-import torch
 import torch.fx as fx
 
-from ..graph.fx_utils import erase_if_unused, example_value, is_function, is_method, normalize_dim
+from ..graph.fx_utils import erase_if_unused, example_value, is_seq_head_swap
 from ..graph.sites import BSHD, AttentionSite
 from ..kernels.ops import attention_op
 from ..plan import AttentionPlan
@@ -81,7 +80,7 @@ def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode)
     """`old` was [B,H,S,D]; `new` is [B,S,H,D]. Users that permuted back now read `new`."""
     bhsd_view: Optional[fx.Node] = None
     for user in list(old.users):
-        if _is_seq_head_swap(user):
+        if is_seq_head_swap(user):
             user.replace_all_uses_with(new)
             graph.erase_node(user)
             continue
@@ -89,16 +88,6 @@ def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode)
             with graph.inserting_after(new):
                 bhsd_view = _add_node(graph, old, "call_method", "transpose", (new, 1, 2), fake_mode)
         user.replace_input_with(old, bhsd_view)
-
-
-def _is_seq_head_swap(node: fx.Node) -> bool:
-    """node is x.transpose(1, 2) or x.permute(0, 2, 1, 3) of a 4-D x."""
-    if is_method(node, "transpose") or is_function(node, torch.transpose):
-        return {normalize_dim(d, 4) for d in node.args[1:3]} == {1, 2}
-    if is_method(node, "permute") or is_function(node, torch.permute):
-        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:]
-        return tuple(normalize_dim(d, 4) for d in dims) == (0, 2, 1, 3)
-    return False
 
 
 def _inputs_of(node: fx.Node) -> list[fx.Node]:
