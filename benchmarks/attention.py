@@ -283,18 +283,15 @@ def run_shape(bench: Bench, name: str, b: int, h: int, s: int, d: int, args) -> 
         sample_ref = None
         if not bench.out_of_time():
             sample_ref = (lambda o: o[:, :, rows], masked_sdpa_rows(q, k, v, mask, rows))
-        record(f"ours-sparse-{density}", lambda: sparse_flash_attention(q, k, v, mask), density=real,
+        record(f"ours-sparse-{density}", lambda mask=mask: sparse_flash_attention(q, k, v, mask), density=real,
                ref=sample_ref, error_vs=f"masked sdpa, {len(rows)} rows")  # fmt: skip
         if density == DENSITIES[-1]:
-            record(f"ours-sparse-int8-{density}", lambda: sparse_flash_attention(q, k, v, mask, quant="int8"),
+            record(f"ours-sparse-int8-{density}", lambda mask=mask: sparse_flash_attention(q, k, v, mask, quant="int8"),
                    density=real, ref=sample_ref, error_vs=f"masked sdpa, {len(rows)} rows")  # fmt: skip
-        if flex is not None:
+        if flex is not None and not bench.out_of_time():
             block_mask = flex_block_mask(mask, eager=bench.cpu)
-            record(f"flex-sparse-{density}", lambda: flex(q, k, v, block_mask=block_mask), density=real,
+            record(f"flex-sparse-{density}", lambda bm=block_mask: flex(q, k, v, block_mask=bm), density=real,
                    ref=sample_ref, error_vs=f"masked sdpa, {len(rows)} rows")  # fmt: skip
-    del q, k, v
-    if not bench.cpu:
-        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------- report
@@ -357,6 +354,8 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         for shape in shapes:
             run_shape(bench, *shape, args)
+            if not bench.cpu:
+                torch.cuda.empty_cache()  # the shape's tensors are gone with run_shape's frame
     print("\n" + format_table(bench.results))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from .graph.sites import GraphAnalysis
 from .passes.base import PassContext
 from .passes.manager import PassManager
 from .report import GraphReport
+from .runtime.wrapper import StepTrackingCall
 
 log = logging.getLogger("ditcompile")
 
@@ -41,26 +42,32 @@ _REPORT_SINK: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("d
 def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, options: Any = None,
                      mode: Optional[str] = None) -> Callable:
     config = resolve_config(options)
-    report, compiled_gm = rewrite_graph(gm, example_inputs, config)
+    report, compiled_gm, ctx = rewrite_graph(gm, example_inputs, config)
     if config.report:
         log.info("%s", report.format())
     sink = _REPORT_SINK.get()
     if sink is not None:
         sink.append(report)
-    if config.compiler == "eager":
-        return compiled_gm.forward
-    return _inductor(compiled_gm, example_inputs, config, mode)
+    if ctx is not None and ctx.runner_factory is not None:
+        return ctx.runner_factory(lambda piece: _compile_piece(piece, config, mode))
+    compiled = compiled_gm.forward if config.compiler == "eager" else _inductor(
+        compiled_gm, example_inputs, config, mode)
+    if ctx is not None and ctx.needs_step:
+        return StepTrackingCall(compiled, ctx.analysis.timestep_input, ctx.analysis.anchor_input)
+    return compiled
 
 
 def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig
-                  ) -> tuple[GraphReport, fx.GraphModule]:
-    """Run the analysis and passes on a copy of `gm`; return the report and the graph to run."""
+                  ) -> tuple[GraphReport, fx.GraphModule, Optional[PassContext]]:
+    """Run the analysis and passes on a copy of `gm`; return the report, the graph to run and
+    the pass context (None when the passes failed and the original graph runs)."""
     graph_id = _graph_id()
     manager = PassManager.from_config(config)
     work = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     try:
         analysis = analyze_graph(work, example_inputs, config.graph.token_grid, config.graph.text_position)
-        reports = manager.run(work, PassContext(config, analysis, example_inputs))
+        ctx = PassContext(config, analysis, example_inputs)
+        reports = manager.run(work, ctx)
     except Exception as err:  # never crash deep inside: keep the model's own computation
         if config.strict:
             raise
@@ -69,9 +76,9 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Dit
         empty = GraphAnalysis([], [], None, None, None, None)
         error = f"{type(err).__name__}: {err}"
         return GraphReport(graph_id, empty, [], manager.names(), manager.uuid(), config.compiler,
-                           config.preset, error=error), gm
+                           config.preset, error=error), gm, None
     return GraphReport(graph_id, analysis, reports, manager.names(), manager.uuid(), config.compiler,
-                       config.preset), work
+                       config.preset), work, ctx
 
 
 def _graph_id() -> str:
@@ -80,6 +87,26 @@ def _graph_id() -> str:
     except Exception:  # outside Dynamo (direct calls in tests)
         compile_id = None
     return str(compile_id) if compile_id is not None else "-"
+
+
+class _LazyInductor:
+    """Compiles a graph piece with Inductor on its first call, from that call's real inputs
+    (the step cache's pieces have no Dynamo example inputs of their own)."""
+
+    def __init__(self, gm: fx.GraphModule, config: DitConfig, mode: Optional[str]):
+        self.gm, self.config, self.mode = gm, config, mode
+        self.compiled: Optional[Callable] = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is None:
+            self.compiled = _inductor(self.gm, list(args), self.config, self.mode)
+        if getattr(self.compiled, "_boxed_call", False):
+            return self.compiled(list(args))
+        return self.compiled(*args)
+
+
+def _compile_piece(gm: fx.GraphModule, config: DitConfig, mode: Optional[str]) -> Callable:
+    return gm.forward if config.compiler == "eager" else _LazyInductor(gm, config, mode)
 
 
 def _inductor(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig, mode: Optional[str]):

@@ -58,6 +58,33 @@ class AttentionConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """Step cache: reuse the trunk's residual across denoising steps when it barely changes.
+
+    The graph is split at block boundaries into head (embeddings + the first `compute_first`
+    blocks), body (middle blocks) and tail (last `compute_last` blocks + output projection).
+    """
+
+    enabled: bool = False
+    policy: str = field(default="fbcache", metadata=_choices("fbcache", "dbcache", "teacache"))
+    """fbcache: relative L1 change of the first block's residual (ParaAttention / diffusers);
+    dbcache: the same signal over the first `compute_first` blocks, with `compute_last` tail
+    blocks, warm-up and a cap on consecutive cached steps (cache-dit); teacache: accumulated,
+    polynomially rescaled relative L1 change of the first block's modulated input (TeaCache)."""
+    threshold: float = field(default=0.05, metadata={"min": 0.0})
+    compute_first: int = field(default=1, metadata={"min": 1})
+    compute_last: int = field(default=0, metadata={"min": 0})
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    """Denoising steps always computed at the start of a generation."""
+    max_cached_steps: int = field(default=0, metadata={"min": 0})
+    """Most consecutive reused steps per branch (0: no limit)."""
+    teacache_coefficients: tuple[float, ...] = ()
+    """TeaCache rescaling polynomial, highest degree first; empty: no rescaling (identity)."""
+    taylor_order: int = field(default=0, metadata={"min": 0, "max": 2})
+    """TaylorSeer: 0 reuses the cached residual; 1 or 2 extrapolates it from its history."""
+
+
+@dataclass(frozen=True)
 class DitConfig:
     preset: Optional[str] = None
     compiler: str = field(default="inductor", metadata=_choices("inductor", "eager"))
@@ -70,6 +97,7 @@ class DitConfig:
     """Inductor config patches, e.g. {"max_autotune": True} (keys of torch._inductor.config)."""
     graph: GraphConfig = GraphConfig()
     attention: AttentionConfig = AttentionConfig()
+    cache: CacheConfig = CacheConfig()
 
     def section(self, name: str) -> Any:
         return getattr(self, name)
@@ -204,11 +232,11 @@ def _convert(name: str, value: Any, hint: Any, fld: dataclasses.Field) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"option {name!r} must be a number, got {value!r}")
-        return float(value)
+        return _check_bounds(name, float(value), fld)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"option {name!r} must be an integer, got {value!r}")
-        return value
+        return _check_bounds(name, value, fld)
     if hint is str:
         choices = fld.metadata.get("choices")
         if not isinstance(value, str) or (choices and value not in choices):
@@ -228,6 +256,10 @@ def _convert(name: str, value: Any, hint: Any, fld: dataclasses.Field) -> Any:
                 raise ConfigError(f"option {name!r}[{i}] must be an integer, got {item!r}")
             if item_type is int and fld.metadata.get("positive") and item <= 0:
                 raise ConfigError(f"option {name!r}[{i}] must be positive, got {item!r}")
+            if item_type is float and (isinstance(item, bool) or not isinstance(item, (int, float))):
+                raise ConfigError(f"option {name!r}[{i}] must be a number, got {item!r}")
+            if item_type is float:
+                item = float(item)
             if item_type is str and not isinstance(item, str):
                 raise ConfigError(f"option {name!r}[{i}] must be a string, got {item!r}")
             items.append(item)
@@ -235,6 +267,14 @@ def _convert(name: str, value: Any, hint: Any, fld: dataclasses.Field) -> Any:
             _check_regexes(name, items)
         return tuple(items)
     raise ConfigError(f"option {name!r}: unsupported type {hint}")  # a schema bug, not user input
+
+
+def _check_bounds(name: str, value: float, fld: dataclasses.Field) -> float:
+    low, high = fld.metadata.get("min"), fld.metadata.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(f"option {name!r} must be {bounds}, got {value!r}")
+    return value
 
 
 def _check_regexes(name: str, patterns: list[str]) -> None:

@@ -43,7 +43,10 @@ def test_toml_path(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"cache.threshold": 0.1}, "unknown option 'cache'. Accepted keys in options: ['attention', 'compiler'"),
+    ({"quant.bits": 8}, "unknown option 'quant'. Accepted keys in options: ['attention', 'cache', 'compiler'"),
+    ({"cache.threshold": -0.1}, "option 'cache.threshold' must be >= 0.0"),
+    ({"cache.taylor_order": 3}, "option 'cache.taylor_order' must be between 0 and 2, got 3"),
+    ({"cache.teacache_coefficients": [1, "a"]}, "option 'cache.teacache_coefficients'[1] must be a number"),
     ({"attention.enable": True}, "Did you mean 'attention.enabled'?"),
     ({"compiler": "tvm"}, "option 'compiler' must be one of ['inductor', 'eager'], got 'tvm'"),
     ({"graph.token_grid": [1, 2]}, "option 'graph.token_grid' must be a list of 3 values"),

@@ -16,7 +16,10 @@ from .fx_utils import example_value, static_shape
 from .joint import find_text_segment
 from .linear_match import find_linear_sites
 from .sites import CROSS, JOINT, SELF, SPATIAL, TEMPORAL, AttentionSite, GraphAnalysis, TextSegment, TokenGrid
-from .token_grid import discover_grid, discover_rope_grid, find_main_input, tokens_of_main_input
+from .token_grid import (
+    discover_grid, discover_rope_grid, find_anchor_input, find_main_input, find_timestep_input,
+    tokens_of_main_input,
+)
 
 
 def analyze_graph(
@@ -66,7 +69,8 @@ def analyze_graph(
     return GraphAnalysis(
         attention=sites, linear=find_linear_sites(graph, example_inputs), grid=grid,
         num_video_tokens=num_tokens, batch=batch, main_input=main.name if main is not None else None,
-        notes=notes, dynamic=dynamic,
+        notes=notes, dynamic=dynamic, timestep_input=find_timestep_input(graph, example_inputs),
+        anchor_input=find_anchor_input(example_inputs),
     )
 
 

@@ -139,3 +139,5 @@ class GraphAnalysis:
     main_input: Optional[str]
     notes: list[str] = field(default_factory=list)
     dynamic: bool = False
+    timestep_input: Optional[int] = None  # index into example_inputs of the timestep
+    anchor_input: Optional[int] = None    # index of the first parameter (identifies the model)

@@ -51,6 +51,29 @@ def find_main_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[fx.No
     return min(candidates)[2] if candidates else None
 
 
+_TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time", "noise_level")
+
+
+def find_timestep_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[int]:
+    """Index (into example_inputs) of the placeholder carrying the diffusion timestep."""
+    for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
+        value = example_inputs[i] if i < len(example_inputs) else None
+        if isinstance(value, torch.nn.Parameter):
+            continue
+        if _input_name(node) in _TIMESTEP_NAMES and (isinstance(value, (int, float)) or (
+                isinstance(value, torch.Tensor) and value.dim() <= 1)):
+            return i
+    return None
+
+
+def find_anchor_input(example_inputs: Sequence) -> Optional[int]:
+    """Index of the first parameter input: identifies the model instance at run time."""
+    for i, value in enumerate(example_inputs):
+        if isinstance(value, torch.nn.Parameter):
+            return i
+    return None
+
+
 def _depends_on(node: fx.Node, target: fx.Node, limit: int = 40) -> bool:
     return any(n is target for n in walk_back(node, limit))
 

@@ -22,10 +22,14 @@ blocks (BLOCK_M must divide block_m and BLOCK_N must divide block_n).
   so Hopper's reduced-precision FP8 accumulation spans only one tile); elsewhere in V's
   16-bit dtype.  Softmax statistics stay in fp32.
 
-Tested versions: only under ``TRITON_INTERPRET=1`` on CPU with triton 3.9.0 / torch 2.13
-(CPU build).  The code uses only Triton APIs that exist in triton 3.6 (the production
-H100 / H200 stack with torch 2.11), but it has **not yet been compiled or run on a GPU**;
-the autotuning config space and its pruning are therefore untuned guesses.
+Tested versions and GPUs: numerically tested only under ``TRITON_INTERPRET=1`` on CPU with
+triton 3.9.0 / torch 2.13 (CPU build), which emulates two interpreter gaps (bf16 ``tl.dot``,
+fp32 -> fp8 rounding) behind the ``INTERPRETER`` constexpr.  Additionally compiled ahead of
+time (no GPU) for sm_80, sm_89 and sm_90a with triton 3.9 and its ptxas (see
+``tests/kernels/test_compile_gpu.py``; no spills for the preferred configs).  The code uses
+only Triton APIs that exist in triton 3.6 (the production H100 / H200 stack with torch
+2.11), but it has **not yet been run on a GPU nor with triton 3.6**: performance and the
+autotuning config space are untuned.
 """
 
 from __future__ import annotations
@@ -40,7 +44,13 @@ import triton.language as tl
 from torch import Tensor
 
 from .block_mask import BlockSparseMask
-from .quantize import interpreting, quantize_fp8_per_channel, quantize_int8_per_block, smooth_k_mean, to_fp8_e4m3
+from .quantize import (
+    interpreting,
+    quantize_fp8_per_channel,
+    quantize_int8_per_block,
+    smooth_k_mean,
+    to_fp8_e4m3,
+)
 from .reference import int8_attention_reference, sparse_attention_reference
 
 __all__ = ["KernelConfig", "CONFIG_SPACE", "prune_configs", "sparse_flash_attention", "SUPPORTED_DTYPES"]
@@ -126,7 +136,7 @@ def _attend_kv_tiles(
     offs_d = tl.arange(0, HEAD_DIM_PAD)  # [DP]
     d_ok = offs_d < HEAD_DIM
     q_dense = (offs_m >= dense_q_start) & (offs_m < dense_q_end)  # [BM] text query rows
-    for t in range(0, n_tiles):
+    for t in range(n_tiles):
         if SPARSE:  # a mask block of MASK_BLOCK_N keys spans MASK_BLOCK_N // BLOCK_N tiles
             kv_block = tl.load(idx_ptr + t // (MASK_BLOCK_N // BLOCK_N))
             start_n = kv_block * MASK_BLOCK_N + (t % (MASK_BLOCK_N // BLOCK_N)) * BLOCK_N
@@ -313,10 +323,11 @@ class KernelConfig:
 # Order matters: the first config that survives pruning is the untuned default, and the
 # autotuner times only the first DITACCEL_ATTN_TUNE_CONFIGS survivors.  A hand-ordered head
 # of likely-good GPU configs comes first, then the rest of the product space (small tiles
-# for short sequences and small mask blocks).
+# for short sequences and small mask blocks).  The head was checked for register spills by
+# compiling for sm_90a offline (triton 3.9 + ptxas, no GPU); it is not yet timed on a GPU.
 _PREFERRED = (
-    (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 2), (128, 32, 4, 3), (128, 64, 8, 4),
-    (64, 32, 4, 4), (128, 128, 8, 3), (64, 64, 4, 2), (64, 128, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2),
+    (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 8, 4), (128, 32, 8, 3), (64, 32, 4, 4),
+    (128, 128, 8, 3), (64, 64, 4, 2), (64, 128, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3), (64, 128, 4, 2),
 )  # fmt: skip
 _PRODUCT = tuple((bm, bn, w, s) for bm in (128, 64, 32, 16) for bn in (64, 128, 32, 16) for w in (8, 4) for s in (3, 2, 4))
 CONFIG_SPACE: tuple[KernelConfig, ...] = tuple(
@@ -343,13 +354,15 @@ def prune_configs(
     mask_block_m: int | None = None,
     mask_block_n: int | None = None,
     smem_bytes: int = 227 * 1024,
+    pv_fp8: bool = False,
 ) -> list[KernelConfig]:
     """Drop configs that cannot run or are unlikely to be fast, keeping the input order.
 
     * tiles must divide the mask's blocks (a tile never straddles two mask blocks);
     * tiles no larger than needed for short sequences;
     * shared memory: Q tile + ``num_stages`` K/V tile pairs within ``smem_bytes``;
-    * registers: fp32 accumulator + score tile per thread within a budget.
+    * registers: fp32 accumulator(s) + score tile per thread within a budget (the FP8 P.V
+      path holds a second accumulator tile for its per-tile product).
     """
     dp = _head_dim_pad(head_dim)
     bm_cap = max(16, triton.next_power_of_2(max(q_len, 1)))
@@ -361,7 +374,8 @@ def prune_configs(
         if cfg.block_m > bm_cap or cfg.block_n > bn_cap:
             continue
         smem = (cfg.block_m * dp + cfg.num_stages * 2 * cfg.block_n * dp) * elem_bytes
-        regs_per_thread = (cfg.block_m * dp + cfg.block_m * cfg.block_n) * 4 // (4 * 32 * cfg.num_warps)
+        acc_tiles = 2 if pv_fp8 else 1
+        regs_per_thread = (acc_tiles * cfg.block_m * dp + cfg.block_m * cfg.block_n) // (32 * cfg.num_warps)
         if smem > smem_bytes or regs_per_thread > 160:
             continue
         kept.append(cfg)
@@ -416,10 +430,6 @@ def _bucket(n: int) -> int:
 # ====================================================================== launcher
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, quant: str) -> tuple[int, int, int, int, int]:
     """Validate q/k/v; returns (B, H, Sq, Skv, D)."""
     if layout not in _LAYOUTS:
@@ -428,7 +438,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, quant: str) -> t
         raise ValueError(f"quant must be one of {_QUANT_MODES}, got {quant!r}")
     names = ("q", "k", "v")
     dims = "[B, H, S, D]" if layout == "bhsd" else "[B, S, H, D]"
-    for name, t in zip(names, (q, k, v)):
+    for name, t in zip(names, (q, k, v), strict=True):
         if not isinstance(t, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
@@ -455,7 +465,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, quant: str) -> t
     if v.shape[sd] != kv_len:
         raise ValueError(f"v has sequence length {v.shape[sd]} but k has {kv_len}")
     if not 1 <= dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}] (64, 96, 128 are the tuned ones), got {dim}")
+        raise ValueError(f"head dim must be in [1, {MAX_HEAD_DIM}] (64 and 128 are the main targets), got {dim}")
     return batch, heads, q_len, kv_len, dim
 
 
@@ -543,6 +553,8 @@ def sparse_flash_attention(
         pv_fp8 = q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 9)
     if quant != "int8":
         pv_fp8 = False
+    if pv_fp8 and q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 9):
+        raise ValueError("pv_fp8=True needs an sm89+ GPU (FP8 tensor cores); use pv_fp8=False or None")
     interpret = interpreting()
     if out is None:
         out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
@@ -579,7 +591,7 @@ def _autotune(candidates: list[KernelConfig], launch) -> KernelConfig:
     best, best_ms, error = None, float("inf"), None
     for cfg in candidates:
         try:
-            ms = _time_ms(lambda: launch(cfg))
+            ms = _time_ms(lambda cfg=cfg: launch(cfg))
         except Exception as exc:  # noqa: BLE001 -- e.g. triton OutOfResources for this config
             error = exc
             continue
@@ -620,7 +632,7 @@ def _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, inter
         smem = getattr(props, "shared_memory_per_block_optin", smem)
     valid = prune_configs(
         CONFIG_SPACE, head_dim=dim, elem_bytes=elem, q_len=q_len, kv_len=kv_len,
-        mask_block_m=mbm, mask_block_n=mbn, smem_bytes=smem,
+        mask_block_m=mbm, mask_block_n=mbn, smem_bytes=smem, pv_fp8=pv_fp8,
     )  # fmt: skip
     if not valid:
         raise ValueError(f"no kernel config fits head_dim={dim} and mask blocks ({mbm}, {mbn})")

@@ -14,7 +14,7 @@ import inspect
 import json
 import sys
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch.fx as fx
 
@@ -48,11 +48,19 @@ class PassReport:
 
 @dataclass
 class PassContext:
-    """What a pass may read besides the graph: the config, the analysis, the example inputs."""
+    """What a pass may read besides the graph: the config, the analysis, the example inputs.
+
+    A pass whose effect needs Python at run time says so here: `needs_step` asks the backend to
+    track the denoising step around every call (plans that change over steps); `runner_factory`
+    replaces "compile the graph" by a runner that compiles and calls pieces of it (the step
+    cache splits the graph into head, body and tail). At most one pass may set a runner.
+    """
 
     config: DitConfig
     analysis: GraphAnalysis
     example_inputs: Sequence[Any]
+    needs_step: bool = False
+    runner_factory: Optional[Callable[[Callable[[fx.GraphModule], Callable]], Callable]] = None
 
 
 class DitPass(abc.ABC):

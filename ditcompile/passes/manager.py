@@ -3,7 +3,8 @@
 Order matters and is fixed here, not by registration side effects:
 
     1. attention   every supported attention site -> ditaccel::attention with its plan
-    (later: linear quantization, step cache (splits the graph: must run last), sequence parallel)
+    2. step_cache  splits the graph into head/body/tail pieces (must run last: the pieces are
+                   compiled separately and the graph is not edited after it)
 
 `PassManager.from_config(config)` keeps the passes whose config section is enabled.
 """
@@ -16,8 +17,9 @@ import torch.fx as fx
 from ..config import DitConfig
 from .attention import AttentionRewritePass
 from .base import DitPass, PassContext, PassReport
+from .step_cache import StepCachePass
 
-PIPELINE: tuple[type[DitPass], ...] = (AttentionRewritePass,)
+PIPELINE: tuple[type[DitPass], ...] = (AttentionRewritePass, StepCachePass)
 
 
 class PassManager:

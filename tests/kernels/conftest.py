@@ -1,20 +1,23 @@
 """Fixtures for the kernel tests.
 
-The Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` is set here,
-before anything imports triton (set ``TRITON_INTERPRET=0`` explicitly to run the same tests
-on a CUDA GPU instead).  Shapes are kept small so the interpreter stays fast.
+Without a CUDA device the Triton kernels run in Triton's CPU interpreter:
+``TRITON_INTERPRET=1`` is set here, before anything imports triton (conftest files are
+imported before the test modules).  With a CUDA device the same tests run on the GPU, and
+the variable is left alone so the rest of the suite (Inductor's Triton kernels) is not
+interpreted.  Shapes are kept small so the interpreter stays fast.
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 
-INTERPRET = os.environ["TRITON_INTERPRET"] not in ("", "0")
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @pytest.fixture(scope="session")
@@ -42,5 +45,8 @@ def rel_l2():
 
 @pytest.fixture
 def gen():
-    """A fresh, seeded generator per test (fresh random data, reproducible failures)."""
-    return torch.Generator().manual_seed(torch.randint(0, 2**31 - 1, ()).item())
+    """A fresh, seeded generator per test: new random data every run, and the seed is printed
+    (pytest shows it with a failure) so a failing draw can be replayed."""
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    print(f"random seed: {seed}")
+    return torch.Generator().manual_seed(seed)

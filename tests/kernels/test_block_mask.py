@@ -61,7 +61,8 @@ def test_round_trip_and_sorted_lists(gen):
     assert mask.kv_num_blocks.shape == (2, 3, 4) and mask.kv_indices.shape == (2, 3, 4, 5)
     assert torch.equal(mask.to_dense_block_mask(), blocks)
     assert torch.equal(mask.kv_num_blocks, blocks.sum(-1).int())
-    for row_num, row_idx, row in zip(mask.kv_num_blocks.flatten(), mask.kv_indices.flatten(0, 2), blocks.flatten(0, 2)):
+    rows = zip(mask.kv_num_blocks.flatten(), mask.kv_indices.flatten(0, 2), blocks.flatten(0, 2), strict=True)
+    for row_num, row_idx, row in rows:
         listed = row_idx[: int(row_num)]
         assert torch.equal(listed.long(), torch.nonzero(row).flatten())  # ascending
     assert mask.density() == pytest.approx(blocks.float().mean().item())

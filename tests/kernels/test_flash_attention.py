@@ -13,9 +13,12 @@ import torch
 
 pytest.importorskip("triton")
 
-from ditcompile.kernels.block_mask import BlockSparseMask  # noqa: E402
-from ditcompile.kernels.flash_attention import KernelConfig, sparse_flash_attention  # noqa: E402
-from ditcompile.kernels.reference import int8_attention_reference, sparse_attention_reference  # noqa: E402
+from ditcompile.kernels.block_mask import BlockSparseMask
+from ditcompile.kernels.flash_attention import KernelConfig, sparse_flash_attention
+from ditcompile.kernels.reference import (
+    int8_attention_reference,
+    sparse_attention_reference,
+)
 
 BF16_TOL = 1e-2  # relative L2, 16-bit inputs vs float64
 FP32_TOL = 1e-5

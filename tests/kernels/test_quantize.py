@@ -7,8 +7,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from ditcompile.kernels import quantize  # noqa: E402
-from ditcompile.kernels import reference as ref  # noqa: E402
+from ditcompile.kernels import quantize
+from ditcompile.kernels import reference as ref
 
 
 def _make(gen, layout, b, h, s, d, dtype, device):
@@ -55,9 +55,9 @@ def test_fp8_per_channel_matches_reference(gen, device, layout, s, d):
     assert v_fp8.shape == (1, 2, d, s) and v_fp8.stride(-1) == 1
     assert v_fp8.stride(-2) % 16 == 0  # sequence padded so rows stay 16-byte aligned
     torch.testing.assert_close(scale.cpu(), ref_scale, rtol=1e-6, atol=0)
-    same = v_fp8.cpu().view(torch.uint8) == ref_fp8.view(torch.uint8)
-    assert same.float().mean() > 0.999  # bit-exact in the interpreter (modulo -0 / +0)
-    torch.testing.assert_close(v_fp8.cpu().float(), ref_fp8.float(), rtol=0, atol=0)
+    same = v_fp8.cpu().float() == ref_fp8.float()
+    assert same.float().mean() > 0.999  # bit-exact in the interpreter; a GPU divide may flip a tie
+    torch.testing.assert_close(v_fp8.cpu().float(), ref_fp8.float(), rtol=1 / 8, atol=2**-9)
 
 
 def test_bad_block_size(device):

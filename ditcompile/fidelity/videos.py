@@ -1,0 +1,206 @@
+"""Procedural videos for the fidelity model: moving, rotating, colour-changing shapes.
+
+Pure torch, deterministic from a seed, vectorised over the batch (a batch of 64 videos of
+8 x 32 x 32 takes a few milliseconds on one CPU thread).
+
+Each video shows one shape (disc, square, triangle or bar) on a smooth two-colour gradient
+background. The shape moves in a straight line at 1-2 pixels per frame in one of four
+directions, rotates steadily and its hue drifts, so consecutive frames are strongly correlated
+(like real video) while the content still changes over time. Edges are anti-aliased.
+
+Layout: ``[B, C=3, F, H, W]``, values in ``[-1, 1]`` (the layout diffusers' video transformers
+take). The class label of a video is ``shape * NUM_DIRECTIONS + direction``; see
+:func:`label_name`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SHAPES = ("disc", "square", "triangle", "bar")
+DIRECTIONS = ("right", "left", "down", "up")  # image axes: +x, -x, +y (down), -y (up)
+NUM_SHAPES = len(SHAPES)
+NUM_DIRECTIONS = len(DIRECTIONS)
+NUM_CLASSES = NUM_SHAPES * NUM_DIRECTIONS
+
+# Default video size: 8 frames of 32 x 32 RGB (a 8 x 8 x 8 token grid with a (1, 4, 4) patch).
+FRAMES, HEIGHT, WIDTH = 8, 32, 32
+
+_DIR_VECTORS = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # (dx, dy)
+
+
+def label_of(shape: int | str, direction: int | str) -> int:
+    """Class label for a shape (index or name) moving in a direction (index or name)."""
+    s = SHAPES.index(shape) if isinstance(shape, str) else int(shape)
+    d = DIRECTIONS.index(direction) if isinstance(direction, str) else int(direction)
+    if not (0 <= s < NUM_SHAPES and 0 <= d < NUM_DIRECTIONS):
+        raise ValueError(f"shape {shape!r} / direction {direction!r} out of range")
+    return s * NUM_DIRECTIONS + d
+
+
+def split_label(label: int) -> tuple[int, int]:
+    """(shape index, direction index) of a class label."""
+    label = int(label)
+    if not 0 <= label < NUM_CLASSES:
+        raise ValueError(f"label {label} not in [0, {NUM_CLASSES})")
+    return label // NUM_DIRECTIONS, label % NUM_DIRECTIONS
+
+
+def label_name(label: int) -> str:
+    """E.g. ``'disc moving right'``."""
+    s, d = split_label(label)
+    return f"{SHAPES[s]} moving {DIRECTIONS[d]}"
+
+
+@dataclass
+class VideoBatch:
+    videos: torch.Tensor  # [B, 3, F, H, W] in [-1, 1]
+    labels: torch.Tensor  # [B] int64 class labels
+
+
+def _hue_rgb(hue: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Smooth hue wheel: hue [...] (turns) -> RGB [..., 3] in [lo, hi]."""
+    offs = torch.tensor([0.0, 1.0 / 3.0, 2.0 / 3.0], dtype=hue.dtype, device=hue.device)
+    wave = 0.5 + 0.5 * torch.cos(2 * math.pi * (hue.unsqueeze(-1) - offs))
+    return lo + (hi - lo) * wave
+
+
+def _shape_sdf(shape: torch.Tensor, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Approximate signed distance (pixels) to each shape, in the shape's rotated frame.
+
+    shape [B], r [B]; u, v [B, F, H, W] (coordinates relative to the centre, rotated).
+    """
+    r = r.view(-1, 1, 1, 1)
+    disc = torch.sqrt(u * u + v * v + 1e-8) - r
+    square = torch.maximum(u.abs(), v.abs()) - 0.82 * r
+    # Equilateral triangle: max over three edge half-planes (normals 120 degrees apart).
+    tri = None
+    for k in range(3):
+        a = math.pi / 2 + k * 2 * math.pi / 3
+        d = u * math.cos(a) + v * math.sin(a)
+        tri = d if tri is None else torch.maximum(tri, d)
+    tri = tri - 0.5 * r
+    bar = torch.maximum(u.abs() - 1.25 * r, v.abs() - 0.38 * r)
+    out = torch.stack([disc, square, tri, bar], dim=0)  # [4, B, F, H, W]
+    idx = shape.view(1, -1, 1, 1, 1).expand(1, *u.shape)
+    return out.gather(0, idx).squeeze(0)
+
+
+def generate_videos(
+    batch_size: int,
+    seed: int = 0,
+    labels: torch.Tensor | list[int] | None = None,
+    frames: int = FRAMES,
+    height: int = HEIGHT,
+    width: int = WIDTH,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> VideoBatch:
+    """A deterministic batch of shape videos.
+
+    Every random choice is drawn from a CPU ``torch.Generator`` seeded with ``seed`` (so the
+    result does not depend on the device). ``labels`` (``[B]`` class labels) fixes the shape
+    and the direction of motion of each video; everything else (size, start position, speed,
+    rotation, colours, background) is still drawn from ``seed``. Without ``labels`` they are
+    drawn uniformly too.
+    """
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
+    B, F, H, W = int(batch_size), int(frames), int(height), int(width)
+    scale = min(H, W) / 32.0
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    drawn = torch.randint(0, NUM_CLASSES, (B,), generator=g)
+    if labels is None:
+        labels_t = drawn
+    else:
+        labels_t = torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
+        if labels_t.numel() != B:
+            raise ValueError(f"{labels_t.numel()} labels for a batch of {B}")
+        if labels_t.min() < 0 or labels_t.max() >= NUM_CLASSES:
+            raise ValueError(f"labels must lie in [0, {NUM_CLASSES})")
+    shape = labels_t // NUM_DIRECTIONS
+    direction = labels_t % NUM_DIRECTIONS
+
+    radius = (5.5 + 3.0 * rand(B)) * scale  # 5.5 .. 8.5 px at 32 x 32
+    speed = (1.0 + 1.0 * rand(B)) * scale  # px / frame
+    dirv = _DIR_VECTORS.to(torch.float64)[direction]  # [B, 2]
+    # Small sideways drift so paths are not all axis-aligned.
+    drift = (rand(B) - 0.5) * 0.5 * scale
+    vel = dirv * speed.unsqueeze(1) + torch.stack([dirv[:, 1], dirv[:, 0]], 1) * drift.unsqueeze(1)
+    # Start so that the path's midpoint lands near the centre (the shape stays mostly in view).
+    mid = torch.stack([(0.5 + (rand(B) - 0.5) * 0.3) * W, (0.5 + (rand(B) - 0.5) * 0.3) * H], 1)
+    start = mid - vel * (F - 1) / 2.0
+    angle0 = rand(B) * 2 * math.pi
+    spin = (0.12 + 0.18 * rand(B)) * torch.where(rand(B) < 0.5, -1.0, 1.0)  # rad / frame
+    hue0 = rand(B)
+    hue_rate = (0.02 + 0.04 * rand(B)) * torch.where(rand(B) < 0.5, -1.0, 1.0)  # turns / frame
+    # Background: a dark gradient between two colours along a random direction.
+    bg_a = _hue_rgb(rand(B), 0.0, 0.35)  # [B, 3]
+    bg_b = _hue_rgb(rand(B), 0.0, 0.35)
+    bg_angle = rand(B) * 2 * math.pi
+
+    to = dict(device=device, dtype=torch.float32)
+    t = torch.arange(F, **to).view(1, F, 1, 1)
+    ys = torch.arange(H, **to).view(1, 1, H, 1) + 0.5
+    xs = torch.arange(W, **to).view(1, 1, 1, W) + 0.5
+
+    def col(x):  # [B] -> [B, 1, 1, 1] on the device
+        return x.to(**to).view(-1, 1, 1, 1)
+
+    cx = col(start[:, 0]) + col(vel[:, 0]) * t  # [B, F, 1, 1]
+    cy = col(start[:, 1]) + col(vel[:, 1]) * t
+    ang = col(angle0) + col(spin) * t
+    dx, dy = xs - cx, ys - cy  # [B, F, H, W]
+    ca, sa = torch.cos(ang), torch.sin(ang)
+    u = ca * dx + sa * dy
+    v = -sa * dx + ca * dy
+    sdf = _shape_sdf(shape.to(device), u, v, radius.to(**to))
+    alpha = (0.5 - sdf).clamp(0.0, 1.0)  # 1-pixel anti-aliased edge
+
+    hue = col(hue0) + col(hue_rate) * t  # [B, F, 1, 1]
+    fg = _hue_rgb(hue, 0.3, 1.0)  # [B, F, 1, 1, 3]
+    proj = (xs / W - 0.5) * col(torch.cos(bg_angle)) + (ys / H - 0.5) * col(torch.sin(bg_angle)) + 0.5
+    proj = proj.clamp(0.0, 1.0)  # [B, 1, H, W]
+    bga, bgb = bg_a.to(**to).view(B, 1, 1, 1, 3), bg_b.to(**to).view(B, 1, 1, 1, 3)
+    bg = bga + (bgb - bga) * proj.unsqueeze(-1)  # [B, 1, H, W, 3]
+    img = bg + (fg - bg) * alpha.unsqueeze(-1)  # [B, F, H, W, 3]
+    videos = (img * 2.0 - 1.0).permute(0, 4, 1, 2, 3).contiguous().to(dtype)
+    return VideoBatch(videos=videos, labels=labels_t.to(device))
+
+
+def frame_correlation(videos: torch.Tensor) -> float:
+    """Mean Pearson correlation between consecutive frames (per video and channel)."""
+    a = videos[:, :, :-1].flatten(3).double()
+    b = videos[:, :, 1:].flatten(3).double()
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    corr = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-12)
+    return float(corr.mean())
+
+
+def to_uint8_strip(videos: torch.Tensor) -> torch.Tensor:
+    """[B, 3, F, H, W] in [-1, 1] -> [B*H, F*W, 3] uint8 (one row per video, frames side by side)."""
+    v = ((videos.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    B, C, F, H, W = v.shape
+    return v.permute(0, 3, 2, 4, 1).reshape(B * H, F * W, C)
+
+
+def save_strip(videos: torch.Tensor, path: str, scale: int = 4, gap: int = 2) -> None:
+    """Write a PNG: one row per video, its frames left to right (needs pillow)."""
+    from PIL import Image
+
+    v = ((videos.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    B, C, F, H, W = v.shape
+    cell_h, cell_w = H * scale + gap, W * scale + gap
+    canvas = torch.full((B * cell_h + gap, F * cell_w + gap, 3), 255, dtype=torch.uint8)
+    for b in range(B):
+        for f in range(F):
+            fr = v[b, :, f].permute(1, 2, 0)
+            fr = fr.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+            y0, x0 = gap + b * cell_h, gap + f * cell_w
+            canvas[y0:y0 + H * scale, x0:x0 + W * scale] = fr
+    Image.fromarray(canvas.numpy()).save(path)

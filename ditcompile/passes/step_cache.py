@@ -1,0 +1,62 @@
+"""Step-cache pass: split the graph into head / body / tail so the body can be skipped per step.
+
+Before (one graph):
+
+    x = patch_embed(latents); temb = time_embed(t)
+    x = blocks[0](x, temb) ... x = blocks[N-1](x, temb)
+    out = proj_out(norm_out(x, temb))
+
+After (three graphs and a runtime that decides per call, see runtime/step_cache.py):
+
+    head: x0 = patch_embed(latents); temb = ...; x1 = blocks[0](x0)      -> x1, x0, temb
+    body: x = blocks[1..N-1](x1, temb)                                   -> x      (skipped when
+          the first block's residual x1 - x0 changed less than the threshold; then
+          x = x1 + (x - x1) from the last computed step)
+    tail: out = proj_out(norm_out(x, temb))
+
+The pass only plans the split and hands the backend a runner factory; the attention rewrite
+has already run, so each piece carries the rewritten attention ops.
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..graph.split import SplitError, split_graph
+from ..runtime.step_cache import StepCacheRunner
+from .base import DitPass, PassContext, PassReport
+
+
+class StepCachePass(DitPass):
+    name = "step_cache"
+    config_section = "cache"
+
+    def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> PassReport:
+        report = self.report()
+        cfg = self.config.cache
+        analysis = ctx.analysis
+        if analysis.timestep_input is None:
+            report.notes.append("step cache off: no timestep input found (needed to count steps)")
+            return report
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        timestep_node = placeholders[analysis.timestep_input].name
+        try:
+            split = split_graph(gm, cfg.compute_first, cfg.compute_last, analysis.num_video_tokens, timestep_node)
+        except SplitError as err:
+            report.notes.append(f"step cache off: {err}")
+            return report
+        policy = cfg.policy
+        if policy == "teacache" and split.modulated_input is None:
+            policy = "fbcache"
+            report.notes.append("teacache: no timestep-modulated input found in the first block; "
+                                "using the first block's residual (fbcache) instead")
+        if policy == "teacache" and not cfg.teacache_coefficients:
+            report.notes.append("teacache without coefficients: the relative change is accumulated unscaled")
+        import dataclasses
+
+        effective = dataclasses.replace(cfg, policy=policy)
+        report.notes.append(
+            f"step cache {policy} (threshold {cfg.threshold}, warm-up {cfg.warmup_steps}, "
+            f"taylor order {cfg.taylor_order}): {split.describe()}")
+        ctx.runner_factory = lambda compile_piece: StepCacheRunner(
+            split, effective, compile_piece, analysis.timestep_input, analysis.anchor_input)
+        return report
