@@ -80,6 +80,10 @@ class CacheConfig:
     """Most consecutive reused steps per branch (0: no limit)."""
     teacache_coefficients: tuple[float, ...] = ()
     """TeaCache rescaling polynomial, highest degree first; empty: no rescaling (identity)."""
+    teacache_signal: str = ""
+    """Module whose output is TeaCache's signal (e.g. "condition_embedder.time_proj" for Wan,
+    whose coefficients were fitted on the timestep projection); empty: the first block's
+    timestep-modulated input (HunyuanVideo, Flux, Mochi)."""
     taylor_order: int = field(default=0, metadata={"min": 0, "max": 2})
     """TaylorSeer: 0 reuses the cached residual; 1 or 2 extrapolates it from its history."""
 

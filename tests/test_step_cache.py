@@ -19,6 +19,8 @@ MODELS = ["wan2.1-tiny", "hunyuan_video-tiny", "flux-tiny"]
 
 
 def cache_options(spec, **cache):
+    cache.setdefault("policy", "fbcache")
+    cache.setdefault("warmup_steps", 0)
     options = {"compiler": "eager", "strict": True, "cache.enabled": True}
     options.update({f"cache.{k}": v for k, v in cache.items()})
     if spec.preset != "manual":
@@ -227,17 +229,33 @@ def test_too_few_blocks_keeps_the_graph_whole_and_says_why():
     assert "step cache off: 2 transformer blocks found" in report.format()
 
 
+@pytest.mark.parametrize("name", ["wan2.1-tiny", "hunyuan_video-tiny", "cogvideox-tiny", "mochi-tiny", "flux-tiny",
+                                  "ltx_video-tiny", "sd3-tiny", "pixart-tiny", "latte-tiny"])
+def test_each_preset_cache_setting_applies_to_its_model(name):
+    """Enabling the cache with only the preset's settings splits the graph and finds the
+    preset's signal (TeaCache's module or the first block's modulated input)."""
+    spec = get_tiny_model(name)
+    report = ditcompile.explain(spec.build(), **spec.make_inputs(), strict=True, fullgraph=spec.expected.fullgraph,
+                                options={"preset": spec.preset, "cache.enabled": True})
+    text = report.format()
+    policy = ditcompile.resolve_config(spec.preset).cache.policy
+    assert f"step cache {policy}" in text, text
+    if policy == "teacache":
+        assert "teacache signal:" in text
+
+
 def test_teacache_finds_the_modulated_input_and_runs():
     spec = get_tiny_model("wan2.1-tiny")
     torch.manual_seed(0)
     model, inputs = spec.build(), spec.make_inputs(seed=7)
-    report = ditcompile.explain(model, **inputs, strict=True,
-                                options=cache_options(spec, policy="teacache", threshold=0.3))
+    report = ditcompile.explain(model, **inputs, strict=True, options=cache_options(
+        spec, policy="teacache", threshold=0.3, teacache_signal="", teacache_coefficients=[]))
     assert "step cache teacache" in report.format()
     with torch.no_grad():
         reference = denoise(lambda kw: run_model(model, kw), inputs, 10)
     torch._dynamo.reset()
-    out = ditaccel_run(model, inputs, 10, cache_options(spec, policy="teacache", threshold=0.3))
+    out = ditaccel_run(model, inputs, 10, cache_options(spec, policy="teacache", threshold=0.3, teacache_signal="",
+                                                        teacache_coefficients=[]))
     stats = ditcompile.cache_stats(model)[0]["current"][0]
     assert stats["reused"] > 0 and stats["computed"] >= 2
     assert (out - reference).norm() / reference.norm() < 0.5

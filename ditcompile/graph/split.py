@@ -53,8 +53,9 @@ class GraphSplit:
     body: Piece
     tail: Piece
     streams: list[tuple[str, str]]   # (body input, body output) pairs: output = input + residual
-    main_stream: int                 # index in `streams` of the video-token stream
-    stream_before_blocks: str        # main stream entering the first block (for first-block residuals)
+    stream_before_blocks: str        # main stream entering the first block ...
+    stream_after_head_blocks: str    # ... and leaving the head's last block: their difference is
+                                     # the residual First-Block Cache / DBCache compare
     modulated_input: Optional[str]   # first block's timestep-modulated input (TeaCache), if found
     head_blocks: list[str] = field(default_factory=list)
     body_blocks: list[str] = field(default_factory=list)
@@ -68,7 +69,8 @@ class GraphSplit:
 
 
 def split_graph(gm: fx.GraphModule, compute_first: int, compute_last: int,
-                num_video_tokens: Optional[int], timestep_node: Optional[str]) -> GraphSplit:
+                num_video_tokens: Optional[int], timestep_node: Optional[str],
+                signal_module: str = "") -> GraphSplit:
     graph = gm.graph
     nodes = list(graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
@@ -111,14 +113,16 @@ def split_graph(gm: fx.GraphModule, compute_first: int, compute_last: int,
     for (i, o) in streams:
         if i is None:
             raise SplitError(f"body output {o.name} is not a residual stream (no body input of its shape)")
-    main = _main_stream(streams, num_video_tokens)
-    before = _stream_before(streams[main][0], blocks[0], index)
-    modulated = _modulated_input(nodes, index, blocks[0], before, timestep_node)
+    after, before = _head_blocks_residual(nodes, index, blocks[compute_first - 1], blocks[0], num_video_tokens)
+    if signal_module:
+        modulated = _module_output(nodes, signal_module, part)
+    else:
+        modulated = _modulated_input(nodes, index, blocks[0], before, timestep_node)
 
     head_nodes = [n for n in nodes if part.get(n) == HEAD]
     tail_nodes = [n for n in nodes if part.get(n) == TAIL and n.op != "output"]
     head_outputs = [n for n in head_nodes if users_in(n, {BODY, TAIL})]
-    for extra in (before, modulated):
+    for extra in (after, before, modulated):
         if extra is not None and part.get(extra) == HEAD and extra not in head_outputs:
             head_outputs.append(extra)
     placeholders = [n.name for n in nodes if n.op == "placeholder"]
@@ -129,8 +133,8 @@ def split_graph(gm: fx.GraphModule, compute_first: int, compute_last: int,
         body=_extract(gm, body_nodes, body_outputs),
         tail=_extract(gm, tail_nodes, None, output_node),
         streams=[(i.name, o.name) for i, o in streams],
-        main_stream=main,
         stream_before_blocks=before.name,
+        stream_after_head_blocks=after.name,
         modulated_input=modulated.name if modulated is not None else None,
         head_blocks=[b.path for b in blocks[:compute_first]],
         body_blocks=[b.path for b in blocks[compute_first:len(blocks) - compute_last]],
@@ -194,33 +198,53 @@ def _paired_input(output: fx.Node, part: dict) -> Optional[fx.Node]:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def _main_stream(streams, num_video_tokens: Optional[int]) -> int:
-    for k, (_, o) in enumerate(streams):
-        shape = shape_of(o) or ()
-        if num_video_tokens is not None and num_video_tokens in [int(s) for s in shape]:
-            return k
-    sizes = [(shape_of(o) or (0,)) for _, o in streams]
-    return max(range(len(streams)), key=lambda k: int(torch.Size(sizes[k]).numel()))
+def _head_blocks_residual(nodes, index, last_head: BlockSpan, first: BlockSpan,
+                          num_video_tokens: Optional[int]) -> tuple[fx.Node, fx.Node]:
+    """(output of the head's last block, the same stream before the first block).
+
+    The output is a node of the last head block used after it, of the video-token stream when
+    its shape shows the token count (else the largest), that leads back through same-shape
+    arguments to a value computed before the first block.
+    """
+    outputs = [n for n in nodes[last_head.first:last_head.last + 1]
+               if any(index.get(u, -1) > last_head.last for u in n.users) and shape_of(n) is not None]
+
+    def rank(n: fx.Node):
+        shape = shape_of(n)
+        video = num_video_tokens is not None and num_video_tokens in [int(x) for x in shape]
+        return (not video, -int(torch.Size(shape).numel()))
+
+    for out in sorted(outputs, key=rank):
+        try:
+            return out, _stream_before(out, first, index)
+        except SplitError:
+            continue
+    raise SplitError(f"cannot find the residual stream through {first.path}..{last_head.path}")
 
 
 def _stream_before(stream: fx.Node, first_block: BlockSpan, index: dict) -> fx.Node:
-    """The main stream's value before the first block (walk back through same-shape args)."""
+    """The main stream's value before the first block: breadth-first through same-shape
+    arguments (the block's residual adds) to the nearest node computed before the block."""
     shape = shape_of(stream)
-    node = stream
-    seen = set()
-    while index.get(node, -1) >= first_block.first:
-        seen.add(node)
-        nxt = None
+    seen, queue = {stream}, [stream]
+    while queue:
+        node = queue.pop(0)
+        if index.get(node, -1) < first_block.first:
+            return node
         for arg in node.all_input_nodes:
-            arg_shape = shape_of(arg)
-            if arg not in seen and arg_shape is not None and len(arg_shape) == len(shape) and all(
-                    map(same_size, arg_shape, shape)):
-                nxt = arg
-                break
-        if nxt is None:
-            raise SplitError(f"cannot find the stream entering {first_block.path}")
-        node = nxt
-    return node
+            if arg not in seen and _same_shape(arg, shape):
+                seen.add(arg)
+                queue.append(arg)
+    raise SplitError(f"cannot find the stream entering {first_block.path}")
+
+
+def _module_output(nodes: list[fx.Node], module: str, part: dict) -> fx.Node:
+    """The last head node computed inside `module` (its output)."""
+    found = [n for n in nodes if part.get(n) == HEAD and (module_path(n) == module
+                                                         or module_path(n).startswith(module + "."))]
+    if not found:
+        raise SplitError(f"no node of module {module!r} found before the body (cache.teacache_signal)")
+    return found[-1]
 
 
 _ELEMENTWISE = {"add", "mul", "sub", "type_as", "to", "float", "addcmul"}

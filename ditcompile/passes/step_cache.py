@@ -40,7 +40,8 @@ class StepCachePass(DitPass):
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         timestep_node = placeholders[analysis.timestep_input].name
         try:
-            split = split_graph(gm, cfg.compute_first, cfg.compute_last, analysis.num_video_tokens, timestep_node)
+            split = split_graph(gm, cfg.compute_first, cfg.compute_last, analysis.num_video_tokens, timestep_node,
+                                cfg.teacache_signal if cfg.policy == "teacache" else "")
         except SplitError as err:
             report.notes.append(f"step cache off: {err}")
             return report
@@ -49,6 +50,9 @@ class StepCachePass(DitPass):
             policy = "fbcache"
             report.notes.append("teacache: no timestep-modulated input found in the first block; "
                                 "using the first block's residual (fbcache) instead")
+        elif policy == "teacache":
+            report.notes.append(f"teacache signal: {split.modulated_input}"
+                                + (f" (output of {cfg.teacache_signal})" if cfg.teacache_signal else ""))
         if policy == "teacache" and not cfg.teacache_coefficients:
             report.notes.append("teacache without coefficients: the relative change is accumulated unscaled")
         import dataclasses

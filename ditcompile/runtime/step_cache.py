@@ -141,11 +141,10 @@ class StepCacheRunner:
         env = dict(zip(split.placeholders, args))
         with step_scope(info):
             env.update(zip(split.head.outputs, self.head(*[env[k] for k in split.head.inputs])))
-            main_in = env[split.streams[split.main_stream][0]]
             if self.cfg.policy == "teacache" and split.modulated_input is not None:
                 signal = env[split.modulated_input]
             else:
-                signal = main_in - env[split.stream_before_blocks]
+                signal = env[split.stream_after_head_blocks] - env[split.stream_before_blocks]
             compute = decide(self.cfg, branch, signal, info.step)
             if compute:
                 env.update(zip(split.body.outputs, self.body(*[env[k] for k in split.body.inputs])))
