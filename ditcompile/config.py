@@ -55,6 +55,12 @@ class AttentionConfig:
     enabled: bool = True
     skip: tuple[str, ...] = ()
     """Regular expressions (re.fullmatch) of module paths to leave untouched, e.g. "blocks\\.0\\..*"."""
+    backend: str = field(default="sdpa", metadata=_choices("sdpa", "triton"))
+    """Dense attention kernel on CUDA: "sdpa" (cuDNN/flash, the fastest dense here) or "triton"
+    (ditaccel's flash kernel). CPU always runs the torch reference."""
+    quant: str = field(default="none", metadata=_choices("none", "int8"))
+    """"int8": SageAttention-style 8-bit attention (INT8 Q/K with K smoothing, FP8 P.V on sm89+);
+    runs on the triton backend."""
 
 
 @dataclass(frozen=True)

@@ -13,23 +13,31 @@ import json
 from dataclasses import dataclass
 
 METHODS = ("dense",)
+BACKENDS = ("sdpa", "triton")
+QUANTS = ("none", "int8")
 
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    method: str = "dense"       # what the op computes: "dense" = exact softmax attention
-    backend: str = "sdpa"       # which implementation runs it: "sdpa" (torch) for now
+    method: str = "dense"       # what the op computes: "dense" = softmax attention over all keys
+    backend: str = "sdpa"       # "sdpa": torch SDPA; "triton": ditaccel's flash kernel on CUDA
+    quant: str = "none"         # "int8": INT8 QK^T with K smoothing, FP8/16-bit P.V (triton only)
     site: str = ""              # module path of the site, for logs and runtime lookups
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"attention plan method {self.method!r} is not one of {METHODS}")
+        for name, value, accepted in (("method", self.method, METHODS), ("backend", self.backend, BACKENDS),
+                                      ("quant", self.quant, QUANTS)):
+            if value not in accepted:
+                raise ValueError(f"attention plan {name} {value!r} is not one of {accepted}")
+        if self.quant != "none" and self.backend != "triton":
+            raise ValueError(f"attention plan quant={self.quant!r} needs backend 'triton'")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
 
     def describe(self) -> str:
-        return f"{self.method}/{self.backend}"
+        quant = f"/{self.quant}" if self.quant != "none" else ""
+        return f"{self.method}/{self.backend}{quant}"
 
 
 @functools.lru_cache(maxsize=4096)

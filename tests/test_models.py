@@ -26,8 +26,8 @@ def options_for(spec, **extra):
 class ExecutedAttention:
     """Counts attention calls executed by compiled graphs: our op, and SDPA calls left alone.
 
-    Our op's implementation calls `ops.dense_attention`; a kept SDPA call in a graph's generated
-    code looks up `torch._C._nn.scaled_dot_product_attention` at run time. Both are wrapped.
+    Our op's implementation calls `ops.run_plan`; a kept SDPA call in a graph's generated code
+    looks up `torch._C._nn.scaled_dot_product_attention` at run time. Both are wrapped.
     """
 
     def __init__(self, monkeypatch):
@@ -35,7 +35,7 @@ class ExecutedAttention:
 
         self.ours = 0
         self.kept = 0
-        dense, sdpa = ops.dense_attention, torch._C._nn.scaled_dot_product_attention
+        dense, sdpa = ops.run_plan, torch._C._nn.scaled_dot_product_attention
 
         def counting_dense(*args, **kwargs):
             self.ours += 1
@@ -45,7 +45,7 @@ class ExecutedAttention:
             self.kept += 1
             return sdpa(*args, **kwargs)
 
-        monkeypatch.setattr(ops, "dense_attention", counting_dense)
+        monkeypatch.setattr(ops, "run_plan", counting_dense)
         monkeypatch.setattr(torch._C._nn, "scaled_dot_product_attention", counting_sdpa)
 
 

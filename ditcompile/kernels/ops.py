@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..plan import parse_plan
+from .dispatch import dense_sdpa, run_plan
 
 LAYOUTS = ("bhsd", "bshd")
 
@@ -33,16 +33,6 @@ def _output_shape(q: torch.Tensor, v: torch.Tensor) -> list:
     return [*q.shape[:-1], v.shape[-1]]
 
 
-def dense_attention(q, k, v, layout: str, scale: Optional[float], is_causal: bool) -> torch.Tensor:
-    """Exact attention with torch SDPA, in and out of `layout`. The reference for every plan."""
-    if layout == "bshd":
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
-    if layout == "bshd":
-        out = out.transpose(1, 2)
-    return out.contiguous()
-
-
 @torch.library.custom_op("ditaccel::attention", mutates_args=())
 def attention(
     q: torch.Tensor,
@@ -54,10 +44,7 @@ def attention(
     plan: str,
 ) -> torch.Tensor:
     _check(q, k, v, layout)
-    parsed = parse_plan(plan)
-    if parsed.method == "dense":
-        return dense_attention(q, k, v, layout, scale, is_causal)
-    raise NotImplementedError(f"ditaccel::attention: plan method {parsed.method!r}")  # parse_plan rejects
+    return run_plan(q, k, v, layout, scale, is_causal, parse_plan(plan))
 
 
 @attention.register_fake
@@ -67,6 +54,8 @@ def _attention_fake(q, k, v, layout, scale, is_causal, plan):
     return q.new_empty(_output_shape(q, v))
 
 
+# Gradients: dense attention recomputed with SDPA (exact for dense plans; for approximate plans
+# -- int8, sparse -- the gradient of the exact attention, a straight-through estimate).
 def _setup_context(ctx, inputs, output):
     q, k, v, layout, scale, is_causal, plan = inputs
     ctx.save_for_backward(q, k, v)
@@ -77,7 +66,7 @@ def _backward(ctx, grad_out):
     # Recompute dense attention under autograd: exact gradients for the dense plan.
     q, k, v = (t.detach().requires_grad_(True) for t in ctx.saved_tensors)
     with torch.enable_grad():
-        out = dense_attention(q, k, v, *ctx.static)
+        out = dense_sdpa(q, k, v, *ctx.static)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out)
     return dq, dk, dv, None, None, None, None
 

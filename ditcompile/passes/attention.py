@@ -54,7 +54,9 @@ class AttentionRewritePass(DitPass):
         return report
 
     def plan_for(self, site: AttentionSite) -> AttentionPlan:
-        return AttentionPlan(method="dense", backend="sdpa", site=site.module_path)
+        cfg = self.config.attention
+        backend = "triton" if cfg.quant != "none" else cfg.backend
+        return AttentionPlan(method="dense", backend=backend, quant=cfg.quant, site=site.module_path)
 
 
 def _rewrite(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan) -> None:
