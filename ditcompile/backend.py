@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from .config import DitConfig, resolve_config
+from .config import ConfigError, DitConfig, resolve_config
 from .graph.analysis import analyze_graph
 from .graph.sites import GraphAnalysis
 from .passes.base import PassContext
@@ -69,7 +69,7 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Dit
         ctx = PassContext(config, analysis, example_inputs)
         reports = manager.run(work, ctx)
     except Exception as err:  # never crash deep inside: keep the model's own computation
-        if config.strict:
+        if config.strict or isinstance(err, ConfigError):  # bad options always surface
             raise
         log.warning("ditaccel: rewriting graph %s failed, compiling it unchanged:\n%s",
                     graph_id, traceback.format_exc())

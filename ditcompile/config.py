@@ -64,6 +64,44 @@ class AttentionConfig:
 
 
 @dataclass(frozen=True)
+class SparseConfig:
+    """Sparse attention on video self-attention and the video part of joint attention."""
+
+    enabled: bool = False
+    policy: str = field(default="radial", metadata=_choices("radial", "spatial_temporal", "antidiagonal", "tile"))
+    """radial: Radial Attention's static energy-decay mask; spatial_temporal: Sparse VideoGen's
+    per-head spatial/temporal classification; antidiagonal: XAttention's data-dependent block
+    selection; tile: sliding tile attention (3-D windows)."""
+    radial: tuple[tuple[str, Any], ...] = ()
+    """Keyword arguments of masks.generate_radial_mask, e.g. {"decay_factor": 0.2, "sink": true}."""
+    spatial_temporal: tuple[tuple[str, Any], ...] = ()
+    """frame_window, position_window, sink (masks.spatial_temporal) and num_samples,
+    reclassify_every (how often heads are re-classified, in steps)."""
+    antidiagonal: tuple[tuple[str, Any], ...] = ()
+    """Keyword arguments of masks.generate_antidiagonal_mask: stride, threshold."""
+    tile: tuple[tuple[str, Any], ...] = ()
+    """Keyword arguments of masks.generate_tile_mask: tile_size, window."""
+    block_size: int = field(default=128, metadata={"min": 16})
+    """Mask block in tokens (query and key); a multiple of 16."""
+    dense_steps: int = field(default=0, metadata={"min": 0})
+    """Denoising steps that run dense at the start of each generation."""
+    dense_blocks: tuple[int, ...] = ()
+    """Indices of transformer blocks whose attention stays dense."""
+    min_tokens: int = field(default=0, metadata={"min": 0})
+    """Sites with fewer video tokens stay dense."""
+    guard_every: int = field(default=0, metadata={"min": 0})
+    """Fidelity guard: every N sparse steps compare with dense attention on sampled rows (0: off)."""
+    guard_budget: float = field(default=0.05, metadata={"min": 0.0})
+    """Relative L2 error above which a site runs dense for the rest of the generation."""
+    guard_rows: int = field(default=64, metadata={"min": 1})
+
+    def params_for(self, policy: str) -> dict:
+        """The chosen policy's parameters as a dict (tuples back to lists for JSON)."""
+        thaw = lambda v: [thaw(x) for x in v] if isinstance(v, tuple) else v  # noqa: E731
+        return {k: thaw(v) for k, v in getattr(self, policy)}
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """Step cache: reuse the trunk's residual across denoising steps when it barely changes.
 
@@ -107,6 +145,7 @@ class DitConfig:
     """Inductor config patches, e.g. {"max_autotune": True} (keys of torch._inductor.config)."""
     graph: GraphConfig = GraphConfig()
     attention: AttentionConfig = AttentionConfig()
+    sparse: SparseConfig = SparseConfig()
     cache: CacheConfig = CacheConfig()
 
     def section(self, name: str) -> Any:
@@ -235,6 +274,8 @@ def _convert(name: str, value: Any, hint: Any, fld: dataclasses.Field) -> Any:
         return _convert(name, value, inner, fld)
     if name == "inductor" or name.endswith(".inductor"):
         return _inductor_patches(name, value)
+    if name.startswith("sparse.") and name.split(".", 1)[1] in _SPARSE_POLICIES:
+        return _json_params(name, value)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"option {name!r} must be true or false, got {value!r}")
@@ -273,7 +314,7 @@ def _convert(name: str, value: Any, hint: Any, fld: dataclasses.Field) -> Any:
             if item_type is str and not isinstance(item, str):
                 raise ConfigError(f"option {name!r}[{i}] must be a string, got {item!r}")
             items.append(item)
-        if item_type is str:
+        if item_type is str and name.endswith(".skip"):
             _check_regexes(name, items)
         return tuple(items)
     raise ConfigError(f"option {name!r}: unsupported type {hint}")  # a schema bug, not user input
@@ -309,6 +350,25 @@ def _inductor_patches(name: str, value: Any) -> tuple[tuple[str, Any], ...]:
             raise ConfigError(f"option {name!r}: {key!r} is not a key of torch._inductor.config "
                               "(e.g. 'max_autotune', 'coordinate_descent_tuning', 'triton.cudagraphs')")
     return tuple(sorted(value.items()))
+
+
+_SPARSE_POLICIES = ("radial", "spatial_temporal", "antidiagonal", "tile")
+
+
+def _json_params(name: str, value: Any) -> tuple[tuple[str, Any], ...]:
+    """A dict of JSON values, frozen as sorted (key, value) pairs (lists become tuples)."""
+    import json
+
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        value = dict(value)
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"option {name!r} must be a dict of parameter names to values, got {value!r}")
+    try:
+        json.dumps(dict(value))
+    except TypeError as err:
+        raise ConfigError(f"option {name!r}: values must be numbers, strings, booleans or lists ({err})") from err
+    freeze = lambda v: tuple(freeze(x) for x in v) if isinstance(v, list) else v  # noqa: E731
+    return tuple(sorted((k, freeze(v)) for k, v in value.items()))
 
 
 def _has_inductor_key(module: Any, dotted: str) -> bool:

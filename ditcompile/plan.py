@@ -12,7 +12,8 @@ import functools
 import json
 from dataclasses import dataclass
 
-METHODS = ("dense",)
+METHODS = ("dense", "sparse")
+POLICIES = ("radial", "spatial_temporal", "antidiagonal", "tile")
 BACKENDS = ("sdpa", "triton")
 QUANTS = ("none", "int8")
 
@@ -23,6 +24,17 @@ class AttentionPlan:
     backend: str = "sdpa"       # "sdpa": torch SDPA; "triton": ditaccel's flash kernel on CUDA
     quant: str = "none"         # "int8": INT8 QK^T with K smoothing, FP8/16-bit P.V (triton only)
     site: str = ""              # module path of the site, for logs and runtime lookups
+    # sparse plans (method "sparse"): the mask policy and what it needs to build its mask
+    policy: str = ""                        # one of POLICIES
+    params: str = "{}"                      # the policy factory's keyword arguments, as JSON
+    grid: tuple = ()                        # (frames, height, width) of the video tokens
+    text_position: str = ""                 # "before"/"after" for joint attention, "" without text
+    text_length: int = 0
+    block_size: int = 128                   # mask block (query and key), a multiple of 16
+    dense_steps: int = 0                    # denoising steps run dense at the start of a generation
+    guard_every: int = 0                    # fidelity guard: check every N steps (0: off) ...
+    guard_budget: float = 0.05              # ... switching to dense above this relative L2 error ...
+    guard_rows: int = 64                    # ... measured on this many sampled query rows
 
     def __post_init__(self) -> None:
         for name, value, accepted in (("method", self.method, METHODS), ("backend", self.backend, BACKENDS),
@@ -31,12 +43,26 @@ class AttentionPlan:
                 raise ValueError(f"attention plan {name} {value!r} is not one of {accepted}")
         if self.quant != "none" and self.backend != "triton":
             raise ValueError(f"attention plan quant={self.quant!r} needs backend 'triton'")
+        if self.method == "sparse":
+            if self.policy not in POLICIES:
+                raise ValueError(f"sparse attention plan policy {self.policy!r} is not one of {POLICIES}")
+            if len(self.grid) != 3 or self.block_size % 16:
+                raise ValueError(f"sparse attention plan needs a 3-D grid and a block size multiple of 16, "
+                                 f"got grid={self.grid} block_size={self.block_size}")
+        object.__setattr__(self, "grid", tuple(self.grid))
+
+    @property
+    def policy_params(self) -> dict:
+        return json.loads(self.params)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
 
     def describe(self) -> str:
         quant = f"/{self.quant}" if self.quant != "none" else ""
+        if self.method == "sparse":
+            warm = f", dense {self.dense_steps} steps" if self.dense_steps else ""
+            return f"sparse/{self.policy}{quant}{warm}"
         return f"{self.method}/{self.backend}{quant}"
 
 

@@ -37,7 +37,7 @@ class GraphReport:
         for site in self.analysis.attention:
             decision = self.decision_for(site.index)
             if decision is not None and decision.action == REWRITTEN:
-                plan, note = decision.plan, ""
+                plan, note = decision.plan, decision.reason or ""
             elif decision is not None:
                 plan, note = "original", decision.reason or ""
             else:
@@ -73,7 +73,7 @@ class GraphReport:
         rows = self.rows()
         if rows:
             cols = ["index", "module", "kind", "text", "pattern", "layout", "shape", "plan", "note"]
-            heads = ["#", "module", "kind", "text", "pattern", "layout", "shape", "plan", "why kept"]
+            heads = ["#", "module", "kind", "text", "pattern", "layout", "shape", "plan", "note (why kept)"]
             table = [heads] + [[str(r[c]) for c in cols] for r in rows]
             widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
             for j, row in enumerate(table):

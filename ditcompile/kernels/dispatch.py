@@ -5,6 +5,7 @@
                                               int8; unsupported inputs fall back to SDPA (logged once)
     plan backend "triton" on CPU           -> the kernel's pure-torch reference (same math, same
                                               int8 emulation), so CPU runs show what the GPU computes
+    plan method "sparse"                   -> runtime/sparse.py (patterns, warm-up, fidelity guard)
 
 Kept out of the custom op's body so that the op stays a thin, testable shell.
 """
@@ -59,6 +60,13 @@ def _log_fallback_once(site: str, reason: str) -> None:
 
 
 def run_plan(q, k, v, layout: str, scale: Optional[float], is_causal: bool, plan: AttentionPlan) -> torch.Tensor:
+    if plan.method == "sparse":
+        from ..runtime.sparse import run_sparse
+
+        dense_plan = AttentionPlan(backend="triton" if plan.quant != "none" else "sdpa", quant=plan.quant,
+                                   site=plan.site)
+        return run_sparse(q, k, v, layout, scale, plan,
+                          lambda q, k, v: run_plan(q, k, v, layout, scale, False, dense_plan))
     if plan.backend == "sdpa":
         return dense_sdpa(q, k, v, layout, scale, is_causal)
     reason = triton_unsupported(q, k, v, is_causal)

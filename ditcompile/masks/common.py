@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ from ..graph.sites import TextSegment, TokenGrid
 
 __all__ = ["SequenceLayout", "resolve_layout", "device_key", "shrink_classes"]
 
-GridLike = Union[TokenGrid, tuple]
+GridLike = TokenGrid | tuple  # a TokenGrid or (frames, height, width)
 
 
 @dataclass(frozen=True)

@@ -64,10 +64,11 @@ class SparsePattern:
                 raise ValueError(f"permutation must be an int64 tensor of shape [{seq}] (the mask's sequence length)")
             if perm.device != self.mask.device:
                 raise ValueError(f"permutation is on {perm.device} but the mask is on {self.mask.device}")
+            in_range = seq == 0 or (int(perm.min()) >= 0 and int(perm.max()) < seq)
+            if not in_range or not bool((torch.bincount(perm, minlength=seq) == 1).all()):
+                raise ValueError(f"permutation must hold every index 0..{seq - 1} exactly once")
             inverse = torch.empty_like(perm)
             inverse[perm] = torch.arange(seq, device=perm.device)
-            if not torch.equal(perm[inverse], torch.arange(seq, device=perm.device)):
-                raise ValueError("permutation must hold every index 0..S-1 exactly once")
             for rng in {self.mask.dense_q_range, self.mask.dense_kv_range} - {None}:
                 ids = torch.arange(*rng, device=perm.device)
                 if not torch.equal(perm[ids], ids):
@@ -86,6 +87,11 @@ class SparsePattern:
     @property
     def device(self) -> torch.device:
         return self.mask.device
+
+    def to(self, device: torch.device | str) -> SparsePattern:
+        """The same pattern with its mask and permutation on ``device``."""
+        perm = None if self.permutation is None else self.permutation.to(device)
+        return SparsePattern(self.mask.to(device), perm, name=self.name)
 
     def __repr__(self) -> str:
         b, h, _, _ = self.mask.shape

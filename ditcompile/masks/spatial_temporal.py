@@ -250,7 +250,7 @@ def head_errors(
     check_int("position_window", position_window, 0)
     qb, kb = _bhsd(q, layout, "q"), _bhsd(k, layout, "k")
     vb = None if v is None else _bhsd(v, layout, "v")
-    batch, heads, seq, dim = qb.shape
+    _, heads, seq, dim = qb.shape
     if seq != seq_layout.total or kb.shape[2] != seq:
         raise ValueError(
             f"q/k have {seq}/{kb.shape[2]} tokens but the grid and text describe {seq_layout.total}"

@@ -31,7 +31,7 @@ class SiteDecision:
     module_path: str
     action: str                     # REWRITTEN or KEPT
     plan: Optional[str] = None      # short plan description, e.g. "dense/sdpa"
-    reason: Optional[str] = None    # why it was kept
+    reason: Optional[str] = None    # why it was kept, or a note on the plan (why not sparse, density)
 
 
 @dataclass

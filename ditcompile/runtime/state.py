@@ -116,17 +116,25 @@ class RuntimeRegistry:
 
 
 REGISTRY = RuntimeRegistry()
-_CURRENT: contextvars.ContextVar[Optional[StepInfo]] = contextvars.ContextVar("ditaccel_step", default=None)
+_CURRENT: contextvars.ContextVar[Optional[tuple[StepInfo, ModelRuntime]]] = contextvars.ContextVar(
+    "ditaccel_call", default=None)
 
 
 def current_step() -> Optional[StepInfo]:
     """The step of the compiled call now running (None outside a ditaccel runtime wrapper)."""
-    return _CURRENT.get()
+    call = _CURRENT.get()
+    return call[0] if call is not None else None
+
+
+def current_runtime() -> Optional[ModelRuntime]:
+    """The runtime state of the model whose compiled call is running (None outside one)."""
+    call = _CURRENT.get()
+    return call[1] if call is not None else None
 
 
 @contextlib.contextmanager
-def step_scope(info: StepInfo) -> Iterator[None]:
-    token = _CURRENT.set(info)
+def step_scope(info: StepInfo, runtime: ModelRuntime) -> Iterator[None]:
+    token = _CURRENT.set((info, runtime))
     try:
         yield
     finally:

@@ -139,7 +139,7 @@ class StepCacheRunner:
         branch = state.branch(info)
         split = self.split
         env = dict(zip(split.placeholders, args))
-        with step_scope(info):
+        with step_scope(info, runtime):
             env.update(zip(split.head.outputs, self.head(*[env[k] for k in split.head.inputs])))
             if self.cfg.policy == "teacache" and split.modulated_input is not None:
                 signal = env[split.modulated_input]

@@ -33,5 +33,5 @@ class StepTrackingCall:
         timestep = timestep_value(flat[self.timestep_index]) if self.timestep_index is not None else None
         info = runtime.tracker.observe(timestep)
         runtime.last_step = info
-        with step_scope(info):
+        with step_scope(info, runtime):
             return self.compiled(*args)

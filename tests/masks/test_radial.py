@@ -25,6 +25,8 @@ GRID = TokenGrid(8, 6, 8, "test")  # 48 tokens per frame, 384 video tokens
         (GRID, TextSegment("before", 7, "t"), 16, 16, dict(band=2, decay_factor=2.0, sink=True, min_window=12)),
         (TokenGrid(4, 6, 8, "t"), TextSegment("after", 20, "t"), 16, 16, dict(band=1, decay_factor=1.0, sink=True, min_window=16)),
         (TokenGrid(7, 5, 7, "t"), None, 16, 16, dict(band=1, decay_factor=0.25, sink=True, min_window=4)),  # ragged
+        # a block with dense/non-zero columns exactly 0.6 (the strict "> 0.6" drops it)
+        (TokenGrid(6, 4, 5, "t"), TextSegment("before", 7, "t"), 16, 16, dict(band=1, decay_factor=0.5, sink=True, min_window=4)),
     ],
 )
 def test_blocks_are_the_reference_shrink_of_the_definition(grid, text, bm, bn, params):
@@ -115,13 +117,13 @@ def test_bad_grid_and_text():
 
 
 def test_sparse_attention_inside_and_outside_support():
-    grid, text = TokenGrid(6, 4, 8, "t"), TextSegment("before", 12, "t")
-    p = generate_radial_mask(grid, text, block_m=16, block_n=16, min_window=8)
+    grid, text = TokenGrid(12, 4, 8, "t"), TextSegment("before", 12, "t")
+    p = generate_radial_mask(grid, text, block_m=16, block_n=16, min_window=16)
     assert p.density < 0.9
     gen = torch.Generator().manual_seed(0)
     _, _, total = layout(grid, text)
     # Inside: attention concentrated on the radial token rule restricted to the computed blocks.
-    rule = radial_rule(4, 8, band=1, decay_factor=1.0, sink=True, min_window=8)
+    rule = radial_rule(4, 8, band=1, decay_factor=1.0, sink=True, min_window=16)
     support = token_definition(grid, text, rule) & pattern_token_rows(p, torch.arange(total))[0, 0]
     q, k, v = attention_from_support(support, 1, 2, gen=gen)
     dense = sparse_attention_reference(q, k, v)
