@@ -100,8 +100,8 @@ class _LazyInductor:
     def __call__(self, *args: Any) -> Any:
         if self.compiled is None:
             self.compiled = _inductor(self.gm, list(args), self.config, self.mode)
-        if getattr(self.compiled, "_boxed_call", False):
-            return self.compiled(list(args))
+        # compile_fx of a GraphModule built outside Dynamo is called with positional arguments
+        # (it marks itself `_boxed_call`, but unpacks `*args` itself).
         return self.compiled(*args)
 
 
