@@ -39,10 +39,11 @@ def test_triton_plan_on_cpu_runs_the_reference_and_matches_exact_attention(layou
 
 
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
-def test_int8_plan_on_cpu_emulates_the_kernel_quantization(layout):
+@pytest.mark.parametrize("seq", [37, 128])  # 128: a whole number of quantization blocks (no padding copy)
+def test_int8_plan_on_cpu_emulates_the_kernel_quantization(layout, seq):
     from ditcompile.kernels.reference import int8_attention_reference
 
-    q, k, v = _qkv(layout, seed=2, dtype=torch.bfloat16)
+    q, k, v = _qkv(layout, seed=2, s=seq, dtype=torch.bfloat16)
     plan = AttentionPlan(backend="triton", quant="int8", site="t").to_json()
     out = attention_op(q, k, v, layout, None, False, plan)
     error = _rel(out, _exact(q, k, v, layout))

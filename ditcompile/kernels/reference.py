@@ -183,7 +183,7 @@ def quantize_int8_per_block_reference(
     batch, heads, seq, dim = xb.shape
     nblocks = -(-seq // block)
     padded = torch.nn.functional.pad(xb, (0, 0, 0, nblocks * block - seq))  # [B, H, NB*block, D]
-    blocks = padded.view(batch, heads, nblocks, block * dim)
+    blocks = padded.reshape(batch, heads, nblocks, block * dim)
     amax = blocks.abs().amax(dim=-1)  # [B, H, NB]
     scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
     scaled = blocks / scale[..., None]

@@ -1,0 +1,210 @@
+"""Quality of each ditaccel variant on the project's trained fidelity model (issue 6).
+
+For each variant, generate the same labels and seeds with the dense model and with the
+accelerated settings, and report PSNR and SSIM of the generated frames, the cosine similarity of
+the final samples, how much of the model's real attention mass the sparse masks keep, and the
+steps the cache reused. Writes a JSON file and PNG strips (dense row, then each variant) that a
+person can look at.
+
+    python benchmarks/fidelity.py                      # CPU is fine (about a minute per variant)
+    python benchmarks/fidelity.py --steps 30 --labels 8 --out benchmarks/out/fidelity.json
+
+Baseline: the same fidelity model run eagerly (dense attention, no cache), same noise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import ditcompile
+from ditcompile.fidelity.attention import capture_attention
+from ditcompile.fidelity.model import load_fidelity_model, sample, text_embeddings, token_grid
+from ditcompile.fidelity.videos import generate_videos, label_name
+
+BLOCK = 16  # mask block for the fidelity model's 512-token sequence (8 frames x 8 x 8 tokens)
+BASE = {"compiler": "eager", "strict": True, "graph.text_position": "none"}
+
+
+def variants(grid) -> dict[str, dict]:
+    sparse = {"sparse.enabled": True, "sparse.block_size": BLOCK, "sparse.dense_steps": 0}
+    return {
+        "dense (ditaccel)": {},
+        "sparse radial": {**sparse, "sparse.policy": "radial", "sparse.radial": {"decay_factor": 1.0, "sink": True}},
+        "sparse spatial_temporal": {**sparse, "sparse.policy": "spatial_temporal",
+                                    "sparse.spatial_temporal": {"frame_window": 1, "position_window": 8}},
+        "sparse antidiagonal": {**sparse, "sparse.policy": "antidiagonal",
+                                "sparse.antidiagonal": {"stride": 4, "threshold": 0.9}},
+        "sparse tile": {**sparse, "sparse.policy": "tile", "sparse.tile": {"tile_size": [2, 4, 4], "window": [3, 3, 3]}},
+        "sparse radial + guard": {**sparse, "sparse.policy": "radial", "sparse.radial": {"decay_factor": 1.0},
+                                  "sparse.guard_every": 5, "sparse.guard_budget": 0.05},
+        "int8 attention": {"attention.quant": "int8"},
+        "cache fbcache 0.05": {"cache.enabled": True, "cache.policy": "fbcache", "cache.threshold": 0.05},
+        "cache fbcache 0.1 + taylor": {"cache.enabled": True, "cache.policy": "fbcache", "cache.threshold": 0.1,
+                                       "cache.taylor_order": 1},
+        "all (radial + int8 + cache)": {**sparse, "sparse.policy": "radial", "sparse.dense_steps": 4,
+                                        "attention.quant": "int8", "cache.enabled": True, "cache.policy": "fbcache",
+                                        "cache.threshold": 0.05},
+    }
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of videos in [-1, 1] (mapped to [0, 1])."""
+    mse = F.mse_loss((a + 1) / 2, (b + 1) / 2).item()
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:
+    """Mean SSIM over frames (Gaussian window, per channel), videos [B, C, F, H, W] in [-1, 1]."""
+    x, y = ((t + 1) / 2 for t in (a, b))
+    x, y = (t.permute(0, 2, 1, 3, 4).reshape(-1, t.shape[1], t.shape[3], t.shape[4]).float() for t in (x, y))
+    coords = torch.arange(window, dtype=torch.float32) - window // 2
+    g = torch.exp(-(coords ** 2) / (2 * 1.5 ** 2))
+    kernel = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, window, window)
+    blur = lambda t: F.conv2d(t, kernel, groups=x.shape[1])  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.mean().item()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+def attention_probs(model, labels, seed: int = 7) -> list[torch.Tensor]:
+    """Self-attention probabilities [B, heads, N, N] per block, on noised real videos at t = 0.5."""
+    videos = generate_videos(len(labels), seed=seed, labels=torch.as_tensor(labels)).videos
+    noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(seed))
+    x = 0.5 * videos + 0.5 * noise
+    param = next(model.parameters())
+    with torch.no_grad(), capture_attention(model) as store:
+        model(hidden_states=x.to(param), timestep=torch.full((len(labels),), 500.0, device=param.device),
+              encoder_hidden_states=text_embeddings(labels, device=param.device, dtype=param.dtype))
+    return [p.cpu() for p in store]
+
+
+def mass_kept(options: dict, grid, probs: list[torch.Tensor]):
+    """Fraction of the real attention mass inside a static sparse pattern (None if data-dependent)."""
+    from ditcompile.config import resolve_config
+    from ditcompile.masks import generate_spatial_mask, generate_temporal_mask, pattern_token_rows
+    from ditcompile.plan import AttentionPlan
+    from ditcompile.runtime.sparse import static_pattern
+
+    cfg = resolve_config({**BASE, **options}).sparse
+    if not cfg.enabled or cfg.policy == "antidiagonal":
+        return None
+    rows = torch.arange(grid[0] * grid[1] * grid[2])
+    if cfg.policy in ("radial", "tile"):
+        plan = AttentionPlan(method="sparse", backend="triton", policy=cfg.policy, grid=grid, block_size=BLOCK,
+                             params=json.dumps(cfg.params_for(cfg.policy)))
+        allowed = [pattern_token_rows(static_pattern(plan, "cpu"), rows)[0, 0].float()]
+    else:
+        p = cfg.params_for("spatial_temporal")
+        allowed = [pattern_token_rows(generate_spatial_mask(grid, None, block_m=BLOCK, block_n=BLOCK,
+                                                            frame_window=p.get("frame_window", 0)), rows)[0, 0].float(),
+                   pattern_token_rows(generate_temporal_mask(grid, None, block_m=BLOCK, block_n=BLOCK,
+                                                             position_window=p.get("position_window", 0)),
+                                      rows)[0, 0].float()]
+    kept = []
+    for layer in probs:  # [B, H, N, N]; spatial/temporal: each head keeps its better pattern
+        per_mask = torch.stack([(layer * a).sum(-1).mean(-1) for a in allowed])  # [masks, B, H]
+        kept.append(per_mask.max(0).values.mean().item())
+    return sum(kept) / len(kept)
+
+
+def strip(videos: list[torch.Tensor], path: Path, scale: int = 3) -> None:
+    """One row per video [3, F, H, W] (frames side by side), rows stacked, as a PNG."""
+    from PIL import Image
+
+    rows = [torch.cat(list(v.permute(1, 0, 2, 3)), dim=-1) for v in videos]  # [3, H, F*W]
+    image = torch.cat(rows, dim=-2)
+    array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(array)
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture.save(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--labels", type=int, default=4, help="how many labels (one video each)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--weights", help="weights file (default: the shipped fidelity_wan.safetensors)")
+    parser.add_argument("--only", action="append", help="run only variants whose name contains this")
+    parser.add_argument("--out", default="benchmarks/out/fidelity.json")
+    args = parser.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        model = load_fidelity_model(args.weights, device=device)
+    except (FileNotFoundError, RuntimeError) as err:
+        print(f"fidelity.py: cannot load the fidelity model: {err}", file=sys.stderr)
+        return 2
+    grid = token_grid()
+    labels = [(3 * i + 1) % 16 for i in range(args.labels)]
+    out_dir = Path(args.out).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        dense = sample(model, labels, steps=args.steps, seed=args.seed)
+    probs = attention_probs(model, labels)
+    results, strips = [], {"dense (eager)": dense}
+    for name, options in variants(grid).items():
+        if args.only and not any(o in name for o in args.only):
+            continue
+        torch._dynamo.reset()
+        ditcompile.new_generation(model)
+        start = time.perf_counter()
+        compiled = torch.compile(model, backend="ditaccel", options={**BASE, **options})
+        with torch.no_grad():
+            videos = sample(model, labels, steps=args.steps, seed=args.seed, transformer_call=compiled)
+        seconds = time.perf_counter() - start
+        row = {"variant": name, "psnr_db": psnr(videos, dense), "ssim": ssim(videos, dense),
+               "cosine": cosine(videos, dense), "mass_kept": mass_kept(options, grid, probs), "seconds": seconds}
+        cache = ditcompile.cache_stats(model) if options.get("cache.enabled") else []
+        if cache and cache[0]["current"]:
+            branch = cache[0]["current"][0]
+            row["steps_computed"], row["steps_reused"] = branch["computed"], branch["reused"]
+        sparse = ditcompile.sparse_stats(model) if options.get("sparse.enabled") else []
+        if sparse and sparse[0]["current"]:
+            sites = sparse[0]["current"].values()
+            densities = [s["density"] for s in sites if s["density"] is not None]
+            row["density"] = sum(densities) / len(densities) if densities else None
+            row["guard_dense_sites"] = sum(s["dense_from_step"] is not None for s in sites)
+        results.append(row)
+        strips[name] = videos
+
+    print(f"fidelity model, {len(labels)} videos, {args.steps} steps, device {device}; baseline: dense eager")
+    head = f"{'variant':<30}{'PSNR dB':>9}{'SSIM':>8}{'cosine':>9}{'mass kept':>11}{'density':>9}{'reused':>8}"
+    print(head)
+    print("-" * len(head))
+    def fmt(value, spec: str) -> str:
+        width = int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
+        return format(value, spec) if isinstance(value, (int, float)) else "-".rjust(width)
+    for r in results:
+        print(f"{r['variant']:<30}{fmt(r['psnr_db'], '9.2f')}{fmt(r['ssim'], '8.4f')}{fmt(r['cosine'], '9.5f')}"
+              f"{fmt(r['mass_kept'], '11.3f')}{fmt(r.get('density'), '9.3f')}{fmt(r.get('steps_reused'), '8d')}")
+    strip_paths = []
+    for i, label in enumerate(labels[:2]):
+        path = out_dir / f"fidelity_strip_label{label}.png"
+        strip([v[i].cpu() for v in strips.values()], path)
+        strip_paths.append(str(path))
+    meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device == "cuda" else
+            platform.processor() or "cpu", "torch": torch.__version__, "steps": args.steps, "labels": labels,
+            "label_names": [label_name(label) for label in labels], "rows": list(strips), "strips": strip_paths,
+            "command": " ".join(sys.argv)}
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"wrote {args.out} and {', '.join(strip_paths)} (rows: {', '.join(strips)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
