@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The ONE command of a GPU session (device tool, carry [".whl"], timeout_s ~560):
+#   bash benchmarks/gpu_session.sh
+# Correctness on CUDA first (kernel tests compile and run the Triton kernels for real), then
+# timings; everything is printed and copied to $OUT. Prepare the wheels here first:
+#   bash benchmarks/gpu_prepare.sh
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-benchmarks/out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+else
+  export PYTHONPATH=$PWD
+fi
+python3 - <<'PY' | tee "$OUT/env.txt"
+import torch, triton, datetime
+print(datetime.date.today(), torch.__version__, triton.__version__, torch.cuda.get_device_name(0))
+PY
+echo "== correctness on CUDA (kernels, dispatch)"
+timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/kernels tests/test_dispatch.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+echo "== attention kernels vs cuDNN / FA2 / FlexAttention (Wan2.1-1.3B shape)"
+timeout 170 python3 benchmarks/attention.py --quick --out "$OUT/attention.json" 2>&1 | tail -25 | tee "$OUT/attention.txt"
+echo "== end to end (Wan2.1-1.3B 480p, quick subset)"
+timeout 220 python3 benchmarks/e2e.py --quick --budget-s 200 --out "$OUT/e2e.json" 2>&1 | tail -30 | tee "$OUT/e2e.txt"
