@@ -23,7 +23,7 @@ import torch
 
 from ..graph.sites import TextSegment
 from ..plan import AttentionPlan
-from .state import REGISTRY, current_runtime, current_step
+from .state import GenerationState, current_runtime, current_step, pass_stats
 
 log = logging.getLogger("ditcompile")
 
@@ -39,27 +39,17 @@ class SiteState:
     density: Optional[float] = None
 
 
-@dataclass
-class SparseState:
-    generation: int = -1
-    sites: dict = field(default_factory=dict)
-    finished: list = field(default_factory=list)
+class SparseState(GenerationState):
+    """Per-site `SiteState`s of the current generation (`data`: site module path -> SiteState)."""
 
     def site(self, name: str, generation: int) -> SiteState:
-        if generation != self.generation:
-            if self.sites:
-                self.finished.append(self.summary())
-            self.sites, self.generation = {}, generation
-        return self.sites.setdefault(name, SiteState())
-
-    def reset(self) -> None:
-        self.generation = -1
+        return self.entry(name, generation, SiteState)
 
     def summary(self) -> dict:
         return {name: {"sparse_calls": s.sparse_calls, "dense_calls": s.dense_calls,
                        "guard_errors": list(s.guard_errors), "dense_from_step": s.dense_from_step,
                        "density": s.density}
-                for name, s in self.sites.items()}
+                for name, s in self.data.items()}
 
 
 def text_of(plan: AttentionPlan) -> Optional[TextSegment]:
@@ -240,9 +230,4 @@ def guard_error(q, k, v, out, layout: str, scale: Optional[float], rows: int, se
 def sparse_stats(model: Any) -> list[dict]:
     """Per runtime state of `model`: per-site sparse/dense call counts, guard results and
     density for the current generation, plus the summaries of finished generations."""
-    out = []
-    for runtime in REGISTRY.for_model(model):
-        state = runtime.extras.get("sparse")
-        if state is not None:
-            out.append({"current": state.summary(), "finished": list(state.finished)})
-    return out
+    return pass_stats(model, "sparse")

@@ -141,6 +141,44 @@ def step_scope(info: StepInfo, runtime: ModelRuntime) -> Iterator[None]:
         _CURRENT.reset(token)
 
 
+def pass_stats(model: Any, key: str) -> list[dict]:
+    """For each runtime state of `model` holding `extras[key]` (a `GenerationState`): its current
+    generation's summary and the summaries of finished generations."""
+    out = []
+    for runtime in REGISTRY.for_model(model):
+        state = runtime.extras.get(key)
+        if state is not None:
+            out.append({"current": state.summary(), "finished": list(state.finished)})
+    return out
+
+
+class GenerationState:
+    """Base of per-pass run-time state that restarts with every generation.
+
+    Subclasses keep their per-generation data in `self.data` (a dict) and say how to summarise
+    it; a finished generation's summary is kept in `finished`.
+    """
+
+    def __init__(self) -> None:
+        self.generation = -1
+        self.data: dict = {}
+        self.finished: list = []
+
+    def entry(self, key: Any, generation: int, factory: Any) -> Any:
+        """This generation's entry for `key` (a site or a CFG branch), created by `factory`."""
+        if generation != self.generation:
+            if self.data:
+                self.finished.append(self.summary())
+            self.data, self.generation = {}, generation
+        return self.data.setdefault(key, factory())
+
+    def reset(self) -> None:
+        self.generation = -1  # the next call's generation differs: entries restart then
+
+    def summary(self) -> dict:
+        raise NotImplementedError
+
+
 def new_generation(model: Any) -> int:
     """Restart step counting (and every pass's per-generation state) for `model`.
 

@@ -19,7 +19,7 @@ import torch
 
 from ..config import CacheConfig
 from ..graph.split import GraphSplit
-from .state import REGISTRY, ModelRuntime, StepInfo, StepTracker, step_scope, timestep_value
+from .state import REGISTRY, GenerationState, ModelRuntime, StepInfo, StepTracker, pass_stats, step_scope, timestep_value
 
 log = logging.getLogger("ditcompile")
 
@@ -38,25 +38,15 @@ class BranchState:
     decisions: list = field(default_factory=list)     # True = computed, per call in order
 
 
-@dataclass
-class StepCacheState:
-    branches: dict = field(default_factory=dict)
-    generation: int = -1
-    finished: list = field(default_factory=list)      # stats of finished generations
+class StepCacheState(GenerationState):
+    """Per-CFG-branch `BranchState`s of the current generation (`data`: branch -> BranchState)."""
 
     def branch(self, info: StepInfo) -> BranchState:
-        if info.generation != self.generation:
-            if self.branches:
-                self.finished.append(self.stats())
-            self.branches, self.generation = {}, info.generation
-        return self.branches.setdefault(info.branch, BranchState())
+        return self.entry(info.branch, info.generation, BranchState)
 
-    def reset(self) -> None:
-        self.generation = -1  # the next call's generation differs: branches restart then
-
-    def stats(self) -> dict:
+    def summary(self) -> dict:
         return {b: {"computed": s.computed, "reused": s.reused, "pattern": list(s.decisions)}
-                for b, s in sorted(self.branches.items())}
+                for b, s in sorted(self.data.items())}
 
 
 def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
@@ -134,8 +124,8 @@ class StepCacheRunner:
         info = runtime.tracker.observe(timestep)
         runtime.last_step = info
         state: StepCacheState = runtime.extras.setdefault("step_cache", StepCacheState())
-        if info.generation != state.generation and state.branches:
-            log.info("ditaccel step cache: generation %d: %s", state.generation, _format_stats(state.stats()))
+        if info.generation != state.generation and state.data:
+            log.info("ditaccel step cache: generation %d: %s", state.generation, _format_stats(state.summary()))
         branch = state.branch(info)
         split = self.split
         env = dict(zip(split.placeholders, args))
@@ -168,10 +158,5 @@ def _format_stats(stats: dict) -> str:
 
 def cache_stats(model: Any) -> list[dict]:
     """Per runtime state of `model`: the current generation's computed/reused steps per branch
-    and the stats of finished generations."""
-    out = []
-    for runtime in REGISTRY.for_model(model):
-        state = runtime.extras.get("step_cache")
-        if state is not None:
-            out.append({"current": state.stats(), "finished": list(state.finished)})
-    return out
+    (with the per-call decision pattern) and the summaries of finished generations."""
+    return pass_stats(model, "step_cache")
