@@ -117,6 +117,10 @@ def test_cfg_branches_keep_separate_states():
     out = ditaccel_run(model, inputs, steps, cache_options(spec, threshold=threshold), branches=2)
     stats = ditcompile.cache_stats(model)[0]["current"]
     assert stats[0]["pattern"] == patterns["cond"] and stats[1]["pattern"] == patterns["uncond"]
+    for branch in (0, 1):  # the body is 1 of the tiny Wan's 2 blocks
+        reused = stats[branch]["reused"]
+        assert stats[branch]["estimated_saving"] == pytest.approx(0.5 * reused / steps, abs=1e-4)
+    assert "branch 1:" in ditcompile.cache_report(model) and "compute saved" in ditcompile.cache_report(model)
     assert len(stats[0]["pattern"]) == steps == len(stats[1]["pattern"])
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
 

@@ -39,13 +39,22 @@ class BranchState:
 
 
 class StepCacheState(GenerationState):
-    """Per-CFG-branch `BranchState`s of the current generation (`data`: branch -> BranchState)."""
+    """Per-CFG-branch `BranchState`s of the current generation (`data`: branch -> BranchState).
+
+    `body_share`: the body's fraction of the trunk's blocks, so a reused call saves about that
+    fraction of a call's compute (embeddings and the output projection are small in DiTs).
+    """
+
+    def __init__(self, body_share: float = 0.0) -> None:
+        super().__init__()
+        self.body_share = body_share
 
     def branch(self, info: StepInfo) -> BranchState:
         return self.entry(info.branch, info.generation, BranchState)
 
     def summary(self) -> dict:
-        return {b: {"computed": s.computed, "reused": s.reused, "pattern": list(s.decisions)}
+        return {b: {"computed": s.computed, "reused": s.reused, "pattern": list(s.decisions),
+                    "estimated_saving": round(self.body_share * s.reused / max(1, s.computed + s.reused), 4)}
                 for b, s in sorted(self.data.items())}
 
 
@@ -114,6 +123,8 @@ class StepCacheRunner:
         self.tail = compile_piece(split.tail.gm)
         self.timestep_index, self.anchor_index = timestep_index, anchor_index
         self._fallback = ModelRuntime(StepTracker())
+        blocks = len(split.head_blocks) + len(split.body_blocks) + len(split.tail_blocks)
+        self.body_share = len(split.body_blocks) / blocks
 
     def _runtime(self, args) -> ModelRuntime:
         return REGISTRY.for_anchor(args[self.anchor_index]) if self.anchor_index is not None else self._fallback
@@ -123,7 +134,7 @@ class StepCacheRunner:
         timestep = timestep_value(args[self.timestep_index]) if self.timestep_index is not None else None
         info = runtime.tracker.observe(timestep)
         runtime.last_step = info
-        state: StepCacheState = runtime.extras.setdefault("step_cache", StepCacheState())
+        state: StepCacheState = runtime.extras.setdefault("step_cache", StepCacheState(self.body_share))
         if info.generation != state.generation and state.data:
             log.info("ditaccel step cache: generation %d: %s", state.generation, _format_stats(state.summary()))
         branch = state.branch(info)
@@ -153,7 +164,20 @@ class StepCacheRunner:
 
 
 def _format_stats(stats: dict) -> str:
-    return "; ".join(f"branch {b}: {s['computed']} computed, {s['reused']} reused" for b, s in stats.items())
+    return "; ".join(f"branch {b}: {s['computed']} computed, {s['reused']} reused, "
+                     f"~{100 * s['estimated_saving']:.0f}% of the transformer's compute saved"
+                     for b, s in stats.items())
+
+
+def cache_report(model: Any) -> str:
+    """One line per CFG branch of the current generation (and a count of finished ones)."""
+    lines = []
+    for state in cache_stats(model):
+        if state["current"]:
+            lines.append("current generation: " + _format_stats(state["current"]))
+        for i, finished in enumerate(state["finished"]):
+            lines.append(f"finished generation {i}: " + _format_stats(finished))
+    return "\n".join(lines) or "no step-cache state (the model has not run through a cached ditaccel graph)"
 
 
 def cache_stats(model: Any) -> list[dict]:
