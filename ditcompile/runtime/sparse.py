@@ -171,8 +171,8 @@ def _spatial_temporal(q, k, v, layout, scale, plan, site, step, params) -> torch
             index = heads.nonzero().flatten().to(q.device)
             if index.numel() == 0:
                 continue
-            pick = lambda t: t[b:b + 1].index_select(head_dim, index)  # noqa: E731
-            part = run_pattern(pick(q), pick(k), pick(v), layout, scale, pattern, plan)
+            qh, kh, vh = (t[b:b + 1].index_select(head_dim, index) for t in (q, k, v))  # this group's heads
+            part = run_pattern(qh, kh, vh, layout, scale, pattern, plan)
             out[b:b + 1].index_copy_(head_dim, index, part)
     if site is not None:
         frac = classes.float().mean().item()
