@@ -38,3 +38,24 @@ def test_sparse_int8_and_cache_compose_and_inductor_matches_the_eager_graph():
     torch.testing.assert_close(inductor, eager_graph, rtol=1e-4, atol=1e-4)
     error = ((inductor - reference).norm() / reference.norm()).item()
     assert 0 < error < 0.05  # approximate, and close to the dense eager model
+
+
+@pytest.mark.inductor
+def test_sparse_plans_with_warmup_through_inductor_match_the_eager_graph():
+    """The step-tracking wrapper around an Inductor-compiled graph (no step cache)."""
+    spec = get_tiny_model("wan2.1-tiny")
+    torch.manual_seed(0)
+    model, inputs = spec.build(), spec.make_inputs(seed=2)
+    options = {"preset": "wan2.1", "strict": True, "sparse.enabled": True, "sparse.block_size": 16,
+               "sparse.dense_steps": 2, "sparse.dense_blocks": []}
+    outputs, stats = {}, {}
+    for compiler in ("eager", "inductor"):
+        torch._dynamo.reset()
+        ditcompile.new_generation(model)
+        compiled = torch.compile(model, backend="ditaccel", options={**options, "compiler": compiler})
+        with torch.no_grad():
+            outputs[compiler] = denoise(lambda kw: run_model(compiled, kw), inputs, 5)
+        stats[compiler] = {k: (v["sparse_calls"], v["dense_calls"])
+                           for k, v in ditcompile.sparse_stats(model)[0]["current"].items()}
+    assert stats["inductor"] == stats["eager"] == {"blocks.0.attn1": (3, 2), "blocks.1.attn1": (3, 2)}
+    torch.testing.assert_close(outputs["inductor"], outputs["eager"], rtol=1e-4, atol=1e-5)

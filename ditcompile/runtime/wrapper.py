@@ -4,8 +4,9 @@
     runner = StepTrackingCall(compiled, timestep_index=3, anchor_index=5)
     runner(*args)  ->  observe the timestep, set the step context, run `compiled`
 
-Inductor's compiled functions use the "boxed" calling convention (one list argument, marked
-by `_boxed_call = True`); the wrapper keeps whichever convention the wrapped callable has.
+The wrapper accepts positional arguments or one boxed list from its caller, and calls the
+wrapped function with positional arguments (what `compile_fx`'s result takes, although it
+marks itself `_boxed_call`; torch 2.13).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ class StepTrackingCall:
         self.timestep_index = timestep_index
         self.anchor_index = anchor_index
         self._fallback = ModelRuntime(StepTracker())  # a graph with no parameter inputs
-        self._boxed_call = bool(getattr(compiled, "_boxed_call", False))
 
     def runtime_for(self, args: Sequence[Any]) -> ModelRuntime:
         if self.anchor_index is None:
@@ -28,10 +28,11 @@ class StepTrackingCall:
         return REGISTRY.for_anchor(args[self.anchor_index])
 
     def __call__(self, *args: Any) -> Any:
-        flat = args[0] if self._boxed_call else args
+        boxed = len(args) == 1 and isinstance(args[0], list)
+        flat = args[0] if boxed else list(args)
         runtime = self.runtime_for(flat)
         timestep = timestep_value(flat[self.timestep_index]) if self.timestep_index is not None else None
         info = runtime.tracker.observe(timestep)
         runtime.last_step = info
         with step_scope(info, runtime):
-            return self.compiled(*args)
+            return self.compiled(*flat)
