@@ -42,16 +42,21 @@ _REPORT_SINK: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("d
 def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, options: Any = None,
                      mode: Optional[str] = None) -> Callable:
     config = resolve_config(options)
+    mode = mode if mode and mode != "default" else config.mode
     report, compiled_gm, ctx = rewrite_graph(gm, example_inputs, config)
+    step_dependent = ctx is not None and (ctx.needs_step or ctx.runner_factory is not None)
+    if step_dependent and config.compiler == "inductor" and _inductor_patches(config, mode).get("triton.cudagraphs"):
+        report.notes.append("CUDA graphs off: the plans depend on the denoising step, which a replayed graph "
+                            "would not see")
     if config.report:
         log.info("%s", report.format())
     sink = _REPORT_SINK.get()
     if sink is not None:
         sink.append(report)
     if ctx is not None and ctx.runner_factory is not None:
-        return ctx.runner_factory(lambda piece: _compile_piece(piece, config, mode))
+        return ctx.runner_factory(lambda piece: _compile_piece(piece, config, mode, step_dependent))
     compiled = compiled_gm.forward if config.compiler == "eager" else _inductor(
-        compiled_gm, example_inputs, config, mode)
+        compiled_gm, example_inputs, config, mode, step_dependent)
     if ctx is not None and ctx.needs_step:
         return StepTrackingCall(compiled, ctx.analysis.timestep_input, ctx.analysis.anchor_input)
     return compiled
@@ -93,27 +98,36 @@ class _LazyInductor:
     """Compiles a graph piece with Inductor on its first call, from that call's real inputs
     (the step cache's pieces have no Dynamo example inputs of their own)."""
 
-    def __init__(self, gm: fx.GraphModule, config: DitConfig, mode: Optional[str]):
-        self.gm, self.config, self.mode = gm, config, mode
+    def __init__(self, gm: fx.GraphModule, config: DitConfig, mode: Optional[str], no_cudagraphs: bool):
+        self.gm, self.config, self.mode, self.no_cudagraphs = gm, config, mode, no_cudagraphs
         self.compiled: Optional[Callable] = None
 
     def __call__(self, *args: Any) -> Any:
         if self.compiled is None:
-            self.compiled = _inductor(self.gm, list(args), self.config, self.mode)
+            self.compiled = _inductor(self.gm, list(args), self.config, self.mode, self.no_cudagraphs)
         # compile_fx of a GraphModule built outside Dynamo is called with positional arguments
         # (it marks itself `_boxed_call`, but unpacks `*args` itself).
         return self.compiled(*args)
 
 
-def _compile_piece(gm: fx.GraphModule, config: DitConfig, mode: Optional[str]) -> Callable:
-    return gm.forward if config.compiler == "eager" else _LazyInductor(gm, config, mode)
+def _compile_piece(gm: fx.GraphModule, config: DitConfig, mode: Optional[str], no_cudagraphs: bool) -> Callable:
+    return gm.forward if config.compiler == "eager" else _LazyInductor(gm, config, mode, no_cudagraphs)
 
 
-def _inductor(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig, mode: Optional[str]):
-    from torch._inductor.compile_fx import compile_fx
-
+def _inductor_patches(config: DitConfig, mode: Optional[str]) -> dict:
     patches: dict = {}
     if mode and mode != "default":
         patches.update(torch._inductor.list_mode_options(mode))
     patches.update(dict(config.inductor))
+    return patches
+
+
+def _inductor(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig, mode: Optional[str],
+              no_cudagraphs: bool = False):
+    """Inductor with the mode's and the config's patches; no CUDA graphs when plans are step-dependent."""
+    from torch._inductor.compile_fx import compile_fx
+
+    patches = _inductor_patches(config, mode)
+    if no_cudagraphs:
+        patches["triton.cudagraphs"] = False
     return compile_fx(gm, list(example_inputs), config_patches=patches or None)

@@ -137,6 +137,9 @@ class DitConfig:
     preset: Optional[str] = None
     compiler: str = field(default="inductor", metadata=_choices("inductor", "eager"))
     """"inductor" compiles the rewritten graph; "eager" runs it as is (debugging, explain)."""
+    mode: str = field(default="default", metadata=_choices(
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    """Inductor mode (torch.compile refuses `mode=` together with `options=`, so it lives here)."""
     report: bool = True
     """Log the explain report at INFO level on the 'ditcompile' logger."""
     strict: bool = False

@@ -137,3 +137,27 @@ def test_demo_loop_matches_eager_with_the_eager_compiler():
     text = result.format()
     assert "3-step flow-matching loop" in text and "relative L2" in text
     assert "blocks.1.attn2" in result.report
+
+
+def test_cuda_graphs_are_turned_off_when_plans_depend_on_the_step(monkeypatch, caplog):
+    """Mode "reduce-overhead" asks Inductor for CUDA graphs; a replayed graph would not see the
+    denoising step, so sparse (or cached) plans turn them off and the report says so."""
+    import torch._inductor.compile_fx as compile_fx_module
+
+    seen = []
+
+    def fake_compile_fx(gm, example_inputs, config_patches=None, **kwargs):
+        seen.append(dict(config_patches or {}))
+        return gm.forward
+
+    monkeypatch.setattr(compile_fx_module, "compile_fx", fake_compile_fx)
+    spec = get_tiny_model("wan2.1-tiny")
+    model, inputs = spec.build(), spec.make_inputs()
+    for sparse in (False, True):
+        torch._dynamo.reset()
+        options = {"preset": "wan2.1", "strict": True, "sparse.enabled": sparse, "sparse.block_size": 16,
+                   "mode": "reduce-overhead"}
+        with caplog.at_level("INFO", logger="ditcompile"), torch.no_grad():
+            run_model(torch.compile(model, backend="ditaccel", options=options), inputs)
+    assert seen[0]["triton.cudagraphs"] is True and seen[1]["triton.cudagraphs"] is False
+    assert "CUDA graphs off" in caplog.text
