@@ -95,6 +95,12 @@ VARIANTS = [
                                          "attention.quant": "int8", "cache.enabled": True}),
     *[Variant(f"ditaccel-sparse-{p}", "ditaccel", {"sparse.enabled": True, "sparse.policy": p})
       for p in SPARSE_POLICIES if p != "radial"],
+    # each step-cache policy at the preset's threshold (the preset's own policy is "ditaccel-cache")
+    Variant("ditaccel-cache-fbcache", "ditaccel", {"cache.enabled": True, "cache.policy": "fbcache"}),
+    Variant("ditaccel-cache-dbcache", "ditaccel", {"cache.enabled": True, "cache.policy": "dbcache",
+                                                   "cache.compute_first": 2, "cache.compute_last": 1,
+                                                   "cache.max_cached_steps": 3}),
+    Variant("ditaccel-cache-taylorseer", "ditaccel", {"cache.enabled": True, "cache.taylor_order": 1}),
     Variant("compile-max-autotune", "compile", mode="max-autotune-no-cudagraphs"),
     Variant("sage", "sage"),  # SageAttention through diffusers' attention backend + torch.compile default
     Variant("cache-dit", "cache-dit"),  # cache-dit's DBCache (its defaults) + torch.compile default
