@@ -11,8 +11,13 @@ writes them to --out (safetensors, config in the metadata), prints the final los
 concentrated the self-attention is per layer, and writes a PNG strip of samples next to the
 weights (``<out stem>_samples.png``).
 
-    python scripts/train_fidelity.py                      # the shipped weights (CPU, ~30 min, 1 thread)
+    # the shipped weights: CPU, 1 thread, stopped by the clock at step 1970 of 2000 (33 min)
+    python scripts/train_fidelity.py --max-minutes 33
     python scripts/train_fidelity.py --steps 50 --out /tmp/f.safetensors   # a quick smoke run
+
+On the 2-core dev machine (shared) one step of batch 8 takes ~1.0-1.4 s on one thread. With
+--max-minutes the cosine schedule follows the clock as well as the step count, so a run cut
+short still ends at the low learning rate (which makes CPU runs depend on the machine's speed).
 """
 from __future__ import annotations
 
@@ -27,7 +32,12 @@ import torch
 
 from ditcompile.fidelity.attention import attention_locality, format_locality
 from ditcompile.fidelity.model import (
-    FIDELITY_CONFIG, WEIGHTS_PATH, build_fidelity_model, flow_matching_loss, sample, save_fidelity_weights,
+    FIDELITY_CONFIG,
+    WEIGHTS_PATH,
+    build_fidelity_model,
+    flow_matching_loss,
+    sample,
+    save_fidelity_weights,
 )
 from ditcompile.fidelity.videos import generate_videos, label_name, label_of, save_strip
 
@@ -36,10 +46,10 @@ EVAL_SEED = 987_654_321
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=1400, help="optimizer steps (default 1400)")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
-    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup", type=int, default=150, help="linear warm-up steps")
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine decays to lr * this")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema", type=float, default=0.998, help="EMA decay (0 disables)")
@@ -132,13 +142,14 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - decay)
-        losses.append(float(loss.detach()))
+        loss_val = float(loss.detach())
+        losses.append(loss_val)
         steps_done = step + 1
         elapsed = time.perf_counter() - t_start
         if steps_done % args.log_every == 0 or steps_done in (1, 10) or steps_done == args.steps:
             recent = sum(losses[-args.log_every:]) / len(losses[-args.log_every:])
             per = elapsed / steps_done
-            print(f"step {steps_done:5d}/{args.steps}  loss {float(loss):.4f}  avg{args.log_every} {recent:.4f}  "
+            print(f"step {steps_done:5d}/{args.steps}  loss {loss_val:.4f}  avg{args.log_every} {recent:.4f}  "
                   f"grad {float(grad_norm):.2f}  lr {lr:.2e}  {per:.2f}s/step  "
                   f"elapsed {elapsed / 60:.1f} min  eta {(args.steps - steps_done) * per / 60:.1f} min", flush=True)
         if args.save_every and steps_done % args.save_every == 0 and steps_done < args.steps:

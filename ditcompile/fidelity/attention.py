@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -91,6 +91,8 @@ class LayerLocality:
     uniform: dict[str, float]  # what uniform attention would put there
     entropy: float  # mean entropy / log(N); 1.0 for uniform attention
     per_head_own_frame: list[float] = field(default_factory=list)
+    frame_profile: list[float] = field(default_factory=list)  # mass at frame distance 0, 1, 2, ...
+    frame_profile_uniform: list[float] = field(default_factory=list)
 
     def ratio(self, key: str) -> float:
         return self.mass[key] / self.uniform[key]
@@ -112,7 +114,16 @@ def locality_of(probs: torch.Tensor, grid: tuple[int, int, int], radius: int = 1
         if name == "own_frame":
             per_head = [float(v) for v in inside.mean(dim=(0, 2))]
     ent = -(p * (p + 1e-30).log()).sum(-1).mean() / math.log(N)
-    return LayerLocality(layer, mass, uniform, float(ent), per_head)
+    F, H, W = grid
+    per_frame = p.reshape(*p.shape[:-1], F, H * W).sum(-1)  # [B, heads, N, F]: mass on each key frame
+    qf = torch.arange(N, device=p.device) // (H * W)
+    dist = (qf[:, None] - torch.arange(F, device=p.device)[None, :]).abs()  # [N, F]
+    profile, profile_u = [], []
+    for d in range(F):
+        sel = (dist == d).to(p.dtype)
+        profile.append(float((per_frame * sel).sum(-1).mean()))
+        profile_u.append(float(sel.sum(-1).mean() / F))
+    return LayerLocality(layer, mass, uniform, float(ent), per_head, profile, profile_u)
 
 
 @torch.no_grad()
@@ -156,4 +167,19 @@ def format_locality(rows: list[LayerLocality]) -> str:
     cells = " ".join(f"{mean[k]:>7.3f} ({rows[0].uniform[k]:.3f},{mean[k] / rows[0].uniform[k]:>5.1f}x)" for k in keys)
     ent = sum(r.entropy for r in rows) / len(rows)
     lines.append(f"{'mean':>5} {cells} {ent:>13.3f}")
+    if rows[0].per_head_own_frame:
+        lines.append("own-frame mass per head, ratio to uniform (>= 2x: a 'spatial' head; ~1x: a head "
+                     "that looks across frames):")
+        u = rows[0].uniform["own_frame"]
+        for r in rows:
+            lines.append(f"  layer {r.layer}: " + " ".join(f"{h / u:>5.2f}x" for h in r.per_head_own_frame))
+    F = len(rows[0].frame_profile)
+    if F:
+        lines.append("attention mass by frame distance |dt| (mean over layers; ratio to uniform):")
+        lines.append("  |dt|    " + " ".join(f"{d:>12}" for d in range(F)))
+        prof = [sum(r.frame_profile[d] for r in rows) / len(rows) for d in range(F)]
+        uni = rows[0].frame_profile_uniform
+        lines.append("  mass    " + " ".join(f"{prof[d]:>12.3f}" for d in range(F)))
+        lines.append("  uniform " + " ".join(f"{uni[d]:>12.3f}" for d in range(F)))
+        lines.append("  ratio   " + " ".join(f"{prof[d] / uni[d]:>11.2f}x" for d in range(F)))
     return "\n".join(lines)

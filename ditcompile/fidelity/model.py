@@ -16,12 +16,21 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from .videos import DIRECTIONS, FRAMES, HEIGHT, NUM_CLASSES, NUM_DIRECTIONS, SHAPES, WIDTH
+from .videos import (
+    DIRECTIONS,
+    FRAMES,
+    HEIGHT,
+    NUM_CLASSES,
+    NUM_DIRECTIONS,
+    SHAPES,
+    WIDTH,
+)
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "fidelity_wan.safetensors"
 
@@ -62,11 +71,9 @@ def token_grid(frames: int = FRAMES, height: int = HEIGHT, width: int = WIDTH,
 
 def _require_diffusers():
     try:
-        import diffusers  # noqa: F401
+        from diffusers import WanTransformer3DModel
     except ImportError as e:  # pragma: no cover - exercised only without diffusers
         raise ImportError("the fidelity model needs diffusers: pip install 'ditaccel[diffusers]'") from e
-    from diffusers import WanTransformer3DModel
-
     return WanTransformer3DModel
 
 
@@ -119,7 +126,10 @@ def load_fidelity_model(path: str | os.PathLike | None = None, device: torch.dev
     if missing or unexpected:
         raise RuntimeError(f"{p} does not match the fidelity architecture: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    return model.eval()
 
 
 def training_metadata(path: str | os.PathLike | None = None) -> dict[str, str]:

@@ -3,10 +3,13 @@
 Pure torch, deterministic from a seed, vectorised over the batch (a batch of 64 videos of
 8 x 32 x 32 takes a few milliseconds on one CPU thread).
 
-Each video shows one shape (disc, square, triangle or bar) on a smooth two-colour gradient
-background. The shape moves in a straight line at 1-2 pixels per frame in one of four
-directions, rotates steadily and its hue drifts, so consecutive frames are strongly correlated
-(like real video) while the content still changes over time. Edges are anti-aliased.
+Each video shows one shape (disc, square, triangle or bar) over a background. The shape moves
+in a straight line at 1-2 pixels per frame in one of four directions, rotates steadily and its
+hue drifts. The default background is a soft two-colour texture (two sinusoidal waves) that pans
+at 0.5-1.5 pixels per frame in a random direction, like a moving camera: consecutive frames are
+strongly correlated while distant frames differ, so what a pixel's neighbourhood looked like is
+best read from the same and the adjacent frames (the temporal locality of real video).
+``background="gradient"`` gives a static two-colour gradient instead. Edges are anti-aliased.
 
 Layout: ``[B, C=3, F, H, W]``, values in ``[-1, 1]`` (the layout diffusers' video transformers
 take). The class label of a video is ``shape * NUM_DIRECTIONS + direction``; see
@@ -58,6 +61,7 @@ def label_name(label: int) -> str:
 class VideoBatch:
     videos: torch.Tensor  # [B, 3, F, H, W] in [-1, 1]
     labels: torch.Tensor  # [B] int64 class labels
+    masks: torch.Tensor  # [B, F, H, W] in [0, 1]: the shape's coverage of each pixel
 
 
 def _hue_rgb(hue: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -97,6 +101,7 @@ def generate_videos(
     width: int = WIDTH,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    background: str = "texture",
 ) -> VideoBatch:
     """A deterministic batch of shape videos.
 
@@ -104,8 +109,11 @@ def generate_videos(
     result does not depend on the device). ``labels`` (``[B]`` class labels) fixes the shape
     and the direction of motion of each video; everything else (size, start position, speed,
     rotation, colours, background) is still drawn from ``seed``. Without ``labels`` they are
-    drawn uniformly too.
+    drawn uniformly too. ``background`` is ``"texture"`` (panning, the default) or
+    ``"gradient"`` (static).
     """
+    if background not in ("texture", "gradient"):
+        raise ValueError(f"background must be 'texture' or 'gradient', not {background!r}")
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     B, F, H, W = int(batch_size), int(frames), int(height), int(width)
     scale = min(H, W) / 32.0
@@ -125,7 +133,7 @@ def generate_videos(
     shape = labels_t // NUM_DIRECTIONS
     direction = labels_t % NUM_DIRECTIONS
 
-    radius = (5.5 + 3.0 * rand(B)) * scale  # 5.5 .. 8.5 px at 32 x 32
+    radius = (6.5 + 3.0 * rand(B)) * scale  # 6.5 .. 9.5 px at 32 x 32
     speed = (1.0 + 1.0 * rand(B)) * scale  # px / frame
     dirv = _DIR_VECTORS.to(torch.float64)[direction]  # [B, 2]
     # Small sideways drift so paths are not all axis-aligned.
@@ -138,12 +146,19 @@ def generate_videos(
     spin = (0.12 + 0.18 * rand(B)) * torch.where(rand(B) < 0.5, -1.0, 1.0)  # rad / frame
     hue0 = rand(B)
     hue_rate = (0.02 + 0.04 * rand(B)) * torch.where(rand(B) < 0.5, -1.0, 1.0)  # turns / frame
-    # Background: a dark gradient between two colours along a random direction.
-    bg_a = _hue_rgb(rand(B), 0.0, 0.35)  # [B, 3]
-    bg_b = _hue_rgb(rand(B), 0.0, 0.35)
-    bg_angle = rand(B) * 2 * math.pi
+    # Background colours: two dark hues, roughly opposite on the wheel.
+    bg_hue = rand(B)
+    bg_a = _hue_rgb(bg_hue, 0.0, 0.4)  # [B, 3]
+    bg_b = _hue_rgb(bg_hue + 0.35 + 0.3 * rand(B), 0.0, 0.4)
+    bg_angle = rand(B) * 2 * math.pi  # gradient direction / first wave's orientation
+    # Texture: two sinusoidal waves (wavelengths 8-20 px) panning together (the "camera").
+    wave_angle2 = bg_angle + (math.pi / 3 + rand(B) * math.pi / 3)
+    wavelength = (8.0 + 12.0 * rand(B, 2)) * scale
+    phase = rand(B, 2) * 2 * math.pi
+    pan_angle = rand(B) * 2 * math.pi
+    pan_speed = (0.5 + rand(B)) * scale  # px / frame
 
-    to = dict(device=device, dtype=torch.float32)
+    to = {"device": device, "dtype": torch.float32}
     t = torch.arange(F, **to).view(1, F, 1, 1)
     ys = torch.arange(H, **to).view(1, 1, H, 1) + 0.5
     xs = torch.arange(W, **to).view(1, 1, 1, W) + 0.5
@@ -163,13 +178,21 @@ def generate_videos(
 
     hue = col(hue0) + col(hue_rate) * t  # [B, F, 1, 1]
     fg = _hue_rgb(hue, 0.3, 1.0)  # [B, F, 1, 1, 3]
-    proj = (xs / W - 0.5) * col(torch.cos(bg_angle)) + (ys / H - 0.5) * col(torch.sin(bg_angle)) + 0.5
-    proj = proj.clamp(0.0, 1.0)  # [B, 1, H, W]
+    if background == "gradient":
+        proj = (xs / W - 0.5) * col(torch.cos(bg_angle)) + (ys / H - 0.5) * col(torch.sin(bg_angle)) + 0.5
+        mix = proj.clamp(0.0, 1.0)  # [B, 1, H, W]
+    else:
+        bx = xs - col(pan_speed * torch.cos(pan_angle)) * t  # [B, F, 1, W]
+        by = ys - col(pan_speed * torch.sin(pan_angle)) * t  # [B, F, H, 1]
+        mix = 0.5
+        for k, ang in enumerate((bg_angle, wave_angle2)):
+            arg = (bx * col(torch.cos(ang)) + by * col(torch.sin(ang))) * (2 * math.pi) / col(wavelength[:, k])
+            mix = mix + 0.25 * torch.sin(arg + col(phase[:, k]))  # [B, F, H, W] in [0, 1]
     bga, bgb = bg_a.to(**to).view(B, 1, 1, 1, 3), bg_b.to(**to).view(B, 1, 1, 1, 3)
-    bg = bga + (bgb - bga) * proj.unsqueeze(-1)  # [B, 1, H, W, 3]
+    bg = bga + (bgb - bga) * mix.unsqueeze(-1)  # [B, 1 or F, H, W, 3]
     img = bg + (fg - bg) * alpha.unsqueeze(-1)  # [B, F, H, W, 3]
     videos = (img * 2.0 - 1.0).permute(0, 4, 1, 2, 3).contiguous().to(dtype)
-    return VideoBatch(videos=videos, labels=labels_t.to(device))
+    return VideoBatch(videos=videos, labels=labels_t.to(device), masks=alpha)
 
 
 def frame_correlation(videos: torch.Tensor) -> float:
@@ -182,19 +205,12 @@ def frame_correlation(videos: torch.Tensor) -> float:
     return float(corr.mean())
 
 
-def to_uint8_strip(videos: torch.Tensor) -> torch.Tensor:
-    """[B, 3, F, H, W] in [-1, 1] -> [B*H, F*W, 3] uint8 (one row per video, frames side by side)."""
-    v = ((videos.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    B, C, F, H, W = v.shape
-    return v.permute(0, 3, 2, 4, 1).reshape(B * H, F * W, C)
-
-
 def save_strip(videos: torch.Tensor, path: str, scale: int = 4, gap: int = 2) -> None:
     """Write a PNG: one row per video, its frames left to right (needs pillow)."""
     from PIL import Image
 
     v = ((videos.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    B, C, F, H, W = v.shape
+    B, _, F, H, W = v.shape
     cell_h, cell_w = H * scale + gap, W * scale + gap
     canvas = torch.full((B * cell_h + gap, F * cell_w + gap, 3), 255, dtype=torch.uint8)
     for b in range(B):

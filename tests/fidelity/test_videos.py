@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from ditcompile.fidelity.videos import (
-    DIRECTIONS, NUM_CLASSES, SHAPES, frame_correlation, generate_videos, label_name, label_of, split_label,
+    DIRECTIONS,
+    NUM_CLASSES,
+    SHAPES,
+    frame_correlation,
+    generate_videos,
+    label_name,
+    label_of,
+    split_label,
 )
 
 
@@ -31,32 +38,37 @@ def test_consecutive_frames_correlated_but_changing():
     # ... and the content does move: consecutive frames are not identical.
     diff = (v[:, :, 1:] - v[:, :, :-1]).abs().flatten(1).amax(1)
     assert (diff > 0.2).all()
-    # Far-apart frames are less alike than neighbours.
-    near = frame_correlation(v[:, :, :2])
-    far = frame_correlation(v[:, :, ::7])
-    assert near > far
 
 
 def test_labels_fix_shape_and_direction():
     labels = torch.arange(NUM_CLASSES)
     batch = generate_videos(NUM_CLASSES, seed=3, labels=labels)
     assert torch.equal(batch.labels, labels)
-    # The shape moves in the labelled direction: track the centroid of the pixels that differ
-    # from the per-pixel temporal median (the static background).
-    v = batch.videos.mean(1)  # [B, F, H, W]
-    fg = (v - v.median(dim=1, keepdim=True).values).abs() > 0.15
-    ys = torch.arange(v.shape[2]).view(1, 1, -1, 1).float()
-    xs = torch.arange(v.shape[3]).view(1, 1, 1, -1).float()
-    w = fg.float()
-    first, last = 0, v.shape[1] - 1
+    assert batch.masks.shape == (NUM_CLASSES, 8, 32, 32)
+    # The shape (its coverage mask's centroid) moves in the labelled direction.
+    w = batch.masks
+    ys = torch.arange(32).view(-1, 1).float() + 0.5
+    xs = torch.arange(32).view(1, -1).float() + 0.5
     for b in range(NUM_CLASSES):
-        s, d = split_label(b)
-        m0, m1 = w[b, first], w[b, last]
-        cx = [(m * xs[0, 0]).sum() / m.sum() for m in (m0, m1)]
-        cy = [(m * ys[0, 0]).sum() / m.sum() for m in (m0, m1)]
-        dx, dy = float(cx[1] - cx[0]), float(cy[1] - cy[0])
+        _, d = split_label(b)
+        cx = [float((w[b, f] * xs).sum() / w[b, f].sum()) for f in (0, 7)]
+        cy = [float((w[b, f] * ys).sum() / w[b, f].sum()) for f in (0, 7)]
+        dx, dy = cx[1] - cx[0], cy[1] - cy[0]
         expect = {"right": dx > 3, "left": dx < -3, "down": dy > 3, "up": dy < -3}[DIRECTIONS[d]]
         assert expect, f"{label_name(b)}: centroid moved ({dx:.1f}, {dy:.1f})"
+    # The mask is the shape: the foreground differs from the background around it.
+    assert (batch.masks > 0.99).flatten(1).any(1).all()
+
+
+def test_background_pans_like_a_camera():
+    """Texture background: neighbours alike, distant frames unlike; the static gradient stays alike."""
+    tex = generate_videos(32, seed=9).videos
+    grad = generate_videos(32, seed=9, background="gradient").videos
+    assert frame_correlation(tex[:, :, :2]) > 0.6
+    assert frame_correlation(tex[:, :, ::7]) < 0.5 * frame_correlation(tex[:, :, :2])
+    assert frame_correlation(grad[:, :, ::7]) > frame_correlation(tex[:, :, ::7])
+    with pytest.raises(ValueError):
+        generate_videos(1, background="stripes")
 
 
 def test_label_helpers():
