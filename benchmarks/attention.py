@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ditcompile.kernels.timing import cuda_median_ms
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 SHAPES = [  # name, B, H, S, D
@@ -81,30 +83,15 @@ class Bench:
 
 def time_ms(fn, cpu: bool, budget_s: float = 0.6, max_reps: int = 20) -> float:
     """Median time of ``fn`` after one warm-up call; repetitions fit in ``budget_s``."""
+    if not cpu:
+        return cuda_median_ms(fn, budget_s * 1e3, max_reps=max_reps, min_reps=2)
     fn()
-    if cpu:
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return sorted(times)[1]
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    first = start.elapsed_time(end)
-    reps = max(2, min(max_reps, int(budget_s * 1e3 / max(first, 1e-3))))
     times = []
-    for _ in range(reps):
-        start.record()
+    for _ in range(3):
+        t0 = time.perf_counter()
         fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[1]
 
 
 def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -44,6 +44,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .block_mask import BlockSparseMask
+from .timing import cuda_median_ms
 from .quantize import (
     interpreting,
     quantize_fp8_per_channel,
@@ -404,23 +405,7 @@ def _autotune_enabled() -> bool:
 
 def _time_ms(fn, budget_ms: float = 50.0) -> float:
     """Median CUDA-event time of ``fn`` (already compiled), a few repetitions."""
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    first = max(start.elapsed_time(end), 1e-3)
-    reps = int(min(20, max(1, budget_ms / first)))
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return cuda_median_ms(fn, budget_ms, max_reps=20, min_reps=1)
 
 
 def _bucket(n: int) -> int:
