@@ -1,9 +1,10 @@
 """The repeated transformer blocks of a graph, in execution order, with their node ranges.
 
 A block is a `<container>.<index>` module path prefix where the container sits at the model's
-top level (`blocks.3`, `transformer_blocks.0`, `single_transformer_blocks.12`); nested
-containers such as HunyuanVideo's `context_embedder.token_refiner.refiner_blocks` are parts
-of the embedding, not of the denoising trunk. Dynamo traces blocks one after the other, so each
+top level (`blocks.3`, `transformer_blocks.0`, `single_transformer_blocks.12`) and whose blocks
+compute attention; nested containers such as HunyuanVideo's
+`context_embedder.token_refiner.refiner_blocks` are parts of the embedding, and top-level
+`nn.Sequential`s such as a final `out_modulation.0/1` are not transformer blocks. Dynamo traces blocks one after the other, so each
 block's nodes form one contiguous range of the graph (checked: a block whose nodes interleave
 with another block's is reported, and passes that split the graph refuse such graphs).
 """
@@ -14,6 +15,7 @@ from typing import Optional
 
 import torch.fx as fx
 
+from .fx_utils import call_name
 from .module_path import BlockRef, block_of, module_path
 
 
@@ -35,9 +37,13 @@ class BlockLayout:
     problem: Optional[str] = None  # why the blocks cannot be used as split points
 
 
+_ATTENTION_CALLS = {"scaled_dot_product_attention", "softmax", "attention"}  # "attention": ditaccel's op
+
+
 def find_blocks(graph: fx.Graph) -> BlockLayout:
     spans: dict[str, list[int]] = {}
     refs: dict[str, BlockRef] = {}
+    attending: set[str] = set()  # containers with attention in at least one block
     for i, node in enumerate(graph.nodes):
         if node.op not in ("call_function", "call_method", "call_module"):
             continue
@@ -48,6 +54,9 @@ def find_blocks(graph: fx.Graph) -> BlockLayout:
         refs[key] = ref
         span = spans.setdefault(key, [i, i])
         span[1] = i
+        if call_name(node) in _ATTENTION_CALLS:
+            attending.add(ref.container)
+    spans = {k: v for k, v in spans.items() if refs[k].container in attending}
     ordered = sorted(spans.items(), key=lambda kv: kv[1][0])
     blocks = tuple(BlockSpan(refs[k], n, s[0], s[1]) for n, (k, s) in enumerate(ordered))
     for a, b in zip(blocks, blocks[1:]):
