@@ -171,7 +171,6 @@ def _match_manual(softmax: fx.Node, index: int) -> Optional[AttentionSite]:
     value = example_value(softmax)
     if value is None or normalize_dim(dim, value.dim()) != value.dim() - 1:
         return None
-    replaced = [softmax]
 
     # backwards: softmax input -> [mask add] -> [scale] -> matmul(q, kT) / baddbmm
     scores = _skip_casts_back(softmax.args[0])
@@ -211,13 +210,12 @@ def _match_manual(softmax: fx.Node, index: int) -> Optional[AttentionSite]:
     if k is None or pv is None or not _is_matmul(pv) or pv.args[0] is not (chain[-1] if chain else softmax):
         return None  # a softmax, but not the attention pattern we can describe
     v = pv.args[1]
-    replaced += chain + [pv, scores, kt]
-    replaced += [n for n in softmax.args[0:1] if isinstance(n, fx.Node) and n is not scores]
 
     site = _new_site(pv, index, pattern, q, k, v, pv)
     site.scale = scale if scale is not None else 1.0
     site.has_mask = has_mask
-    site.replaced = tuple(_between(scores, softmax)) + tuple(replaced)
+    # softmax back to the scores (casts, scale), the scores and k^T, forward to P.V
+    site.replaced = (*_between(scores, softmax), scores, kt, *chain, pv)
     if has_mask:
         site.unsupported("additive attention mask (kept as written)")
     if len(scores.users) != 1:

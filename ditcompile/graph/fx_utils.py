@@ -114,13 +114,6 @@ def tensor_inputs(node: fx.Node) -> list[fx.Node]:
     return found
 
 
-def first_tensor_input(node: fx.Node) -> Optional[fx.Node]:
-    for arg in tensor_inputs(node):
-        if example_value(arg) is not None:
-            return arg
-    return None
-
-
 def walk_back(start: fx.Node, limit: int) -> Iterator[fx.Node]:
     """Breadth-first walk over the producers of `start` (itself first), at most `limit` nodes."""
     seen = {start}

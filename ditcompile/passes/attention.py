@@ -128,7 +128,7 @@ def _rewrite(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan) -> None:
         _replace_bhsd_output(graph, old, new, fake_mode)
     else:
         old.replace_all_uses_with(new)
-    erase_if_unused(graph, [old, *site.replaced, *_inputs_of(old)])
+    erase_if_unused(graph, [old, *site.replaced, *old.all_input_nodes])
     site.output = new
 
 
@@ -144,10 +144,6 @@ def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode)
             with graph.inserting_after(new):
                 bhsd_view = _add_node(graph, old, "call_method", "transpose", (new, 1, 2), fake_mode)
         user.replace_input_with(old, bhsd_view)
-
-
-def _inputs_of(node: fx.Node) -> list[fx.Node]:
-    return [a for a in node.all_input_nodes]
 
 
 def _add_node(graph: fx.Graph, like: fx.Node, op: str, target, args: tuple, fake_mode) -> fx.Node:

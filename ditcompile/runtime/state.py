@@ -69,7 +69,6 @@ class ModelRuntime:
 
     tracker: StepTracker = field(default_factory=StepTracker)
     extras: dict = field(default_factory=dict)  # per-pass state, e.g. {"step_cache": ...}
-    last_step: Optional[StepInfo] = None
 
     def new_generation(self) -> None:
         self.tracker.restart()

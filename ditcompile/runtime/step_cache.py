@@ -19,7 +19,8 @@ import torch
 
 from ..config import CacheConfig
 from ..graph.split import GraphSplit
-from .state import REGISTRY, GenerationState, ModelRuntime, StepInfo, StepTracker, pass_stats, step_scope, timestep_value
+from .state import GenerationState, StepInfo, pass_stats, step_scope
+from .wrapper import StepObserver
 
 log = logging.getLogger("ditcompile")
 
@@ -121,19 +122,12 @@ class StepCacheRunner:
         self.head = compile_piece(split.head.gm)
         self.body = compile_piece(split.body.gm)
         self.tail = compile_piece(split.tail.gm)
-        self.timestep_index, self.anchor_index = timestep_index, anchor_index
-        self._fallback = ModelRuntime(StepTracker())
+        self.observer = StepObserver(timestep_index, anchor_index)
         blocks = len(split.head_blocks) + len(split.body_blocks) + len(split.tail_blocks)
         self.body_share = len(split.body_blocks) / blocks
 
-    def _runtime(self, args) -> ModelRuntime:
-        return REGISTRY.for_anchor(args[self.anchor_index]) if self.anchor_index is not None else self._fallback
-
     def __call__(self, *args: Any) -> Any:
-        runtime = self._runtime(args)
-        timestep = timestep_value(args[self.timestep_index]) if self.timestep_index is not None else None
-        info = runtime.tracker.observe(timestep)
-        runtime.last_step = info
+        runtime, info = self.observer.observe(args)
         state: StepCacheState = runtime.extras.setdefault("step_cache", StepCacheState(self.body_share))
         if info.generation != state.generation and state.data:
             log.info("ditaccel step cache: generation %d: %s", state.generation, _format_stats(state.summary()))

@@ -12,27 +12,32 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-from .state import REGISTRY, ModelRuntime, StepTracker, step_scope, timestep_value
+from .state import REGISTRY, ModelRuntime, StepInfo, StepTracker, step_scope, timestep_value
+
+
+class StepObserver:
+    """Finds the calling model's runtime (by its first parameter input) and advances its step
+    tracker with the call's timestep. Shared by every callable handed back to Dynamo."""
+
+    def __init__(self, timestep_index: Optional[int], anchor_index: Optional[int]):
+        self.timestep_index = timestep_index
+        self.anchor_index = anchor_index
+        self._fallback = ModelRuntime(StepTracker())  # a graph with no parameter inputs
+
+    def observe(self, args: Sequence[Any]) -> tuple[ModelRuntime, StepInfo]:
+        runtime = REGISTRY.for_anchor(args[self.anchor_index]) if self.anchor_index is not None else self._fallback
+        timestep = timestep_value(args[self.timestep_index]) if self.timestep_index is not None else None
+        return runtime, runtime.tracker.observe(timestep)
 
 
 class StepTrackingCall:
     def __init__(self, compiled: Callable, timestep_index: Optional[int], anchor_index: Optional[int]):
         self.compiled = compiled
-        self.timestep_index = timestep_index
-        self.anchor_index = anchor_index
-        self._fallback = ModelRuntime(StepTracker())  # a graph with no parameter inputs
-
-    def runtime_for(self, args: Sequence[Any]) -> ModelRuntime:
-        if self.anchor_index is None:
-            return self._fallback
-        return REGISTRY.for_anchor(args[self.anchor_index])
+        self.observer = StepObserver(timestep_index, anchor_index)
 
     def __call__(self, *args: Any) -> Any:
         boxed = len(args) == 1 and isinstance(args[0], list)
         flat = args[0] if boxed else list(args)
-        runtime = self.runtime_for(flat)
-        timestep = timestep_value(flat[self.timestep_index]) if self.timestep_index is not None else None
-        info = runtime.tracker.observe(timestep)
-        runtime.last_step = info
+        runtime, info = self.observer.observe(flat)
         with step_scope(info, runtime):
             return self.compiled(*flat)
