@@ -25,9 +25,12 @@ import torch
 import torch.nn.functional as F
 
 import ditcompile
+from ditcompile.config import resolve_config
 from ditcompile.fidelity.attention import capture_attention
 from ditcompile.fidelity.model import load_fidelity_model, sample, text_embeddings, token_grid
 from ditcompile.fidelity.videos import generate_videos, label_name
+from ditcompile.geometry import TokenLayout
+from ditcompile.masks import get_policy, pattern_token_rows
 
 BLOCK = 16  # mask block for the fidelity model's 512-token sequence (8 frames x 8 x 8 tokens)
 BASE = {"compiler": "eager", "strict": True, "graph.text_position": "none"}
@@ -97,29 +100,19 @@ def attention_probs(model, labels, seed: int = 7) -> list[torch.Tensor]:
 
 
 def mass_kept(options: dict, grid, probs: list[torch.Tensor]):
-    """Fraction of the real attention mass inside a static sparse pattern (None if data-dependent)."""
-    from ditcompile.config import resolve_config
-    from ditcompile.masks import generate_spatial_mask, generate_temporal_mask, pattern_token_rows
-    from ditcompile.plan import AttentionPlan
-    from ditcompile.runtime.sparse import static_pattern
-
+    """Fraction of the real attention mass inside a policy's static patterns (None if the policy
+    has none: its blocks are chosen from the data)."""
     cfg = resolve_config({**BASE, **options}).sparse
-    if not cfg.enabled or cfg.policy == "antidiagonal":
+    if not cfg.enabled:
+        return None
+    policy = get_policy(cfg.policy)
+    patterns = policy.static_patterns(TokenLayout.of(tuple(grid)), BLOCK, cfg.params_for(cfg.policy), "cpu")
+    if not patterns:
         return None
     rows = torch.arange(grid[0] * grid[1] * grid[2])
-    if cfg.policy in ("radial", "tile"):
-        plan = AttentionPlan(method="sparse", backend="triton", policy=cfg.policy, grid=grid, block_size=BLOCK,
-                             params=json.dumps(cfg.params_for(cfg.policy)))
-        allowed = [pattern_token_rows(static_pattern(plan, "cpu"), rows)[0, 0].float()]
-    else:
-        p = cfg.params_for("spatial_temporal")
-        allowed = [pattern_token_rows(generate_spatial_mask(grid, None, block_m=BLOCK, block_n=BLOCK,
-                                                            frame_window=p.get("frame_window", 0)), rows)[0, 0].float(),
-                   pattern_token_rows(generate_temporal_mask(grid, None, block_m=BLOCK, block_n=BLOCK,
-                                                             position_window=p.get("position_window", 0)),
-                                      rows)[0, 0].float()]
+    allowed = [pattern_token_rows(p, rows)[0, 0].float() for p in patterns]  # each [N, N]
     kept = []
-    for layer in probs:  # [B, H, N, N]; spatial/temporal: each head keeps its better pattern
+    for layer in probs:  # [B, H, N, N]; several patterns (spatial/temporal): each head keeps its better one
         per_mask = torch.stack([(layer * a).sum(-1).mean(-1) for a in allowed])  # [masks, B, H]
         kept.append(per_mask.max(0).values.mean().item())
     return sum(kept) / len(kept)

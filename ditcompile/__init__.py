@@ -5,13 +5,25 @@
 
 The backend is registered through an entry point, so importing this package is optional.
 """
+from .autotune import clear_tuning_cache
 from .backend import ditaccel_backend
 from .config import ConfigError, DitConfig, available_presets, resolve_config
 from .explain import explain
-from .runtime.state import generation, new_generation
-from .runtime.sparse import sparse_stats
-from .runtime.step_cache import cache_report, cache_stats
+from .masks import clear_mask_cache
+from .ops import clear_caches as _clear_op_caches
+from .runtime.state import cache_report, cache_stats, generation, new_generation, sparse_stats
 
 __version__ = "0.1.0"
+
+
+def clear_caches() -> None:
+    """Free everything ditaccel keeps between calls outside a model's own state: cached sparse
+    patterns (device tensors), parsed plans, kernel tuning results and the record of fallbacks
+    already logged (each is logged again). Per-model state is reset by `new_generation(model)`."""
+    clear_mask_cache()
+    _clear_op_caches()
+    clear_tuning_cache()
+
+
 __all__ = ["ditaccel_backend", "explain", "resolve_config", "DitConfig", "ConfigError", "available_presets",
-           "new_generation", "generation", "cache_stats", "cache_report", "sparse_stats"]
+           "new_generation", "generation", "cache_stats", "cache_report", "sparse_stats", "clear_caches"]

@@ -28,7 +28,7 @@ import torch.fx as fx
 from .config import ConfigError, DitConfig, resolve_config
 from .graph.analysis import analyze_graph
 from .graph.sites import GraphAnalysis
-from .passes.base import PassContext
+from .passes.base import PassContext, step_dependent
 from .passes.manager import PassManager
 from .report import GraphReport
 from .runtime.wrapper import StepTrackingCall
@@ -44,8 +44,10 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
     config = resolve_config(options)
     mode = mode if mode and mode != "default" else config.mode
     report, compiled_gm, ctx = rewrite_graph(gm, example_inputs, config)
-    step_dependent = ctx is not None and (ctx.needs_step or ctx.runner_factory is not None)
-    if step_dependent and config.compiler == "inductor" and _inductor_patches(config, mode).get("triton.cudagraphs"):
+    needs_step = ctx is not None and step_dependent(compiled_gm)
+    step_dependent_call = needs_step or (ctx is not None and ctx.runner_factory is not None)
+    if step_dependent_call and config.compiler == "inductor" and _inductor_patches(config, mode).get(
+            "triton.cudagraphs"):
         report.notes.append("CUDA graphs off: the plans depend on the denoising step, which a replayed graph "
                             "would not see")
     if config.report:
@@ -54,10 +56,10 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
     if sink is not None:
         sink.append(report)
     if ctx is not None and ctx.runner_factory is not None:
-        return ctx.runner_factory(lambda piece: _compile_piece(piece, config, mode, step_dependent))
+        return ctx.runner_factory(lambda piece: _compile_piece(piece, config, mode, step_dependent_call))
     compiled = compiled_gm.forward if config.compiler == "eager" else _inductor(
-        compiled_gm, example_inputs, config, mode, step_dependent)
-    if ctx is not None and ctx.needs_step:
+        compiled_gm, example_inputs, config, mode, step_dependent_call)
+    if needs_step:
         return StepTrackingCall(compiled, ctx.analysis.timestep_input, ctx.analysis.anchor_input)
     return compiled
 
@@ -78,9 +80,8 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Dit
             raise
         log.warning("ditaccel: rewriting graph %s failed, compiling it unchanged:\n%s",
                     graph_id, traceback.format_exc())
-        empty = GraphAnalysis([], [], None, None, None, None)
         error = f"{type(err).__name__}: {err}"
-        return GraphReport(graph_id, empty, [], manager.names(), manager.uuid(), config.compiler,
+        return GraphReport(graph_id, GraphAnalysis.empty(), [], manager.names(), manager.uuid(), config.compiler,
                            config.preset, error=error), gm, None
     return GraphReport(graph_id, analysis, reports, manager.names(), manager.uuid(), config.compiler,
                        config.preset), work, ctx
@@ -125,7 +126,7 @@ def _inductor_patches(config: DitConfig, mode: Optional[str]) -> dict:
 def _inductor(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig, mode: Optional[str],
               no_cudagraphs: bool = False):
     """Inductor with the mode's and the config's patches; no CUDA graphs when plans are step-dependent."""
-    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.compile_fx import compile_fx  # heavy: imported when a graph is compiled
 
     patches = _inductor_patches(config, mode)
     if no_cudagraphs:

@@ -4,6 +4,9 @@
     ditaccel explain --model wan2.1-tiny [--preset NAME] [-o key=value ...] [--json]
     ditaccel masks   --preset wan2.1 [--resolution 480x832x81 | --grid 21x30x52] [-o sparse.policy=tile]
     ditaccel presets
+
+`--model` takes a built-in example model (`ditcompile.models`) or `package.module:NAME`, an
+object with `build()`, `make_inputs(...)` and `preset` (e.g. a `ditcompile.models.TinyModel`).
 """
 from __future__ import annotations
 
@@ -11,7 +14,17 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Optional, Sequence
+
+import torch
+
+from .config import ConfigError, available_presets, preset_metadata, resolve_config
+from .demo import run_demo
+from .explain import explain
+from .geometry import TextSegment, TokenLayout
+from .masks import draw_pattern, get_policy
+from .models import list_tiny_models, load_model_spec
 
 try:
     import tomllib
@@ -34,23 +47,24 @@ def _parse_override(text: str) -> tuple[str, Any]:
 def _options(args: argparse.Namespace, default_preset: Optional[str]) -> dict:
     options: dict = {}
     preset = args.preset or default_preset
-    if preset and preset != "manual":
+    if preset:
         options["preset"] = preset
     for key, value in args.option or []:
         options[key] = value
     return options
 
 
-def _model_names() -> list[str]:
-    from .models.zoo import TINY_MODELS
-
-    return sorted(TINY_MODELS)
+def _model_spec(parser: argparse.ArgumentParser, name: str) -> Any:
+    """The model `--model` names; a parser error listing the built-in names otherwise."""
+    try:
+        return load_model_spec(name)
+    except (KeyError, ValueError) as err:
+        parser.error(f"unknown model {name!r} ({err.args[0] if err.args else err}); choose from "
+                     f"{sorted(list_tiny_models())} or give package.module:NAME")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    result = run_demo(args.model, steps=args.steps, compiler=args.compiler, device=args.device,
+    result = run_demo(args.model_spec, steps=args.steps, compiler=args.compiler, device=args.device,
                       options={k: v for k, v in (args.option or [])})
     print(result.report)
     print()
@@ -59,12 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import torch
-
-    from .explain import explain
-    from .models.zoo import get_tiny_model
-
-    spec = get_tiny_model(args.model)
+    spec = args.model_spec
     model = spec.build()
     inputs = spec.make_inputs(batch_size=args.batch, seed=0, dtype=torch.float32, device="cpu")
     report = explain(model, **inputs, options=_options(args, spec.preset))
@@ -74,8 +83,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def grid_for_resolution(preset: str, resolution: str) -> tuple[int, int, int]:
     """Video tokens after the VAE and patching, e.g. wan2.1 at 480x832x81 -> (21, 30, 52)."""
-    from .config import ConfigError, preset_metadata
-
     meta = preset_metadata(preset)
     try:
         height, width, frames = (int(x) for x in resolution.lower().split("x"))
@@ -88,14 +95,6 @@ def grid_for_resolution(preset: str, resolution: str) -> tuple[int, int, int]:
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .config import ConfigError, preset_metadata, resolve_config
-    from .graph.sites import TextSegment
-    from .masks import draw_pattern, generate_spatial_mask, generate_temporal_mask
-    from .plan import AttentionPlan
-    from .runtime.sparse import static_pattern
-
     config = resolve_config(_options(args, None))
     meta = preset_metadata(args.preset) if args.preset else {}
     if args.grid:
@@ -112,26 +111,17 @@ def cmd_masks(args: argparse.Namespace) -> int:
     position = config.graph.text_position if config.graph.text_position in ("before", "after") else "after"
     text = TextSegment(position, text_tokens, "cli") if text_tokens else None
     sparse = config.sparse
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.preset or 'grid'}_{sparse.policy}_{grid[0]}x{grid[1]}x{grid[2]}"
-    if sparse.policy in ("radial", "tile"):
-        plan = AttentionPlan(method="sparse", backend="triton", policy=sparse.policy, grid=grid,
-                             params=json.dumps(sparse.params_for(sparse.policy)), block_size=sparse.block_size,
-                             text_position=text.position if text else "", text_length=text_tokens)
-        patterns = {stem: static_pattern(plan, "cpu")}
-    elif sparse.policy == "spatial_temporal":
-        params = sparse.params_for("spatial_temporal")
-        common = dict(block_m=sparse.block_size, block_n=sparse.block_size, sink=bool(params.get("sink", False)))
-        patterns = {
-            f"{stem}_spatial": generate_spatial_mask(grid, text, frame_window=int(params.get("frame_window", 0)), **common),
-            f"{stem}_temporal": generate_temporal_mask(grid, text, position_window=int(params.get("position_window", 0)),
-                                                       **common),
-        }
-    else:
+    policy = get_policy(sparse.policy)
+    statics = policy.static_patterns(TokenLayout.of(grid, text), sparse.block_size, sparse.params_for(policy.name),
+                                     "cpu")
+    if not statics:
         print(f"ditaccel masks: policy {sparse.policy!r} chooses blocks from each call's q and k (data-dependent); "
               "there is no static mask to draw", file=sys.stderr)
         return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{args.preset or 'grid'}_{sparse.policy}_{grid[0]}x{grid[1]}x{grid[2]}"
+    patterns = {stem if len(statics) == 1 else f"{stem}_{p.name}": p for p in statics}
     for name, pattern in patterns.items():
         path = out_dir / f"{name}.png"
         draw_pattern(pattern, path, title=name)
@@ -141,8 +131,6 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .config import available_presets, preset_metadata
-
     for name in available_presets():
         meta = preset_metadata(name)
         print(f"{name:<15} {meta.get('description', '')}  [{', '.join(meta.get('models', []))}]")
@@ -155,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="denoising loop on a tiny random DiT: eager vs ditaccel")
-    demo.add_argument("--model", default="wan2.1-tiny", help="a tiny model name (see `ditaccel explain --help`)")
+    demo.add_argument("--model", default="wan2.1-tiny",
+                      help=f"a built-in model ({', '.join(list_tiny_models())}) or package.module:NAME")
     demo.add_argument("--steps", type=int, default=10)
     demo.add_argument("--compiler", choices=["inductor", "eager"], default="inductor")
     demo.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
@@ -164,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     explain = sub.add_parser("explain", help="table of attention sites and what the passes do to them")
-    explain.add_argument("--model", default="wan2.1-tiny", help="tiny model name")
+    explain.add_argument("--model", default="wan2.1-tiny",
+                         help=f"a built-in model ({', '.join(list_tiny_models())}) or package.module:NAME")
     explain.add_argument("--preset", help="preset name or TOML path (default: the model's preset)")
     explain.add_argument("--batch", type=int, default=1)
     explain.add_argument("-o", "--option", action="append", type=_parse_override, metavar="KEY=VALUE",
@@ -191,13 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    from .config import ConfigError
-
     try:
         if args.command in ("demo", "explain"):
-            names = _model_names()
-            if args.model not in names:
-                parser.error(f"unknown model {args.model!r}; choose from {names}")
+            args.model_spec = _model_spec(parser, args.model)
         return args.func(args)
     except ConfigError as err:
         print(f"ditaccel: bad option: {err}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """`ditaccel demo`: a 10-step flow-matching denoising loop, eager vs the ditaccel backend.
 
-Builds a small randomly initialised DiT from the tiny-model zoo (default: a diffusers Wan
-transformer), runs the same denoising loop (diffusers' FlowMatchEulerDiscreteScheduler) once
+Builds a small randomly initialised DiT from the built-in example models (default: a diffusers
+Wan transformer), runs the same denoising loop (diffusers' FlowMatchEulerDiscreteScheduler) once
 eagerly and once through `torch.compile(backend="ditaccel")`, and prints the explain report,
 the timings and how far the two final latents differ. Uses a GPU when one is present.
 """
@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+
+from .explain import explain
+from .models import load_model_spec, run_model
 
 
 @dataclass
@@ -75,30 +78,28 @@ def _best_of(repeats: int, loop: Callable[[], torch.Tensor], device: str) -> tup
     return result, best
 
 
-def run_demo(model_name: str = "wan2.1-tiny", steps: int = 10, compiler: str = "inductor",
+def run_demo(model: Any = "wan2.1-tiny", steps: int = 10, compiler: str = "inductor",
              device: str = "auto", options: Any = None, repeats: int = 3) -> DemoResult:
-    from .explain import explain
-    from .models.zoo import get_tiny_model, run_model
-
+    """`model`: a built-in model name, "package.module:NAME", or a spec object (`TinyModel`)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    spec = get_tiny_model(model_name)
-    model = spec.build().to(device=device, dtype=dtype)
+    spec = load_model_spec(model) if isinstance(model, str) else model
+    model_name = getattr(spec, "name", str(model))
+    transformer = spec.build().to(device=device, dtype=dtype)
     inputs = spec.make_inputs(batch_size=1, seed=0, dtype=dtype, device=device)
     opts = dict(options or {})
-    opts.setdefault("preset", spec.preset if spec.preset != "manual" else None)
-    if opts["preset"] is None:
-        opts.pop("preset")
+    if spec.preset is not None:
+        opts.setdefault("preset", spec.preset)
     opts["compiler"] = compiler
 
-    report = explain(model, **inputs, options=opts).format()
+    report = explain(transformer, **inputs, options=opts).format()
     torch._dynamo.reset()
 
     def eager_call(kw):
-        return run_model(model, kw)
+        return run_model(transformer, kw)
 
-    compiled = torch.compile(model, backend="ditaccel", options=opts)
+    compiled = torch.compile(transformer, backend="ditaccel", options=opts)
 
     def compiled_call(kw):
         return run_model(compiled, kw)

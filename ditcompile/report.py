@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .graph.sites import GraphAnalysis
-from .passes.base import KEPT, REWRITTEN, PassReport
+from .passes.base import KEPT, PLANNED, REWRITTEN, PassReport, SiteDecision
 
 
 @dataclass
@@ -23,23 +23,21 @@ class GraphReport:
     error: Optional[str] = None   # set when the passes failed and the graph ran unchanged
     notes: list[str] = field(default_factory=list)
 
-    def decision_for(self, site_index: int):
-        """The last pass decision about an attention site (None if no pass looked at it)."""
-        found = None
-        for report in self.passes:
-            for decision in report.decisions:
-                if decision.site_index == site_index:
-                    found = decision
-        return found
+    def decisions_for(self, site_index: int) -> list[SiteDecision]:
+        """Every pass's decision about an attention site, in pipeline order."""
+        return [d for report in self.passes for d in report.decisions if d.site_index == site_index]
 
     def rows(self) -> list[dict]:
+        """One row per attention site: its description, its final plan (or "original" when it
+        was kept) and the notes of every pass that decided about it."""
         rows = []
         for site in self.analysis.attention:
-            decision = self.decision_for(site.index)
-            if decision is not None and decision.action == REWRITTEN:
-                plan, note = decision.plan, decision.reason or ""
-            elif decision is not None:
-                plan, note = "original", decision.reason or ""
+            decisions = self.decisions_for(site.index)
+            if decisions and decisions[0].action == REWRITTEN:
+                plan = [d.plan for d in decisions if d.plan][-1]
+                note = "; ".join(d.reason for d in decisions if d.reason)
+            elif decisions:
+                plan, note = "original", "; ".join(d.reason for d in decisions if d.reason)
             else:
                 plan = "original"
                 note = site.reason if not site.supported else ("no pass ran" if self.error is None else "passes failed")
@@ -122,4 +120,4 @@ class Explanation:
         return {"graphs": [g.to_dict() for g in self.graphs]}
 
 
-__all__ = ["GraphReport", "Explanation", "KEPT", "REWRITTEN"]
+__all__ = ["GraphReport", "Explanation", "KEPT", "PLANNED", "REWRITTEN"]

@@ -12,7 +12,7 @@ import logging
 import torch
 
 import ditcompile
-from ditcompile.models.zoo import get_tiny_model, run_model
+from ditcompile.models import get_tiny_model, run_model
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ class AttentionCounter(TorchFunctionMode):
 
 
 def count_eager_attention(model, inputs: dict) -> AttentionCounter:
-    from ditcompile.models.zoo import run_model
+    from tests.models.zoo import run_model
 
     counter = AttentionCounter()
     with torch.no_grad(), counter:

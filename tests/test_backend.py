@@ -2,14 +2,17 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import ditcompile
-from ditcompile.kernels.ops import attention_op
-from ditcompile.models.zoo import get_tiny_model, run_model
-from ditcompile.plan import AttentionPlan, parse_plan
+from ditcompile.ops import attention_op
+from tests.models.zoo import get_tiny_model, run_model
+
+REPO = Path(__file__).resolve().parents[1]
+from ditcompile.plans import AttentionPlan, parse_plan
 
 
 def test_backend_is_registered_by_entry_point_without_import():
@@ -31,7 +34,7 @@ def test_attention_op_passes_opcheck_and_matches_sdpa(layout, causal, scale):
     torch.manual_seed(0)
     shape = (2, 3, 7, 8) if layout == "bhsd" else (2, 7, 3, 8)
     q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
-    plan = AttentionPlan(site="test").to_json()
+    plan = AttentionPlan(site_path="test").to_json()
     torch.library.opcheck(attention_op, (q, k, v, layout, scale, causal, plan))
     out = attention_op(q, k, v, layout, scale, causal, plan)
     tq, tk, tv = (t.transpose(1, 2) for t in (q, k, v)) if layout == "bshd" else (q, k, v)
@@ -57,8 +60,8 @@ def test_attention_op_rejects_bad_arguments():
         parse_plan("dense")
     with pytest.raises(ValueError, match="unknown fields"):
         parse_plan('{"method": "dense", "mask": "radial"}')
-    with pytest.raises(ValueError, match="method"):
-        AttentionPlan(method="magic")
+    with pytest.raises(ValueError, match="quant"):
+        AttentionPlan(quant="magic")
 
 
 def test_bad_options_raise_a_clear_error_through_torch_compile():
@@ -114,8 +117,8 @@ def test_cli_explain_prints_the_table_and_json():
     assert out.returncode == 0, out.stderr
     assert "token grid: 1x4x6 (option graph.token_grid)" in out.stdout
     assert "single_transformer_blocks.0.attn" in out.stdout and "text before" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "ditcompile.cli", "explain", "--model", "manual-dit-tiny", "--json"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "ditcompile.cli", "explain", "--model", "tests.models.manual_dit:EXAMPLE",
+                          "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
     data = json.loads(out.stdout)
     assert [r["pattern"] for r in data["graphs"][0]["attention"]][:2] == ["matmul-softmax-matmul", "baddbmm-softmax-bmm"]
 

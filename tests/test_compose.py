@@ -4,7 +4,7 @@ import torch
 
 import ditcompile
 from ditcompile.demo import denoise
-from ditcompile.models.zoo import get_tiny_model, run_model
+from tests.models.zoo import get_tiny_model, run_model
 
 pytest.importorskip("triton")
 

@@ -277,10 +277,10 @@ def test_attention_skip_option_keeps_matching_sites():
 def test_a_failing_pass_leaves_the_graph_unchanged_and_reports_it(monkeypatch, caplog):
     from ditcompile.passes import attention as attention_pass
 
-    def boom(self, site, analysis):
+    def boom(graph, site, plan):
         raise RuntimeError("planner exploded")
 
-    monkeypatch.setattr(attention_pass.AttentionRewritePass, "plan_for", boom)
+    monkeypatch.setattr(attention_pass, "rewrite_site", boom)
     torch.manual_seed(0)
     model, x = SDPA().eval(), torch.randn(1, 6, 32)
     report = ditcompile.explain(model, x)  # not strict: falls back

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ditcompile
-from ditcompile.models.zoo import TINY_MODELS, get_tiny_model, run_model
+from tests.models.zoo import TINY_MODELS, get_tiny_model, run_model
 
 from .attention_counting import count_eager_attention
 
@@ -26,12 +26,12 @@ def options_for(spec, **extra):
 class ExecutedAttention:
     """Counts attention calls executed by compiled graphs: our op, and SDPA calls left alone.
 
-    Our op's implementation calls `ops.run_plan`; a kept SDPA call in a graph's generated code
+    Our op's implementation calls `ops.attention.run_plan`; a kept SDPA call in a graph's generated code
     looks up `torch._C._nn.scaled_dot_product_attention` at run time. Both are wrapped.
     """
 
     def __init__(self, monkeypatch):
-        from ditcompile.kernels import ops
+        from ditcompile.ops import attention as ops
 
         self.ours = 0
         self.kept = 0

@@ -10,9 +10,9 @@ import torch
 
 import ditcompile
 from ditcompile.demo import denoise
-from ditcompile.kernels.ops import attention_op
-from ditcompile.models.zoo import get_tiny_model, run_model
-from ditcompile.plan import AttentionPlan
+from ditcompile.ops import attention_op
+from tests.models.zoo import get_tiny_model, run_model
+from ditcompile.plans import AttentionPlan, SparseSpec
 from ditcompile.runtime.state import ModelRuntime, StepInfo, step_scope
 
 pytest.importorskip("triton")  # masks and the reference live beside the Triton kernel
@@ -80,8 +80,8 @@ def _frame_local_qkv(frames, hw, heads=2, dim=32, text=0, seed=0):
 
 
 def _plan(policy, grid, **kw):
-    return AttentionPlan(method="sparse", backend="triton", policy=policy, grid=grid, block_size=16,
-                         site="test", **kw)
+    return AttentionPlan(site_path="test", backend="triton",
+                         sparse=SparseSpec(policy=policy, grid=grid, block_size=16, **kw))
 
 
 def test_sparse_matches_dense_when_attention_lives_in_the_support_and_the_guard_catches_it_when_not():
@@ -92,9 +92,9 @@ def test_sparse_matches_dense_when_attention_lives_in_the_support_and_the_guard_
     runtime = ModelRuntime()
     with step_scope(StepInfo(0, 0, 0, 999.0), runtime):
         out = attention_op(q, k, v, "bhsd", None, False, spatial_plan.to_json())
-    site = runtime.extras["sparse"].data["test"]
+    site = runtime.sparse.data["test"]
     assert ((out - dense).norm() / dense.norm()) < 1e-3
-    assert site.head_classes.all()  # every head classified spatial
+    assert (site.choice.assignment == 0).all()  # every head classified spatial (pattern 0)
     assert site.guard_errors[0][1] < 1e-3 and site.dense_from_step is None
 
     # a tile pattern one tile wide in time cannot see other frames: on attention that lives
@@ -110,7 +110,7 @@ def test_sparse_matches_dense_when_attention_lives_in_the_support_and_the_guard_
     dense2 = attention_op(q2, k2, v, "bhsd", None, False, AttentionPlan().to_json())
     with step_scope(StepInfo(0, 3, 0, 500.0), runtime):
         out2 = attention_op(q2, k2, v, "bhsd", None, False, plan.to_json())
-    site = runtime.extras["sparse"].data["test"]
+    site = runtime.sparse.data["test"]
     assert site.guard_errors[0][1] > 0.3 and site.dense_from_step == 3
     torch.testing.assert_close(out2, dense2)  # the guard returned dense attention for this call
     with step_scope(StepInfo(0, 4, 0, 400.0), runtime):

@@ -8,7 +8,7 @@ import torch
 import ditcompile
 from ditcompile.config import CacheConfig
 from ditcompile.demo import denoise
-from ditcompile.models.zoo import get_tiny_model, run_model
+from tests.models.zoo import get_tiny_model, run_model
 from ditcompile.runtime.step_cache import BranchState, decide, extrapolate
 
 diffusers = pytest.importorskip("diffusers")

@@ -1,4 +1,4 @@
-"""Tests for the tiny model zoo (ditcompile.models.zoo) and the hand-written DiT."""
+"""Tests for the tiny model zoo (tests/models/zoo.py over ditcompile.models) and the hand-written DiT."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ditcompile.models import zoo
-from ditcompile.models.zoo import TINY_MODELS, get_tiny_model, normalize_module_path, run_model
+from tests.models import zoo
+from tests.models.zoo import TINY_MODELS, get_tiny_model, normalize_module_path, run_model
 
 pytestmark = [
     # Mochi's RoPE opens torch.autocast("cpu", torch.float32), which warns on CPU.
@@ -371,7 +371,7 @@ def test_every_attention_module_affects_output(name):
 
 
 def test_manual_dit_has_no_sdpa_and_expected_structure():
-    from ditcompile.models.manual_dit import ManualCrossAttention, ManualSelfAttention, ManualVideoDiT
+    from tests.models.manual_dit import ManualCrossAttention, ManualSelfAttention, ManualVideoDiT
 
     model = _model("manual-dit-tiny")
     assert isinstance(model, ManualVideoDiT)
@@ -396,7 +396,7 @@ def test_manual_dit_has_no_sdpa_and_expected_structure():
 
 
 def test_manual_attention_matches_sdpa():
-    from ditcompile.models.manual_dit import ManualCrossAttention, ManualSelfAttention
+    from tests.models.manual_dit import ManualCrossAttention, ManualSelfAttention
 
     torch.manual_seed(0)
     x = torch.randn(2, 12, 32)

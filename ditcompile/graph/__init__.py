@@ -2,7 +2,8 @@
 from .analysis import analyze_graph
 from .attention_match import find_attention_sites
 from .linear_match import find_linear_sites
-from .sites import AttentionSite, GraphAnalysis, LinearSite, TextSegment, TokenGrid
+from ..geometry import TextSegment, TokenGrid
+from .sites import AttentionSite, GraphAnalysis, LinearSite
 
 __all__ = ["analyze_graph", "find_attention_sites", "find_linear_sites", "AttentionSite",
            "GraphAnalysis", "LinearSite", "TextSegment", "TokenGrid"]

@@ -6,6 +6,7 @@ temporal) and text segment.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 import torch
@@ -15,7 +16,8 @@ from .attention_match import find_attention_sites, projection_input
 from .fx_utils import example_value, static_shape
 from .joint import find_text_segment
 from .linear_match import find_linear_sites
-from .sites import CROSS, JOINT, SELF, SPATIAL, TEMPORAL, AttentionSite, GraphAnalysis, TextSegment, TokenGrid
+from ..geometry import TextSegment, TokenGrid
+from .sites import CROSS, JOINT, SELF, SPATIAL, TEMPORAL, AttentionSite, GraphAnalysis
 from .token_grid import (
     discover_grid, discover_rope_grid, find_anchor_input, find_main_input, find_timestep_input,
     tokens_of_main_input,
@@ -61,21 +63,21 @@ def analyze_graph(
         notes.append("token grid not discoverable (packed tokens with data-dependent positions?); "
                      "set graph.token_grid = [frames, height, width] to enable grid-based passes")
 
-    sites = find_attention_sites(graph)
-    for site in sites:
-        _classify(site, grid, num_tokens, batch, text_position)
+    sites = tuple(_classify(site, grid, num_tokens, batch, text_position) for site in find_attention_sites(graph))
     if not sites:
         notes.append("no attention found in this graph")
     return GraphAnalysis(
-        attention=sites, linear=find_linear_sites(graph, example_inputs), grid=grid,
+        attention=sites, linear=tuple(find_linear_sites(graph, example_inputs)), grid=grid,
         num_video_tokens=num_tokens, batch=batch, main_input=main.name if main is not None else None,
-        notes=notes, dynamic=dynamic, timestep_input=find_timestep_input(graph, example_inputs),
+        notes=tuple(notes), dynamic=dynamic, timestep_input=find_timestep_input(graph, example_inputs),
         anchor_input=find_anchor_input(example_inputs),
     )
 
 
 def _classify(site: AttentionSite, grid: Optional[TokenGrid], num_tokens: Optional[int],
-              batch: Optional[int], text_position: str) -> None:
+              batch: Optional[int], text_position: str) -> AttentionSite:
+    """The site with its kind (self / cross / joint / spatial / temporal), the tokens its queries
+    are (video, video+text, other) and, for joint attention, where the text sits."""
     sq = site.q_len
     if text_position != "none" and site.q is not None and site.equal_lengths:
         segment = find_text_segment(site.q, site.q_len_expr, num_tokens)
@@ -84,22 +86,21 @@ def _classify(site: AttentionSite, grid: Optional[TokenGrid], num_tokens: Option
         elif segment is not None and text_position in ("before", "after") and segment.position != text_position:
             segment = TextSegment(text_position, segment.length, "option graph.text_position")
         if segment is not None:
-            site.kind, site.tokens, site.text = JOINT, "video+text", segment
-            return
+            return dataclasses.replace(site, kind=JOINT, tokens="video+text", text=segment)
     if grid is not None and sq is not None and site.equal_lengths and site.batch is not None and batch:
         if grid.frames > 1 and sq == grid.height * grid.width and site.batch == batch * grid.frames:
-            site.kind, site.tokens = SPATIAL, "video"
-            return
+            return dataclasses.replace(site, kind=SPATIAL, tokens="video")
         if sq == grid.frames and site.batch == batch * grid.height * grid.width:
-            site.kind, site.tokens = TEMPORAL, "video"
-            return
+            return dataclasses.replace(site, kind=TEMPORAL, tokens="video")
     same_stream = _same_projection_input(site)
-    site.kind = SELF if site.equal_lengths and same_stream is not False else CROSS
+    kind = SELF if site.equal_lengths and same_stream is not False else CROSS
     per_frame = grid is not None and sq == grid.height * grid.width and site.batch == (batch or 0) * grid.frames
+    tokens = site.tokens
     if (num_tokens and sq == num_tokens) or per_frame:
-        site.tokens = "video"
+        tokens = "video"
     elif site.q_len_expr != "?":
-        site.tokens = "other"
+        tokens = "other"
+    return dataclasses.replace(site, kind=kind, tokens=tokens)
 
 
 def _same_projection_input(site: AttentionSite) -> Optional[bool]:

@@ -18,6 +18,7 @@ Matching only reads the graph; a site that a pass must not replace is still retu
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Optional
 
@@ -39,8 +40,9 @@ from .fx_utils import (
     shape_of,
     static_int,
 )
+from ..geometry import BHSD, BSHD
 from .module_path import block_of, module_class, module_path
-from .sites import BHSD, BSHD, AttentionSite
+from .sites import AttentionSite
 
 SDPA_TARGETS = {F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention}
 SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax, torch.Tensor.softmax}
@@ -77,35 +79,33 @@ def _match_sdpa(node: fx.Node, index: int) -> AttentionSite:
     scale = node_arg(node, 6, "scale")
     enable_gqa = node_arg(node, 7, "enable_gqa", False)
 
-    site = _new_site(node, index, "sdpa", q, k, v, node)
-    site.has_mask = mask is not None
-    site.is_causal = bool(is_causal) if isinstance(is_causal, bool) else False
-    site.scale = float(scale) if isinstance(scale, (int, float)) else None
-    site.dropout_p = float(dropout_p) if isinstance(dropout_p, (int, float)) else float("nan")
-
+    site, reasons = _describe(node, index, "sdpa", q, k, v, node)
+    site = dataclasses.replace(
+        site, has_mask=mask is not None, is_causal=bool(is_causal) if isinstance(is_causal, bool) else False,
+        scale=float(scale) if isinstance(scale, (int, float)) else None,
+        dropout_p=float(dropout_p) if isinstance(dropout_p, (int, float)) else float("nan"))
     if mask is not None:
-        site.unsupported("explicit attn_mask (kept as SDPA: masks are not part of the plan yet)")
+        reasons.append("explicit attn_mask (kept as SDPA: masks are not part of the plan yet)")
     if not isinstance(is_causal, bool):
-        site.unsupported("is_causal is computed at run time")
+        reasons.append("is_causal is computed at run time")
     if scale is not None and not isinstance(scale, (int, float)):
-        site.unsupported("scale is a tensor computed at run time")
+        reasons.append("scale is a tensor computed at run time")
     if not isinstance(dropout_p, (int, float)):
-        site.unsupported("dropout_p is computed at run time")
+        reasons.append("dropout_p is computed at run time")
     elif dropout_p > 0:
-        site.unsupported(f"dropout_p={dropout_p} (training-time dropout is not supported)")
+        reasons.append(f"dropout_p={dropout_p} (training-time dropout is not supported)")
     if enable_gqa is True:
-        site.unsupported("enable_gqa=True (grouped-query attention)")
-    if site.supported:
-        _try_bshd(site)
-    return site
+        reasons.append("enable_gqa=True (grouped-query attention)")
+    return _as_bshd(site) if site.supported and not reasons else site.with_reasons(reasons)
 
 
-def _try_bshd(site: AttentionSite) -> None:
-    """Read q/k/v before their permute to [B,H,S,D] when all three come from [B,S,H,D]."""
+def _as_bshd(site: AttentionSite) -> AttentionSite:
+    """The site reading q/k/v before their permute to [B,H,S,D] when all three come from
+    [B,S,H,D] tensors (the op then needs no copy); else the site as it is."""
     sources = [_bshd_source(n) for n in (site.q, site.k, site.v)]
     if all(s is not None for s in sources):
-        site.q, site.k, site.v = sources
-        site.layout = BSHD
+        return dataclasses.replace(site, q=sources[0], k=sources[1], v=sources[2], layout=BSHD)
+    return site
 
 
 def _bshd_source(node: fx.Node) -> Optional[fx.Node]:
@@ -211,18 +211,17 @@ def _match_manual(softmax: fx.Node, index: int) -> Optional[AttentionSite]:
         return None  # a softmax, but not the attention pattern we can describe
     v = pv.args[1]
 
-    site = _new_site(pv, index, pattern, q, k, v, pv)
-    site.scale = scale if scale is not None else 1.0
-    site.has_mask = has_mask
-    # softmax back to the scores (casts, scale), the scores and k^T, forward to P.V
-    site.replaced = (*_between(scores, softmax), scores, kt, *chain, pv)
+    site, reasons = _describe(pv, index, pattern, q, k, v, pv)
+    # replaced: softmax back to the scores (casts, scale), the scores and k^T, forward to P.V
+    site = dataclasses.replace(site, scale=scale if scale is not None else 1.0, has_mask=has_mask,
+                               replaced=(*_between(scores, softmax), scores, kt, *chain, pv))
     if has_mask:
-        site.unsupported("additive attention mask (kept as written)")
+        reasons.append("additive attention mask (kept as written)")
     if len(scores.users) != 1:
-        site.unsupported("attention scores are used elsewhere")
+        reasons.append("attention scores are used elsewhere")
     if example_value(q) is None or example_value(q).dim() not in (3, 4):
-        site.unsupported("q is not a 3-D or 4-D tensor")
-    return site
+        reasons.append("q is not a 3-D or 4-D tensor")
+    return site.with_reasons(reasons)
 
 
 def _between(start: fx.Node, end: fx.Node) -> list[fx.Node]:
@@ -237,43 +236,40 @@ def _between(start: fx.Node, end: fx.Node) -> list[fx.Node]:
 # ----------------------------------------------------------------------------- shared
 
 
-def _new_site(node, index, pattern, q, k, v, output) -> AttentionSite:
+def _describe(node, index, pattern, q, k, v, output) -> tuple[AttentionSite, list[str]]:
+    """The site's shapes, module path and block from the example values of q/k/v, and the
+    reasons (if any) it cannot be rewritten that the shapes alone show."""
     path = module_path(node)
     block = block_of(path)
     qv, kv, vv = example_value(q), example_value(k), example_value(v)
-    site = AttentionSite(
+    base = dict(
         index=index, pattern=pattern, module_path=path, module_class=module_class(node),
         block=block.path if block else None, block_index=block.index if block else None,
         layout=BHSD, batch=None, heads=None, kv_heads=None, head_dim=None, value_dim=None,
-        q_len=None, kv_len=None, q_len_expr="?", kv_len_expr="?", shape_text="?", scale=None, is_causal=False, has_mask=False,
-        dropout_p=0.0, dtype=str(dtype_of(q)).replace("torch.", ""), q=q, k=k, v=v, output=output,
+        q_len=None, kv_len=None, q_len_expr="?", kv_len_expr="?", shape_text="?", scale=None, is_causal=False,
+        has_mask=False, dropout_p=0.0, dtype=str(dtype_of(q)).replace("torch.", ""), q=q, k=k, v=v, output=output,
     )
     if qv is None or kv is None or vv is None:
-        site.unsupported("q, k or v has no example value (not a tensor?)")
-        return site
+        return AttentionSite(**base), ["q, k or v has no example value (not a tensor?)"]
     if qv.dim() == 4:
         b, h, sq, d = qv.shape
-        site.kv_heads = static_int(kv.shape[1])
+        base.update(batch=static_int(b), heads=static_int(h), kv_heads=static_int(kv.shape[1]))
+        heads_text = dim_text(h)
     elif qv.dim() == 3:
         (b, sq, d), h = qv.shape, None
-        site.folded_heads = True
         heads = _folded_heads(q, qv.shape)
-        site.heads, site.batch = heads, (static_int(b) // heads if heads and static_int(b) else None)
+        base.update(folded_heads=True, heads=heads,
+                    batch=static_int(b) // heads if heads and static_int(b) else None)
+        heads_text = str(heads) if heads else "?"
     else:
-        site.unsupported(f"q has rank {qv.dim()} (expected 4-D [B,H,S,D] or 3-D [B*H,S,D])")
-        return site
+        return AttentionSite(**base), [f"q has rank {qv.dim()} (expected 4-D [B,H,S,D] or 3-D [B*H,S,D])"]
     skv, dv = kv.shape[-2], vv.shape[-1]
-    if not site.folded_heads:
-        site.batch, site.heads = static_int(b), static_int(h)
-    site.head_dim, site.value_dim = static_int(d), static_int(dv)
-    site.q_len, site.kv_len = static_int(sq), static_int(skv)
-    site.q_len_expr, site.kv_len_expr = dim_text(sq), dim_text(skv)
-    heads_text = dim_text(h) if h is not None else (str(site.heads) if site.heads else "?")
-    site.shape_text = (f"B={dim_text(b)}{'(xH)' if site.folded_heads else ''} H={heads_text} "
-                       f"Sq={dim_text(sq)} Skv={dim_text(skv)} D={dim_text(d)}")
-    if qv.dim() == 4 and static_int(d) is None:
-        site.unsupported("head dim is symbolic")
-    return site
+    base.update(head_dim=static_int(d), value_dim=static_int(dv), q_len=static_int(sq), kv_len=static_int(skv),
+                q_len_expr=dim_text(sq), kv_len_expr=dim_text(skv),
+                shape_text=(f"B={dim_text(b)}{'(xH)' if base.get('folded_heads') else ''} H={heads_text} "
+                            f"Sq={dim_text(sq)} Skv={dim_text(skv)} D={dim_text(d)}"))
+    reasons = ["head dim is symbolic"] if qv.dim() == 4 and static_int(d) is None else []
+    return AttentionSite(**base), reasons
 
 
 def _folded_heads(q: fx.Node, shape) -> Optional[int]:

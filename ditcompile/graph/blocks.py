@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch.fx as fx
 
+from ..ops import attention_op
 from .fx_utils import call_name
 from .module_path import BlockRef, block_of, module_path
 
@@ -37,7 +38,11 @@ class BlockLayout:
     problem: Optional[str] = None  # why the blocks cannot be used as split points
 
 
-_ATTENTION_CALLS = {"scaled_dot_product_attention", "softmax", "attention"}  # "attention": ditaccel's op
+_ATTENTION_CALLS = {"scaled_dot_product_attention", "softmax"}  # attention before a rewrite
+
+
+def _computes_attention(node: fx.Node) -> bool:
+    return node.target is attention_op or call_name(node) in _ATTENTION_CALLS
 
 
 def find_blocks(graph: fx.Graph) -> BlockLayout:
@@ -54,7 +59,7 @@ def find_blocks(graph: fx.Graph) -> BlockLayout:
         refs[key] = ref
         span = spans.setdefault(key, [i, i])
         span[1] = i
-        if call_name(node) in _ATTENTION_CALLS:
+        if _computes_attention(node):
             attending.add(ref.container)
     spans = {k: v for k, v in spans.items() if refs[k].container in attending}
     ordered = sorted(spans.items(), key=lambda kv: kv[1][0])

@@ -17,7 +17,7 @@ from typing import Optional
 import torch.fx as fx
 
 from .fx_utils import call_name, dim_text, shape_of, static_int, walk_back
-from .sites import TextSegment
+from ..geometry import TextSegment
 
 SEARCH_LIMIT = 400  # nodes visited per site: a block of a DiT has ~100 nodes
 

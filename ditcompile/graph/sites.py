@@ -6,10 +6,13 @@ re-derive shapes or kinds themselves. Sizes are ints when static and None when s
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch.fx as fx
+
+from ..geometry import BHSD, BSHD, TENSOR_LAYOUTS, TextSegment, TokenGrid
 
 # Attention kinds.
 SELF = "self"          # all tokens of one stream attend each other (video, image or text)
@@ -19,59 +22,27 @@ SPATIAL = "spatial"    # factorized: tokens of one frame attend each other (batc
 TEMPORAL = "temporal"  # factorized: one spatial position across frames (batch = B*H*W)
 KINDS = (SELF, CROSS, JOINT, SPATIAL, TEMPORAL)
 
-# Tensor layouts of q/k/v as the op receives them.
-BHSD = "bhsd"  # [B, H, S, D]
-BSHD = "bshd"  # [B, S, H, D]; the op writes its output in the same layout
-LAYOUTS = (BHSD, BSHD)
+LAYOUTS = TENSOR_LAYOUTS  # tensor layouts of q/k/v as the op receives them (geometry.BHSD / BSHD)
 
 
 @dataclass(frozen=True)
-class TokenGrid:
-    """Video tokens after patching: frames x height x width (images have frames == 1)."""
-
-    frames: int
-    height: int
-    width: int
-    source: str  # how it was found: "conv3d patch embedding at patch_embedding", "option", ...
-
-    @property
-    def num_tokens(self) -> int:
-        return self.frames * self.height * self.width
-
-    def __str__(self) -> str:
-        return f"{self.frames}x{self.height}x{self.width} ({self.source})"
-
-
-@dataclass(frozen=True)
-class TextSegment:
-    """Where the text tokens sit inside a joint (text + video) attention sequence."""
-
-    position: str  # "before" or "after" the video tokens
-    length: Optional[int]  # None when it varies at run time (Mochi keeps only valid text tokens)
-    source: str
-
-    def token_range(self, total: int) -> tuple[int, int]:
-        """[start, end) of the text tokens in a joint sequence of `total` tokens."""
-        length = self.length or 0
-        return (0, length) if self.position == "before" else (total - length, total)
-
-
-@dataclass
 class AttentionSite:
     """One attention call in the graph: what it computes and whether a pass may replace it.
 
-    The tensors (`q`, `k`, `v`, `output`) are FX nodes; `q`, `k`, `v` are already in `layout`
-    (for a BSHD site they are the tensors *before* the permute to [B,H,S,D], so the op reads
-    them without a copy).
+    Immutable once the analysis has built it (passes read it; none edits it). The tensors (`q`,
+    `k`, `v`, `output`) are FX nodes of the analysed graph; `q`, `k`, `v` are already in
+    `layout` (for a BSHD site they are the tensors *before* the permute to [B,H,S,D], so the op
+    reads them without a copy). `site_path` is the module path (`module_path`), the name plans
+    and reports use for the site.
     """
 
-    index: int
+    index: int                   # position among the graph's attention sites, in graph order
     pattern: str                 # "sdpa", "matmul-softmax-matmul", "baddbmm-softmax-bmm"
     module_path: str             # "blocks.3.attn1"
     module_class: str            # "WanAttention"
     block: Optional[str]         # "blocks.3"
     block_index: Optional[int]   # 3
-    layout: str                  # BHSD or BSHD
+    layout: str                  # tensor layout of q/k/v: BHSD or BSHD
     batch: Optional[int]
     heads: Optional[int]         # None when folded into the batch and not recoverable
     kv_heads: Optional[int]
@@ -101,13 +72,19 @@ class AttentionSite:
     folded_heads: bool = False   # q/k/v are [B*H, S, D] (heads folded into batch)
 
     @property
+    def site_path(self) -> str:
+        return self.module_path
+
+    @property
     def equal_lengths(self) -> bool:
         """q and kv lengths are known to be equal (same static value or same expression)."""
         return self.q_len_expr == self.kv_len_expr and self.q_len_expr != "?"
 
-    def unsupported(self, reason: str) -> None:
-        self.supported = False
-        self.reason = self.reason or reason
+    def with_reasons(self, reasons: list[str]) -> "AttentionSite":
+        """This site, unsupported for the first of `reasons` (unchanged when there are none)."""
+        if not reasons:
+            return self
+        return dataclasses.replace(self, supported=False, reason=self.reason or reasons[0])
 
 
 @dataclass(frozen=True)
@@ -127,17 +104,28 @@ class LinearSite:
     node: fx.Node = field(repr=False, compare=False, hash=False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GraphAnalysis:
-    """Everything the passes need to know about one Dynamo graph."""
+    """Everything the passes need to know about one Dynamo graph (immutable: passes only read it)."""
 
-    attention: list[AttentionSite]
-    linear: list[LinearSite]
+    attention: tuple[AttentionSite, ...]
+    linear: tuple[LinearSite, ...]
     grid: Optional[TokenGrid]
     num_video_tokens: Optional[int]
     batch: Optional[int]
     main_input: Optional[str]
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
     dynamic: bool = False
     timestep_input: Optional[int] = None  # index into example_inputs of the timestep
     anchor_input: Optional[int] = None    # index of the first parameter (identifies the model)
+
+    @classmethod
+    def empty(cls) -> "GraphAnalysis":
+        """The analysis of a graph the backend could not analyse (reports only)."""
+        return cls((), (), None, None, None, None)
+
+    def site(self, index: int) -> AttentionSite:
+        """The attention site with this index (ValueError naming the known range otherwise)."""
+        if not 0 <= index < len(self.attention) or self.attention[index].index != index:
+            raise ValueError(f"no attention site {index} in this graph ({len(self.attention)} sites)")
+        return self.attention[index]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .fx_utils import is_function, static_shape, tensor_inputs, walk_back
 from .module_path import module_path
-from .sites import TokenGrid
+from ..geometry import TokenGrid
 
 CONV3D = {F.conv3d, torch.conv3d}
 CONV2D = {F.conv2d, torch.conv2d}

@@ -48,13 +48,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["BlockSparseMask"]
+from ..geometry import cdiv
+
+__all__ = ["BlockSparseMask", "MIN_BLOCK", "check_block_sizes"]
 
 Range = tuple[int, int]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,8 +105,8 @@ class BlockSparseMask:
             block_mask = block_mask[None, None]
         if block_mask.dim() != 4:
             raise ValueError(f"block_mask must have 2 or 4 dims, got shape {tuple(block_mask.shape)}")
-        _check_positive_ints(block_m=block_m, block_n=block_n)
-        nqb, nkb = _cdiv(q_len, block_m), _cdiv(kv_len, block_n)
+        check_block_sizes(block_m, block_n)
+        nqb, nkb = cdiv(q_len, block_m), cdiv(kv_len, block_n)
         if tuple(block_mask.shape[-2:]) != (nqb, nkb):
             raise ValueError(
                 f"block_mask has {tuple(block_mask.shape[-2:])} blocks, but q_len={q_len}, kv_len={kv_len} with "
@@ -131,8 +129,8 @@ class BlockSparseMask:
         device: torch.device | str | None = None,
     ) -> "BlockSparseMask":
         """Every query block attends every kv block (dense attention as a mask)."""
-        _check_positive_ints(block_m=block_m, block_n=block_n)
-        nqb, nkb = _cdiv(q_len, block_m), _cdiv(kv_len, block_n)
+        check_block_sizes(block_m, block_n)
+        nqb, nkb = cdiv(q_len, block_m), cdiv(kv_len, block_n)
         return cls.from_dense_block_mask(
             torch.ones(1, 1, nqb, nkb, dtype=torch.bool, device=device), block_m, block_n, q_len, kv_len
         )
@@ -140,11 +138,11 @@ class BlockSparseMask:
     # ------------------------------------------------------------------ queries
     @property
     def num_q_blocks(self) -> int:
-        return _cdiv(self.q_len, self.block_m)
+        return cdiv(self.q_len, self.block_m)
 
     @property
     def num_kv_blocks(self) -> int:
-        return _cdiv(self.kv_len, self.block_n)
+        return cdiv(self.kv_len, self.block_n)
 
     @property
     def device(self) -> torch.device:
@@ -191,7 +189,7 @@ class BlockSparseMask:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        _check_positive_ints(block_m=self.block_m, block_n=self.block_n)
+        check_block_sizes(self.block_m, self.block_n)
         for name in ("q_len", "kv_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -226,10 +224,15 @@ class BlockSparseMask:
 # ---------------------------------------------------------------------- helpers
 
 
-def _check_positive_ints(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or value <= 0 or value % 16:
-            raise ValueError(f"{name} must be a positive multiple of 16 (the kernel's smallest tile), got {value!r}")
+MIN_BLOCK = 16  # the kernel's smallest tile: mask blocks are positive multiples of it
+
+
+def check_block_sizes(block_m: int, block_n: int) -> None:
+    """Mask block sizes must be positive multiples of MIN_BLOCK; ValueError naming the bad one."""
+    for name, value in (("block_m", block_m), ("block_n", block_n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % MIN_BLOCK:
+            raise ValueError(f"{name} must be a positive multiple of {MIN_BLOCK} (the kernel's smallest tile), "
+                             f"got {value!r}")
 
 
 def _dense_to_lists(block_mask: Tensor, min_width: int | None = None) -> tuple[Tensor, Tensor]:
@@ -259,7 +262,7 @@ def _range_blocks(rng: Range | None, block: int, length: int, device: torch.devi
 
     Returns two bool tensors [NB].
     """
-    nb = _cdiv(length, block)
+    nb = cdiv(length, block)
     if rng is None or rng[0] >= rng[1]:
         none = torch.zeros(nb, dtype=torch.bool, device=device)
         return none, none

@@ -8,12 +8,14 @@ One family per module, each with a ``generate_<family>_mask(...)`` factory:
 * :mod:`.antidiagonal` -- XAttention's data-dependent antidiagonal block selection;
 * :mod:`.tile` -- sliding tile attention (STA).
 
-Data-independent factories are cached per (grid, text, block sizes, params, device).
-:mod:`.pattern` holds `SparsePattern`, the permutation helpers and union/intersection;
-:mod:`.draw` writes a PNG of a pattern (needs pillow).
+Each family also defines its parameter dataclass and its :class:`~.policy.Policy`;
+:mod:`.registry` lists the policies (``POLICIES``) -- the only place that does.
+Data-independent factories are cached per (grid, text, block sizes, params, device)
+(``clear_mask_cache()`` drops them). :mod:`.pattern` holds `SparsePattern`, the permutation
+helpers and union/intersection; :mod:`.draw` writes a PNG of a pattern (needs pillow).
 """
 
-from .antidiagonal import antidiagonal_block_mass, generate_antidiagonal_mask
+from .antidiagonal import AntidiagonalParams, antidiagonal_block_mass, generate_antidiagonal_mask
 from .draw import draw_pattern
 from .pattern import (
     SparsePattern,
@@ -23,15 +25,18 @@ from .pattern import (
     undo_permutation,
     union,
 )
-from .radial import generate_radial_mask
+from .policy import ChoiceInputs, PatternChoice, Policy, parse_params, params_json
+from .radial import RadialParams, generate_radial_mask
+from .registry import POLICIES, clear_mask_cache, get_policy
 from .spatial_temporal import (
+    SpatialTemporalParams,
     classify_heads,
     generate_spatial_mask,
     generate_temporal_mask,
     head_errors,
     temporal_permutation,
 )
-from .tile import generate_tile_mask, tile_permutation
+from .tile import TileParams, generate_tile_mask, tile_permutation
 
 __all__ = [
     "SparsePattern",
@@ -52,13 +57,16 @@ __all__ = [
     "tile_permutation",
     "draw_pattern",
     "clear_mask_cache",
+    "POLICIES",
+    "get_policy",
+    "Policy",
+    "PatternChoice",
+    "ChoiceInputs",
+    "parse_params",
+    "params_json",
+    "RadialParams",
+    "SpatialTemporalParams",
+    "AntidiagonalParams",
+    "TileParams",
 ]
 
-
-def clear_mask_cache() -> None:
-    """Drop every cached data-independent pattern (e.g. to free device memory)."""
-    from . import radial, spatial_temporal, tile
-
-    for fn in (radial._radial_cached, spatial_temporal._spatial_cached, spatial_temporal._temporal_cached,
-               tile._tile_cached):
-        fn.cache_clear()

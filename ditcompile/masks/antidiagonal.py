@@ -34,18 +34,36 @@ tau 0.9 -- 0.95.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..graph.sites import TextSegment
-from ..kernels.block_mask import BlockSparseMask
-from .common import GridLike, check_block_sizes, check_float, check_int, resolve_layout
+from ..geometry import BHSD, GridLike, TextSegment, TokenLayout, check_tensor_layout, seq_dim, to_bhsd
+from ..kernels.block_mask import BlockSparseMask, check_block_sizes
+from .common import check_float, check_int
 from .pattern import SparsePattern
+from .policy import ChoiceInputs, PatternChoice, Policy
 
-__all__ = ["generate_antidiagonal_mask", "antidiagonal_block_mass", "select_blocks"]
+__all__ = ["AntidiagonalParams", "ANTIDIAGONAL", "generate_antidiagonal_mask", "antidiagonal_block_mass",
+           "select_blocks"]
+
+
+@dataclass(frozen=True)
+class AntidiagonalParams:
+    """stride: antidiagonal stride in tokens (int >= 1, dividing the block size).
+    threshold: cumulative block-mass share to keep per query block, in (0, 1].
+    """
+
+    stride: int = 8
+    threshold: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_int("stride", self.stride, 1)
+        check_float("threshold", self.threshold, 0.0, 1.0, lo_open=True)
+
 
 _BUDGET = 1 << 24  # elements of one [B, H, rows, groups] score chunk
 
@@ -58,7 +76,7 @@ def antidiagonal_block_mass(
     block_n: int = 128,
     stride: int = 8,
     scale: Optional[float] = None,
-    layout: str = "bhsd",
+    layout: str = BHSD,
 ) -> Tensor:
     """Estimated block mass ``M``: float32 [B, H, NQB, NKB] (each strided row sums to 1).
 
@@ -69,13 +87,12 @@ def antidiagonal_block_mass(
     check_int("stride", stride, 1)
     if block_m % stride or block_n % stride:
         raise ValueError(f"stride must divide block_m={block_m} and block_n={block_n}, got {stride}")
-    if layout not in ("bhsd", "bshd"):
-        raise ValueError(f"layout must be 'bhsd' or 'bshd', got {layout!r}")
+    check_tensor_layout(layout)
     for name, x in (("q", q), ("k", k)):
         if not isinstance(x, Tensor) or x.dim() != 4:
             raise ValueError(f"{name} must be a 4-D tensor ({layout})")
-    qb = q if layout == "bhsd" else q.transpose(1, 2)  # [B, H, Sq, D]
-    kb = k if layout == "bhsd" else k.transpose(1, 2)  # [B, Hk, Skv, D]
+    qb = to_bhsd(q, layout)  # [B, H, Sq, D]
+    kb = to_bhsd(k, layout)  # [B, Hk, Skv, D]
     batch, heads, q_len, dim = qb.shape
     if kb.shape[1] != heads:
         if heads % kb.shape[1]:
@@ -122,7 +139,7 @@ def generate_antidiagonal_mask(
     stride: int = 8,
     threshold: float = 0.9,
     scale: Optional[float] = None,
-    layout: str = "bhsd",
+    layout: str = BHSD,
 ) -> SparsePattern:
     """XAttention pattern for these q/k: one block mask per (batch, head), identity permutation.
 
@@ -132,17 +149,14 @@ def generate_antidiagonal_mask(
     the data).
     """
     check_block_sizes(block_m, block_n)
-    check_int("stride", stride, 1)
-    tau = check_float("threshold", threshold, 0.0, 1.0, lo_open=True)
-    if layout not in ("bhsd", "bshd"):
-        raise ValueError(f"layout must be 'bhsd' or 'bshd', got {layout!r}")
-    seq_dim = 2 if layout == "bhsd" else 1
-    q_len, kv_len = q.shape[seq_dim], k.shape[seq_dim]
+    tau = AntidiagonalParams(stride=stride, threshold=threshold).threshold
+    dim = seq_dim(layout)
+    q_len, kv_len = q.shape[dim], k.shape[dim]
     if q_len != kv_len:
         raise ValueError(f"antidiagonal masks are for self-attention: q has {q_len} tokens, k has {kv_len}")
     text_range = None
     if grid is not None:
-        seq_layout = resolve_layout(grid, text)
+        seq_layout = TokenLayout.of(grid, text)
         if seq_layout.total != q_len:
             raise ValueError(f"q/k have {q_len} tokens but the grid and text describe {seq_layout.total}")
         text_range = seq_layout.text_range
@@ -190,3 +204,21 @@ def select_blocks(mass: Tensor, forced: Tensor, threshold: float) -> Tensor:
     keep = torch.zeros_like(keep_sorted)
     keep.scatter_(-1, order, keep_sorted)
     return keep
+
+
+def _choose_blocks(inputs: ChoiceInputs, layout: TokenLayout, block: int, p: AntidiagonalParams,
+                   statics: tuple[SparsePattern, ...]) -> PatternChoice:
+    """XAttention: a fresh mask per (batch, head) from this call's q and k."""
+    pattern = generate_antidiagonal_mask(inputs.q, inputs.k, layout, block_m=block, block_n=block, stride=p.stride,
+                                         threshold=p.threshold, scale=inputs.scale, layout=inputs.tensor_layout)
+    return PatternChoice((pattern,))
+
+
+ANTIDIAGONAL = Policy(
+    name="antidiagonal",
+    params=AntidiagonalParams,
+    static_patterns=lambda layout, block, p, device: (),
+    choose=_choose_blocks,
+    refresh_steps=lambda p: 0,
+    paper="XAttention (Xu et al., arXiv 2503.16428)",
+)

@@ -1,115 +1,20 @@
-"""Helpers shared by the mask families: the joint-sequence layout, parameter checks, and the
-"any" block shrink of a class-structured token mask.
-
-Joint sequence (as the attention op sees it, before any permutation)::
-
-    text "before":  [ text (T) | video (F*H*W, frame-major) ]
-    text "after":   [ video (F*H*W, frame-major) | text (T) ]
-    video token (f, h, w) sits at  video_start + f*H*W + h*W + w
-
-Text tokens are never permuted and their rows/columns are always dense (the mask's
-``dense_q_range`` / ``dense_kv_range``).
+"""Helpers shared by the mask families: parameter checks and the "any" block shrink of a
+class-structured token mask. The joint-sequence geometry (`TokenLayout`, where text and video
+tokens sit) lives in `ditcompile.geometry`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ..graph.sites import TextSegment, TokenGrid
-
-__all__ = ["SequenceLayout", "resolve_layout", "device_key", "shrink_classes"]
-
-GridLike = TokenGrid | tuple  # a TokenGrid or (frames, height, width)
-
-
-@dataclass(frozen=True)
-class SequenceLayout:
-    """Where the video and text tokens sit in the joint sequence (all ints, hashable)."""
-
-    frames: int
-    height: int
-    width: int
-    text_len: int = 0
-    text_before: bool = False
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.height * self.width
-
-    @property
-    def num_video(self) -> int:
-        return self.frames * self.height * self.width
-
-    @property
-    def total(self) -> int:
-        return self.num_video + self.text_len
-
-    @property
-    def video_start(self) -> int:
-        return self.text_len if self.text_before else 0
-
-    @property
-    def text_range(self) -> Optional[tuple[int, int]]:
-        """[start, end) of the text tokens, or None without text."""
-        if self.text_len == 0:
-            return None
-        return (0, self.text_len) if self.text_before else (self.num_video, self.total)
-
-    def video_coords(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(frame, row, col) of every video token in frame-major order: three int64 [F*H*W]."""
-        idx = torch.arange(self.num_video, device=device)
-        hw = self.tokens_per_frame
-        return idx // hw, (idx % hw) // self.width, idx % self.width
-
-
-def resolve_layout(grid: GridLike, text: Optional[TextSegment] = None) -> SequenceLayout:
-    """Validate ``grid`` (a TokenGrid or an (F, H, W) tuple) and ``text`` into a layout."""
-    if isinstance(grid, TokenGrid):
-        dims = (grid.frames, grid.height, grid.width)
-    elif isinstance(grid, (tuple, list)) and len(grid) == 3:
-        dims = tuple(grid)
-    else:
-        raise ValueError(f"grid must be a TokenGrid or a (frames, height, width) tuple, got {grid!r}")
-    for name, value in zip(("grid.frames", "grid.height", "grid.width"), dims):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    text_len, before = 0, False
-    if text is not None:
-        if not isinstance(text, TextSegment):
-            raise ValueError(f"text must be a TextSegment or None, got {text!r}")
-        if text.position not in ("before", "after"):
-            raise ValueError(f"text.position must be 'before' or 'after', got {text.position!r}")
-        if text.length is None:
-            raise ValueError(
-                "text.length is None (it varies at run time); a mask needs a concrete text length: "
-                "pass a TextSegment with length set to an int >= 0"
-            )
-        if isinstance(text.length, bool) or not isinstance(text.length, int) or text.length < 0:
-            raise ValueError(f"text.length must be an int >= 0, got {text.length!r}")
-        text_len, before = text.length, text.position == "before"
-    return SequenceLayout(*dims, text_len=text_len, text_before=before and text_len > 0)
-
-
-def device_key(device: torch.device | str | None) -> str:
-    """A hashable, canonical device name for cache keys ("cpu", "cuda:0", ...)."""
-    dev = torch.device("cpu" if device is None else device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return str(dev)
+__all__ = ["check_int", "check_float", "check_bool", "check_triple", "shrink_classes"]
 
 
 # ---------------------------------------------------------------------- parameter checks
-
-
-def check_block_sizes(block_m: int, block_n: int) -> None:
-    for name, value in (("block_m", block_m), ("block_n", block_n)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 16:
-            raise ValueError(f"{name} must be a positive multiple of 16 (the kernel's smallest tile), got {value!r}")
 
 
 def check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
@@ -118,6 +23,13 @@ def check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
     if not ok:
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name} must be an int {rng}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` must be a bool (not an int standing in for one)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
     return value
 
 

@@ -53,25 +53,41 @@ Where we differ from / had to read the reference
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from ..graph.sites import TextSegment
-from ..kernels.block_mask import BlockSparseMask
-from .common import (
-    GridLike,
-    SequenceLayout,
-    check_block_sizes,
-    check_float,
-    check_int,
-    device_key,
-    resolve_layout,
-)
+from ..geometry import GridLike, TextSegment, TokenLayout, device_key
+from ..kernels.block_mask import BlockSparseMask, check_block_sizes
+from .common import check_bool, check_float, check_int
 from .pattern import SparsePattern
+from .policy import Policy
 
-__all__ = ["generate_radial_mask", "radial_frame_rule"]
+__all__ = ["RadialParams", "RADIAL", "generate_radial_mask", "radial_frame_rule"]
+
+
+@dataclass(frozen=True)
+class RadialParams:
+    """band: frames at distance <= band attend each other densely (int >= 0).
+    decay_factor: scales the spatial window (finite, > 0; smaller = sparser).
+    sink: every query attends the whole first frame (Wan: True, HunyuanVideo: False).
+    min_window: window floor and frame-split threshold in tokens (int >= 1; None: the block size).
+    """
+
+    band: int = 1
+    decay_factor: float = 1.0
+    sink: bool = True
+    min_window: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check_int("band", self.band, 0)
+        check_float("decay_factor", self.decay_factor, 0.0, float("inf"), lo_open=True, hi_open=True)
+        check_bool("sink", self.sink)
+        if self.min_window is not None:
+            check_int("min_window", self.min_window, 1)
 
 
 def radial_frame_rule(
@@ -104,25 +120,20 @@ def generate_radial_mask(
 ) -> SparsePattern:
     """Radial Attention's static mask for ``grid`` (+ ``text``), cached per shape and params.
 
-    band: frames at distance <= band attend each other densely (>= 0).
-    decay_factor: scales the spatial window (> 0; smaller = sparser).
-    sink: every query attends the whole first frame.
-    min_window: window floor and frame-split threshold in tokens (>= 1; default ``block_n``).
-    Returns an identity-permutation pattern with one mask shared by all batches and heads.
+    Parameters as in :class:`RadialParams` (ValueError naming a bad one); block sizes are
+    positive multiples of 16. Returns an identity-permutation pattern with one mask shared by
+    all batches and heads.
     """
-    layout = resolve_layout(grid, text)
+    layout = TokenLayout.of(grid, text)
     check_block_sizes(block_m, block_n)
-    check_int("band", band, 0)
-    check_float("decay_factor", decay_factor, 0.0, float("inf"), lo_open=True, hi_open=True)
-    if not isinstance(sink, bool):
-        raise ValueError(f"sink must be a bool, got {sink!r}")
-    min_window = block_n if min_window is None else check_int("min_window", min_window, 1)
-    return _radial_cached(layout, block_m, block_n, band, float(decay_factor), sink, min_window, device_key(device))
+    p = RadialParams(band=band, decay_factor=decay_factor, sink=sink, min_window=min_window)
+    window = block_n if p.min_window is None else p.min_window
+    return _radial_cached(layout, block_m, block_n, p.band, float(p.decay_factor), p.sink, window, device_key(device))
 
 
 @functools.lru_cache(maxsize=32)
 def _radial_cached(
-    layout: SequenceLayout, block_m: int, block_n: int, band: int, decay_factor: float, sink: bool,
+    layout: TokenLayout, block_m: int, block_n: int, band: int, decay_factor: float, sink: bool,
     min_window: int, device: str,
 ) -> SparsePattern:  # fmt: skip
     blocks = _radial_blocks(layout, block_m, block_n, band, decay_factor, sink, min_window, torch.device(device))
@@ -133,7 +144,7 @@ def _radial_cached(
     return SparsePattern(mask, None, name="radial")
 
 
-def _segments(layout: SequenceLayout, block: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _segments(layout: TokenLayout, block: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Cut the video tokens at frame and block boundaries.
 
     Returns int64 [G] tensors (frame, block, lo, hi): segment g holds the tokens
@@ -151,7 +162,7 @@ def _segments(layout: SequenceLayout, block: int, device: torch.device) -> tuple
 
 
 def _radial_blocks(
-    layout: SequenceLayout, block_m: int, block_n: int, band: int, decay_factor: float, sink: bool,
+    layout: TokenLayout, block_m: int, block_n: int, band: int, decay_factor: float, sink: bool,
     min_window: int, device: torch.device,
 ) -> torch.Tensor:  # fmt: skip
     """bool [NQB, NKB]: the per-frame-pair strict shrink, OR-ed (see module docstring).
@@ -196,3 +207,12 @@ def _radial_blocks(
     out = torch.zeros(nqb * nkb, dtype=torch.bool, device=device)
     out[(qi * nkb + kj)[keep]] = True  # OR over the frame pairs sharing a block
     return out.view(nqb, nkb)
+
+
+RADIAL = Policy(
+    name="radial",
+    params=RadialParams,
+    static_patterns=lambda layout, block, p, device: (
+        generate_radial_mask(layout, block_m=block, block_n=block, device=device, **dataclasses.asdict(p)),),
+    paper="Radial Attention (Li et al., arXiv 2506.19852)",
+)

@@ -36,31 +36,50 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ..graph.sites import TextSegment
-from ..kernels.block_mask import BlockSparseMask
-from .common import (
-    GridLike,
-    SequenceLayout,
-    check_block_sizes,
-    check_int,
-    device_key,
-    resolve_layout,
-    shrink_classes,
-)
+from ..geometry import BHSD, GridLike, TextSegment, TokenLayout, device_key, to_bhsd
+from ..kernels.block_mask import BlockSparseMask, check_block_sizes
+from .common import check_bool, check_int, shrink_classes
 from .pattern import SparsePattern, pattern_token_rows
+from .policy import ChoiceInputs, PatternChoice, Policy
 
 __all__ = [
+    "SpatialTemporalParams",
+    "SPATIAL_TEMPORAL",
     "generate_spatial_mask",
     "generate_temporal_mask",
     "temporal_permutation",
     "head_errors",
     "classify_heads",
 ]
+
+
+@dataclass(frozen=True)
+class SpatialTemporalParams:
+    """frame_window: spatial heads attend their frame +- this many frames (int >= 0).
+    position_window: temporal heads attend their raster position +- this many positions (int >= 0).
+    sink: every query attends the whole first frame.
+    num_samples: query rows sampled to classify the heads (int >= 1).
+    reclassify_every: the head classes are recomputed every this many denoising steps (int >= 1).
+    """
+
+    frame_window: int = 0
+    position_window: int = 0
+    sink: bool = False
+    num_samples: int = 32
+    reclassify_every: int = 1
+
+    def __post_init__(self) -> None:
+        check_int("frame_window", self.frame_window, 0)
+        check_int("position_window", self.position_window, 0)
+        check_bool("sink", self.sink)
+        check_int("num_samples", self.num_samples, 1)
+        check_int("reclassify_every", self.reclassify_every, 1)
 
 
 # ---------------------------------------------------------------------- permutation
@@ -71,11 +90,11 @@ def temporal_permutation(grid: GridLike, text: Optional[TextSegment] = None, *, 
 
     Permuted position ``video_start + s * F + f`` holds original token ``video_start + f * H*W + s``.
     """
-    layout = resolve_layout(grid, text)
+    layout = TokenLayout.of(grid, text)
     return _temporal_permutation(layout, torch.device(device_key(device)))
 
 
-def _temporal_permutation(layout: SequenceLayout, device: torch.device) -> Tensor:
+def _temporal_permutation(layout: TokenLayout, device: torch.device) -> Tensor:
     start, n_video = layout.video_start, layout.num_video
     perm = torch.arange(layout.total, device=device)  # [S]
     video = torch.arange(n_video, device=device).view(layout.frames, layout.tokens_per_frame)  # [F, HW]
@@ -83,7 +102,7 @@ def _temporal_permutation(layout: SequenceLayout, device: torch.device) -> Tenso
     return perm
 
 
-def _frame_and_position(layout: SequenceLayout, device: torch.device) -> tuple[Tensor, Tensor]:
+def _frame_and_position(layout: TokenLayout, device: torch.device) -> tuple[Tensor, Tensor]:
     """int64 [S] frame and raster position of every original token (-1 for text)."""
     frame = torch.full((layout.total,), -1, dtype=torch.int64, device=device)
     pos = torch.full_like(frame, -1)
@@ -111,10 +130,10 @@ def generate_spatial_mask(
 
     Identity permutation, one mask for all batches/heads, cached per shape and params.
     """
-    layout = resolve_layout(grid, text)
+    layout = TokenLayout.of(grid, text)
     check_block_sizes(block_m, block_n)
     check_int("frame_window", frame_window, 0)
-    _check_bool("sink", sink)
+    check_bool("sink", sink)
     return _spatial_cached(layout, block_m, block_n, frame_window, sink, device_key(device))
 
 
@@ -133,19 +152,14 @@ def generate_temporal_mask(
     Over the position-major permutation (:func:`temporal_permutation`); one mask for all
     batches/heads, cached per shape and params.
     """
-    layout = resolve_layout(grid, text)
+    layout = TokenLayout.of(grid, text)
     check_block_sizes(block_m, block_n)
     check_int("position_window", position_window, 0)
-    _check_bool("sink", sink)
+    check_bool("sink", sink)
     return _temporal_cached(layout, block_m, block_n, position_window, sink, device_key(device))
 
 
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-
-
-def _pattern(layout: SequenceLayout, blocks: Tensor, block_m: int, block_n: int, perm, name: str) -> SparsePattern:
+def _pattern(layout: TokenLayout, blocks: Tensor, block_m: int, block_n: int, perm, name: str) -> SparsePattern:
     text = layout.text_range
     mask = BlockSparseMask.from_dense_block_mask(
         blocks, block_m, block_n, layout.total, layout.total, dense_q_range=text, dense_kv_range=text
@@ -155,7 +169,7 @@ def _pattern(layout: SequenceLayout, blocks: Tensor, block_m: int, block_n: int,
 
 @functools.lru_cache(maxsize=32)
 def _spatial_cached(
-    layout: SequenceLayout, block_m: int, block_n: int, frame_window: int, sink: bool, device: str
+    layout: TokenLayout, block_m: int, block_n: int, frame_window: int, sink: bool, device: str
 ) -> SparsePattern:
     dev = torch.device(device)
     frame, _ = _frame_and_position(layout, dev)  # [S] class = frame
@@ -169,7 +183,7 @@ def _spatial_cached(
 
 @functools.lru_cache(maxsize=32)
 def _temporal_cached(
-    layout: SequenceLayout, block_m: int, block_n: int, position_window: int, sink: bool, device: str
+    layout: TokenLayout, block_m: int, block_n: int, position_window: int, sink: bool, device: str
 ) -> SparsePattern:
     dev = torch.device(device)
     perm = _temporal_permutation(layout, dev)  # [S]
@@ -193,7 +207,7 @@ def _temporal_cached(
 
 
 def _definition_rows(
-    layout: SequenceLayout, rows: Tensor, kind: str, window: int, sink: bool
+    layout: TokenLayout, rows: Tensor, kind: str, window: int, sink: bool
 ) -> Tensor:
     """Token-level definition for original query rows: bool [R, S] (text rows/cols dense)."""
     dev = rows.device
@@ -218,7 +232,7 @@ def head_errors(
     *,
     v: Optional[Tensor] = None,
     num_samples: int = 32,
-    layout: str = "bhsd",
+    layout: str = BHSD,
     spatial: Optional[SparsePattern] = None,
     temporal: Optional[SparsePattern] = None,
     frame_window: int = 0,
@@ -242,9 +256,7 @@ def head_errors(
     ``position_window`` and ``sink``.  q: [B, H, S, D] (``layout="bhsd"``) or [B, S, H, D]
     (``"bshd"``); k (and v) may have fewer heads (grouped-query), dividing H.
     """
-    seq_layout = resolve_layout(grid, text)
-    if layout not in ("bhsd", "bshd"):
-        raise ValueError(f"layout must be 'bhsd' or 'bshd', got {layout!r}")
+    seq_layout = TokenLayout.of(grid, text)
     check_int("num_samples", num_samples, 1)
     check_int("frame_window", frame_window, 0)
     check_int("position_window", position_window, 0)
@@ -298,7 +310,7 @@ def classify_heads(
     text: Optional[TextSegment] = None,
     *,
     num_samples: int = 32,
-    layout: str = "bhsd",
+    layout: str = BHSD,
     v: Optional[Tensor] = None,
     spatial: Optional[SparsePattern] = None,
     temporal: Optional[SparsePattern] = None,
@@ -323,7 +335,7 @@ def classify_heads(
 def _bhsd(x: Tensor, layout: str, name: str) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"{name} must be a 4-D tensor ({layout})")
-    return x if layout == "bhsd" else x.transpose(1, 2)
+    return to_bhsd(x, layout)
 
 
 def _expand_heads(x: Tensor, heads: int, name: str) -> Tensor:
@@ -332,3 +344,31 @@ def _expand_heads(x: Tensor, heads: int, name: str) -> Tensor:
     if heads % x.shape[1]:
         raise ValueError(f"{name} has {x.shape[1]} heads, which does not divide q's {heads}")
     return x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
+def _choose_heads(inputs: ChoiceInputs, layout: TokenLayout, block: int, p: SpatialTemporalParams,
+                  statics: tuple[SparsePattern, ...]) -> PatternChoice:
+    """Sparse VideoGen's online profiling: each head runs the spatial (0) or temporal (1) pattern,
+    whichever loses less on sampled query rows (sampling seeded by the step)."""
+    spatial, temporal = statics
+    generator = torch.Generator(device="cpu").manual_seed(inputs.step or 0)
+    is_spatial = classify_heads(
+        inputs.q, inputs.k, layout, num_samples=p.num_samples, layout=inputs.tensor_layout, v=inputs.v,
+        spatial=spatial, temporal=temporal, frame_window=p.frame_window, position_window=p.position_window,
+        sink=p.sink, scale=inputs.scale, generator=generator,
+    )  # fmt: skip
+    return PatternChoice(statics, assignment=(~is_spatial).long())  # [B, H]: 0 spatial, 1 temporal
+
+
+SPATIAL_TEMPORAL = Policy(
+    name="spatial_temporal",
+    params=SpatialTemporalParams,
+    static_patterns=lambda layout, block, p, device: (
+        generate_spatial_mask(layout, block_m=block, block_n=block, frame_window=p.frame_window, sink=p.sink,
+                              device=device),
+        generate_temporal_mask(layout, block_m=block, block_n=block, position_window=p.position_window,
+                               sink=p.sink, device=device)),
+    choose=_choose_heads,
+    refresh_steps=lambda p: p.reclassify_every,
+    paper="Sparse VideoGen (Xi et al., arXiv 2502.01776)",
+)

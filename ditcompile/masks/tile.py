@@ -29,25 +29,33 @@ computed.  Defaults are STA's HunyuanVideo setting: tile (6, 8, 8) = 384 tokens,
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ..graph.sites import TextSegment
-from ..kernels.block_mask import BlockSparseMask
-from .common import (
-    GridLike,
-    SequenceLayout,
-    check_block_sizes,
-    check_triple,
-    device_key,
-    resolve_layout,
-    shrink_classes,
-)
+from ..geometry import GridLike, TextSegment, TokenLayout, device_key
+from ..kernels.block_mask import BlockSparseMask, check_block_sizes
+from .common import check_triple, shrink_classes
 from .pattern import SparsePattern
+from .policy import Policy
 
-__all__ = ["generate_tile_mask", "tile_permutation"]
+__all__ = ["TileParams", "TILE", "generate_tile_mask", "tile_permutation"]
+
+
+@dataclass(frozen=True)
+class TileParams:
+    """tile_size: (t_f, t_h, t_w) tokens per tile, each an int >= 1.
+    window: (w_f, w_h, w_w) in tiles, each an int >= 1 (odd values give exactly that many tiles).
+    """
+
+    tile_size: tuple[int, int, int] = (6, 8, 8)
+    window: tuple[int, int, int] = (3, 3, 3)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tile_size", check_triple("tile_size", self.tile_size))
+        object.__setattr__(self, "window", check_triple("window", self.window))
 
 
 def generate_tile_mask(
@@ -66,29 +74,28 @@ def generate_tile_mask(
     window: (w_f, w_h, w_w) in tiles, each >= 1 (odd values give exactly that many tiles).
     One mask for all batches/heads, cached per shape and params.
     """
-    layout = resolve_layout(grid, text)
+    layout = TokenLayout.of(grid, text)
     check_block_sizes(block_m, block_n)
-    tile_size = check_triple("tile_size", tile_size)
-    window = check_triple("window", window)
-    return _tile_cached(layout, block_m, block_n, tile_size, window, device_key(device))
+    p = TileParams(tile_size=tile_size, window=window)
+    return _tile_cached(layout, block_m, block_n, p.tile_size, p.window, device_key(device))
 
 
 def tile_permutation(
     grid: GridLike, text: Optional[TextSegment] = None, *, tile_size: tuple[int, int, int] = (6, 8, 8), device=None
 ) -> Tensor:
     """int64 [S]: the tile-major order (see module docstring); text stays in place."""
-    layout = resolve_layout(grid, text)
+    layout = TokenLayout.of(grid, text)
     tile_size = check_triple("tile_size", tile_size)
     return _tile_ids_and_permutation(layout, tile_size, torch.device(device_key(device)))[1]
 
 
-def _tile_grid(layout: SequenceLayout, tile_size: tuple[int, int, int]) -> tuple[int, int, int]:
+def _tile_grid(layout: TokenLayout, tile_size: tuple[int, int, int]) -> tuple[int, int, int]:
     dims = (layout.frames, layout.height, layout.width)
     return tuple(-(-d // t) for d, t in zip(dims, tile_size))
 
 
 def _tile_ids_and_permutation(
-    layout: SequenceLayout, tile_size: tuple[int, int, int], device: torch.device
+    layout: TokenLayout, tile_size: tuple[int, int, int], device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """(tile id of every original token, -1 for text: int64 [S]; tile-major permutation [S])."""
     _, n_h, n_w = _tile_grid(layout, tile_size)
@@ -119,7 +126,7 @@ def _tile_window(n_tiles: tuple[int, int, int], window: tuple[int, int, int], de
 
 @functools.lru_cache(maxsize=32)
 def _tile_cached(
-    layout: SequenceLayout, block_m: int, block_n: int, tile_size: tuple[int, int, int],
+    layout: TokenLayout, block_m: int, block_n: int, tile_size: tuple[int, int, int],
     window: tuple[int, int, int], device: str,
 ) -> SparsePattern:  # fmt: skip
     dev = torch.device(device)
@@ -132,3 +139,13 @@ def _tile_cached(
         blocks, block_m, block_n, layout.total, layout.total, dense_q_range=text, dense_kv_range=text
     )
     return SparsePattern(mask, perm, name="tile")
+
+
+TILE = Policy(
+    name="tile",
+    params=TileParams,
+    static_patterns=lambda layout, block, p, device: (
+        generate_tile_mask(layout, block_m=block, block_n=block, tile_size=p.tile_size, window=p.window,
+                           device=device),),
+    paper="Sliding tile attention (Zhang et al., arXiv 2502.04507)",
+)

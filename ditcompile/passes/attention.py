@@ -10,30 +10,28 @@ Before (diffusers' dispatch, q/k/v in [B, S, H, D]):
 After (reads [B, S, H, D] directly, writes [B, S, H, D]):
 
     out_t = torch.ops.ditaccel.attention(q, k, v, layout="bshd", scale=None,
-                                         is_causal=False, plan='{"method":"dense",...}')
+                                         is_causal=False, plan='{"backend":"sdpa",...}')
 
 Hand-written attention (`softmax(q @ k.transpose(-2, -1) * s) @ v`, or baddbmm/bmm on
 [B*H, S, D]) becomes the same op with the matched scale (3-D operands get a unit head dim).
 
-The plan is built here, in one place, so later planners (sparse masks, 8-bit attention) only
-add fields to it. Sites the analysis marked unsupported, or that `attention.skip` names, keep
-their original computation and get a KEPT decision with the reason.
+Every rewritten site gets a *dense* plan (`attention.backend`); the sparse and 8-bit passes
+that follow change only that plan. Sites the analysis marked unsupported, or that
+`attention.skip` names, keep their original computation and get a KEPT decision with the reason.
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Optional
 
 import torch.fx as fx
 
+from ..geometry import BSHD
 from ..graph.fx_utils import erase_if_unused, example_value, is_seq_head_swap
-from ..graph.sites import BSHD, JOINT, SELF, AttentionSite, GraphAnalysis
-from ..kernels.ops import attention_op
-from ..config import ConfigError
-from ..plan import AttentionPlan
-from ..runtime.sparse import check_params, plan_density
-from .base import KEPT, REWRITTEN, DitPass, PassContext, PassReport, SiteDecision
+from ..graph.sites import AttentionSite
+from ..ops import attention_op
+from ..plans import AttentionPlan
+from .base import KEPT, REWRITTEN, SITE_INDEX, DitPass, PassContext, PassReport, SiteDecision
 
 
 class AttentionRewritePass(DitPass):
@@ -51,77 +49,25 @@ class AttentionRewritePass(DitPass):
                 report.decisions.append(SiteDecision(site.index, site.module_path, KEPT,
                                                      reason="matched attention.skip"))
                 continue
-            plan, note = self.plan_for(site, ctx.analysis)
-            ctx.needs_step |= plan.method == "sparse"
-            _rewrite(gm.graph, site, plan)
-            report.decisions.append(SiteDecision(site.index, site.module_path, REWRITTEN, plan=plan.describe(),
-                                                 reason=note))
+            plan = AttentionPlan(site_path=site.module_path, backend=self.config.attention.backend)
+            rewrite_site(gm.graph, site, plan)
+            report.decisions.append(SiteDecision(site.index, site.module_path, REWRITTEN, plan=plan.describe()))
         return report
 
-    def plan_for(self, site: AttentionSite, analysis: GraphAnalysis) -> tuple[AttentionPlan, Optional[str]]:
-        """The site's plan and a note for the report (why it is not sparse, or its density)."""
-        cfg = self.config.attention
-        backend = "triton" if cfg.quant != "none" else cfg.backend
-        dense = AttentionPlan(method="dense", backend=backend, quant=cfg.quant, site=site.module_path)
-        if not self.config.sparse.enabled:
-            return dense, None
-        why_not = sparse_ineligible(site, analysis, self.config.sparse)
-        if why_not is not None:
-            return dense, f"dense: {why_not}"
-        plan = sparse_plan(site, analysis, self.config)
-        try:
-            check_params(plan.policy, plan.policy_params)
-            density = plan_density(plan)
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-        return plan, (f"density {density:.3f}" if density is not None else "density data-dependent")
 
-
-def sparse_ineligible(site: AttentionSite, analysis: GraphAnalysis, cfg) -> Optional[str]:
-    """Why a site keeps dense attention under an enabled sparse config (None: it goes sparse)."""
-    grid = analysis.grid
-    if site.kind not in (SELF, JOINT) or site.tokens not in ("video", "video+text"):
-        return f"{site.kind} attention over {site.tokens} tokens (sparse plans cover video self/joint attention)"
-    if grid is None:
-        return "token grid unknown (set graph.token_grid)"
-    if site.is_causal:
-        return "causal attention"
-    if site.block_index is not None and site.block_index in cfg.dense_blocks:
-        return f"block {site.block_index} is in sparse.dense_blocks"
-    if grid.num_tokens < cfg.min_tokens:
-        return f"{grid.num_tokens} video tokens < sparse.min_tokens={cfg.min_tokens}"
-    text = site.text.length if site.text is not None else 0
-    if site.text is not None and site.text.length is None:
-        return "text length varies at run time"
-    if site.q_len != grid.num_tokens + text:
-        return f"sequence length {site.q_len_expr} is not the grid's {grid.num_tokens} tokens + {text} text"
-    if site.head_dim is not None and site.head_dim > 128:
-        return f"head dim {site.head_dim} > 128 (kernel limit)"
-    return None
-
-
-def sparse_plan(site: AttentionSite, analysis: GraphAnalysis, config) -> AttentionPlan:
-    cfg, grid = config.sparse, analysis.grid
-    return AttentionPlan(
-        method="sparse", backend="triton", quant=config.attention.quant, site=site.module_path,
-        policy=cfg.policy, params=json.dumps(cfg.params_for(cfg.policy), sort_keys=True),
-        grid=(grid.frames, grid.height, grid.width),
-        text_position=site.text.position if site.text is not None else "",
-        text_length=site.text.length if site.text is not None else 0,
-        block_size=cfg.block_size, dense_steps=cfg.dense_steps, guard_every=cfg.guard_every,
-        guard_budget=cfg.guard_budget, guard_rows=cfg.guard_rows,
-    )
-
-
-def _rewrite(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan) -> None:
+def rewrite_site(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan) -> fx.Node:
+    """Replace the site's computation with one `ditaccel::attention` node carrying `plan`; the
+    node's meta records the site's index (`SITE_INDEX`). Returns the new node."""
     old = site.output
     fake_mode = getattr(example_value(site.q), "fake_mode", None)  # Dynamo's mode for this graph
     with graph.inserting_before(old):
         q, k, v = site.q, site.k, site.v
         if site.folded_heads:  # [B*H, S, D] -> [B*H, 1, S, D]
             q, k, v = (_add_node(graph, old, "call_method", "unsqueeze", (t, 1), fake_mode) for t in (q, k, v))
-        new = _add_node(graph, old, "call_function", attention_op,
-                        (q, k, v, site.layout, site.scale, site.is_causal, plan.to_json()), fake_mode)
+        op_node = _add_node(graph, old, "call_function", attention_op,
+                            (q, k, v, site.layout, site.scale, site.is_causal, plan.to_json()), fake_mode)
+        op_node.meta[SITE_INDEX] = site.index
+        new = op_node
         if site.folded_heads:
             new = _add_node(graph, old, "call_method", "squeeze", (new, 1), fake_mode)
     if site.layout == BSHD:
@@ -129,7 +75,7 @@ def _rewrite(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan) -> None:
     else:
         old.replace_all_uses_with(new)
     erase_if_unused(graph, [old, *site.replaced, *old.all_input_nodes])
-    site.output = new
+    return op_node
 
 
 def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode) -> None:

@@ -1,8 +1,12 @@
 """What every pass is: a small class with a name, a uuid, and `__call__(gm, ctx) -> PassReport`.
 
-A pass reads the shared `GraphAnalysis` in `ctx` (never re-matching the graph itself), edits
-`gm.graph` in place, and returns a `PassReport` with one `SiteDecision` per site it considered,
-so the explain report can say what changed and why anything was left alone.
+A pass reads the shared, frozen `GraphAnalysis` in `ctx` (never re-matching the graph itself),
+edits `gm.graph` in place, and returns a `PassReport` with one `SiteDecision` per site it
+considered, so the explain report can say what changed and why anything was left alone.
+
+The attention pass rewrites each site once into a `ditaccel::attention` node and records the
+site's index in the node's meta (`SITE_INDEX`). Later passes find those nodes by op overload
+(`attention_nodes`) and change only their plan argument (`set_plan`).
 """
 from __future__ import annotations
 
@@ -20,17 +24,22 @@ import torch.fx as fx
 
 from ..config import DitConfig
 from ..graph.sites import GraphAnalysis
+from ..ops.attention import PLAN_ARG, attention_op
+from ..plans import AttentionPlan, parse_plan
 
-REWRITTEN = "rewritten"
-KEPT = "kept"
+REWRITTEN = "rewritten"  # the attention pass replaced the site with ditaccel::attention
+KEPT = "kept"            # the site keeps its original computation (the reason says why)
+PLANNED = "planned"      # a later pass considered the site's plan (changed it, or says why not)
+
+SITE_INDEX = "ditaccel_site_index"  # node.meta key: the AttentionSite a ditaccel::attention node computes
 
 
 @dataclass(frozen=True)
 class SiteDecision:
     site_index: int
     module_path: str
-    action: str                     # REWRITTEN or KEPT
-    plan: Optional[str] = None      # short plan description, e.g. "dense/sdpa"
+    action: str                     # REWRITTEN, KEPT or PLANNED
+    plan: Optional[str] = None      # short plan description after this pass, e.g. "dense/sdpa"
     reason: Optional[str] = None    # why it was kept, or a note on the plan (why not sparse, density)
 
 
@@ -50,16 +59,15 @@ class PassReport:
 class PassContext:
     """What a pass may read besides the graph: the config, the analysis, the example inputs.
 
-    A pass whose effect needs Python at run time says so here: `needs_step` asks the backend to
-    track the denoising step around every call (plans that change over steps); `runner_factory`
-    replaces "compile the graph" by a runner that compiles and calls pieces of it (the step
-    cache splits the graph into head, body and tail). At most one pass may set a runner.
+    A pass whose effect needs Python at run time says so here: `runner_factory` replaces
+    "compile the graph" by a runner that compiles and calls pieces of it (the step cache splits
+    the graph into head, body and tail). At most one pass may set a runner. (Whether the
+    plans depend on the denoising step is read from the plans themselves: `step_dependent`.)
     """
 
     config: DitConfig
     analysis: GraphAnalysis
     example_inputs: Sequence[Any]
-    needs_step: bool = False
     runner_factory: Optional[Callable[[Callable[[fx.GraphModule], Callable]], Callable]] = None
 
 
@@ -97,7 +105,24 @@ class DitPass(abc.ABC):
         return PassReport(self.name, self.uuid())
 
 
-@functools.lru_cache(maxsize=None)
+def attention_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, int, AttentionPlan]]:
+    """Every `ditaccel::attention` node of the graph (found by op overload), with the index of
+    the site it computes and its current plan, in graph order."""
+    return [(node, node.meta[SITE_INDEX], parse_plan(node.args[PLAN_ARG])) for node in gm.graph.nodes
+            if node.op == "call_function" and node.target is attention_op]
+
+
+def set_plan(node: fx.Node, plan: AttentionPlan) -> None:
+    """Replace the plan argument of a `ditaccel::attention` node (nothing else changes)."""
+    node.update_arg(PLAN_ARG, plan.to_json())
+
+
+def step_dependent(gm: fx.GraphModule) -> bool:
+    """True when a plan in the graph changes with the denoising step (the backend then tracks steps)."""
+    return any(plan.depends_on_step for _, _, plan in attention_nodes(gm))
+
+
+@functools.lru_cache(maxsize=256)
 def _uuid(cls: type, config_json: str) -> str:
     module = sys.modules[cls.__module__]
     try:

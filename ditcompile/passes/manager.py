@@ -2,11 +2,13 @@
 
 Order matters and is fixed here, not by registration side effects:
 
-    1. attention   every supported attention site -> ditaccel::attention with its plan
-    2. step_cache  splits the graph into head/body/tail pieces (must run last: the pieces are
-                   compiled separately and the graph is not edited after it)
+    1. attention        every supported attention site -> ditaccel::attention with a dense plan
+    2. sparse           video self/joint sites get a sparse plan (sparse.enabled)
+    3. attention_quant  every plan gets 8-bit attention (attention.quant = "int8")
+    4. step_cache       splits the graph into head/body/tail pieces (must run last: the pieces
+                        are compiled separately and the graph is not edited after it)
 
-`PassManager.from_config(config)` keeps the passes whose config section is enabled.
+`PassManager.from_config(config)` keeps the passes that are enabled (`DitPass.enabled`).
 """
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ import torch.fx as fx
 
 from ..config import DitConfig
 from .attention import AttentionRewritePass
+from .attention_quant import AttentionQuantPass
 from .base import DitPass, PassContext, PassReport
+from .sparse import SparseAttentionPass
 from .step_cache import StepCachePass
 
-PIPELINE: tuple[type[DitPass], ...] = (AttentionRewritePass, StepCachePass)
+PIPELINE: tuple[type[DitPass], ...] = (AttentionRewritePass, SparseAttentionPass, AttentionQuantPass, StepCachePass)
 
 
 class PassManager:

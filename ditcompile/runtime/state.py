@@ -1,21 +1,15 @@
-"""Runtime state that lives across calls of one compiled model: which denoising step this is.
-
-Diffusion pipelines call the transformer once per step (or once per classifier-free-guidance
-branch per step, e.g. Wan's pipeline calls it for the conditional and then the unconditional
-prediction with the same timestep). A `StepTracker` turns the sequence of timesteps it sees
-into (generation, step, branch):
-
-    t: 999 999 966 966 ... 5 5 | 999 999 ...
-       s0b0 s0b1 s1b0 s1b1      | new generation (the timestep went up): s0b0 s0b1 ...
-
-A call with the same timestep as the previous one is the next CFG branch of the same step; a
-lower timestep starts the next step; a higher one starts a new generation.
-`ditcompile.new_generation(model)` (or `with ditcompile.generation(model):`) forces a restart,
-for schedules the rule cannot see (two generations that start at the same timestep).
+"""Run-time state of one model instance across calls, and the step context of the call now running.
 
 State is per model instance: a compiled graph can be shared by several instances of the same
 class, so states are keyed (weakly) by the first parameter tensor a call receives, never by
-the graph and never in a module-global singleton that a second model would share.
+the graph and never in a module-global singleton that a second model would share. A
+`ModelRuntime` has one typed slot per feature, each with a `reset()`; `new_generation` resets
+them all.
+
+The current call's (StepInfo, ModelRuntime) is a context variable set by the wrapper around a
+compiled graph (`runtime.wrapper`) and read by the ops (sparse warm-up, fidelity guard) -- valid
+because the ops run synchronously inside the compiled call (no CUDA graphs with step-dependent
+plans).
 """
 from __future__ import annotations
 
@@ -27,55 +21,23 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-
-@dataclass(frozen=True)
-class StepInfo:
-    generation: int   # 0 for the first generation this model runs, then 1, 2, ...
-    step: int         # denoising step within the generation, from 0
-    branch: int       # CFG branch within the step (order of the calls), from 0
-    timestep: Optional[float]
-
-
-@dataclass
-class StepTracker:
-    generation: int = -1
-    step: int = 0
-    branch: int = 0
-    last_timestep: Optional[float] = None
-    restart_requested: bool = True
-
-    def observe(self, timestep: Optional[float]) -> StepInfo:
-        """Advance with the timestep of a new call; None (unknown) counts every call as a step."""
-        if self.restart_requested or (timestep is not None and self.last_timestep is not None
-                                      and timestep > self.last_timestep):
-            self.generation += 1
-            self.step, self.branch = 0, 0
-            self.restart_requested = False
-        elif timestep is not None and timestep == self.last_timestep:
-            self.branch += 1
-        else:
-            self.step += 1
-            self.branch = 0
-        self.last_timestep = timestep
-        return StepInfo(self.generation, self.step, self.branch, timestep)
-
-    def restart(self) -> None:
-        self.restart_requested = True
+from .cache_state import StepCacheState, format_cache_stats
+from .sparse_state import SparseState
+from .steps import StepInfo, StepTracker
 
 
 @dataclass
 class ModelRuntime:
-    """Everything one model instance carries across calls (passes add their own entries)."""
+    """Everything one model instance carries across calls: one typed slot per feature."""
 
     tracker: StepTracker = field(default_factory=StepTracker)
-    extras: dict = field(default_factory=dict)  # per-pass state, e.g. {"step_cache": ...}
+    sparse: SparseState = field(default_factory=SparseState)            # sparse attention sites
+    step_cache: StepCacheState = field(default_factory=StepCacheState)  # step-cache branches
 
     def new_generation(self) -> None:
         self.tracker.restart()
-        for value in self.extras.values():
-            reset = getattr(value, "reset", None)
-            if callable(reset):
-                reset()
+        self.sparse.reset()
+        self.step_cache.reset()
 
 
 class RuntimeRegistry:
@@ -140,46 +102,8 @@ def step_scope(info: StepInfo, runtime: ModelRuntime) -> Iterator[None]:
         _CURRENT.reset(token)
 
 
-def pass_stats(model: Any, key: str) -> list[dict]:
-    """For each runtime state of `model` holding `extras[key]` (a `GenerationState`): its current
-    generation's summary and the summaries of finished generations."""
-    out = []
-    for runtime in REGISTRY.for_model(model):
-        state = runtime.extras.get(key)
-        if state is not None:
-            out.append({"current": state.summary(), "finished": list(state.finished)})
-    return out
-
-
-class GenerationState:
-    """Base of per-pass run-time state that restarts with every generation.
-
-    Subclasses keep their per-generation data in `self.data` (a dict) and say how to summarise
-    it; a finished generation's summary is kept in `finished`.
-    """
-
-    def __init__(self) -> None:
-        self.generation = -1
-        self.data: dict = {}
-        self.finished: list = []
-
-    def entry(self, key: Any, generation: int, factory: Any) -> Any:
-        """This generation's entry for `key` (a site or a CFG branch), created by `factory`."""
-        if generation != self.generation:
-            if self.data:
-                self.finished.append(self.summary())
-            self.data, self.generation = {}, generation
-        return self.data.setdefault(key, factory())
-
-    def reset(self) -> None:
-        self.generation = -1  # the next call's generation differs: entries restart then
-
-    def summary(self) -> dict:
-        raise NotImplementedError
-
-
 def new_generation(model: Any) -> int:
-    """Restart step counting (and every pass's per-generation state) for `model`.
+    """Restart step counting (and every feature's per-generation state) for `model`.
 
     Returns how many runtime states were reset (0 if the model has not run through a
     ditaccel graph that tracks steps yet; the next call then starts a generation anyway).
@@ -200,10 +124,30 @@ def generation(model: Any) -> Iterator[None]:
         new_generation(model)
 
 
-def timestep_value(value: Any) -> Optional[float]:
-    """A call's timestep as a float (first element of a tensor; a host sync on GPU)."""
-    if isinstance(value, torch.Tensor):
-        return float(value.reshape(-1)[0].item()) if value.numel() else None
-    if isinstance(value, (int, float)):
-        return float(value)
-    return None
+def sparse_stats(model: Any) -> list[dict]:
+    """Per runtime state of `model` that ran sparse attention: per-site sparse/dense call counts,
+    guard results and density for the current generation ("current"), plus the summaries of
+    finished generations ("finished")."""
+    return [r.sparse.stats() for r in REGISTRY.for_model(model) if r.sparse.used]
+
+
+def cache_stats(model: Any) -> list[dict]:
+    """Per runtime state of `model` that ran the step cache: the current generation's
+    computed/reused steps per CFG branch (with the per-call decision pattern, "current") and
+    the summaries of finished generations ("finished")."""
+    return [r.step_cache.stats() for r in REGISTRY.for_model(model) if r.step_cache.used]
+
+
+def cache_report(model: Any) -> str:
+    """One line per CFG branch of the current generation (and one per finished generation)."""
+    lines = []
+    for state in cache_stats(model):
+        if state["current"]:
+            lines.append("current generation: " + format_cache_stats(state["current"]))
+        for i, finished in enumerate(state["finished"]):
+            lines.append(f"finished generation {i}: " + format_cache_stats(finished))
+    return "\n".join(lines) or "no step-cache state (the model has not run through a cached ditaccel graph)"
+
+
+__all__ = ["ModelRuntime", "RuntimeRegistry", "REGISTRY", "current_step", "current_runtime", "step_scope",
+           "new_generation", "generation", "sparse_stats", "cache_stats", "cache_report"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-from .state import REGISTRY, ModelRuntime, StepInfo, StepTracker, step_scope, timestep_value
+from .state import REGISTRY, ModelRuntime, step_scope
+from .steps import StepInfo, StepTracker, timestep_value
 
 
 class StepObserver:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ditcompile.kernels.block_mask import BlockSparseMask
-from ditcompile.kernels.reference import token_mask
+from ditcompile.kernels.attention.reference import token_mask
 
 
 def _cdiv(a: int, b: int) -> int:

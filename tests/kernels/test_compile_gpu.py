@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
         from triton.compiler import ASTSource, compile as triton_compile
     except Exception as exc:
         print("SKIP: triton compiler API unavailable:", exc); sys.exit(0)
-    from ditcompile.kernels import flash_attention as fa, quantize as qz
+    from ditcompile.kernels.attention import flash_fwd as fa, quantize as qz
 
     def source(fn, types, constexprs):
         unknown = set(constexprs) - set(fn.arg_names)

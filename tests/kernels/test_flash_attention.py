@@ -14,8 +14,8 @@ import torch
 pytest.importorskip("triton")
 
 from ditcompile.kernels.block_mask import BlockSparseMask
-from ditcompile.kernels.flash_attention import KernelConfig, sparse_flash_attention
-from ditcompile.kernels.reference import (
+from ditcompile.kernels.attention.flash_fwd import KernelConfig, sparse_flash_attention
+from ditcompile.kernels.attention.reference import (
     int8_attention_reference,
     sparse_attention_reference,
 )

@@ -7,8 +7,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from ditcompile.kernels import quantize
-from ditcompile.kernels import reference as ref
+from ditcompile.kernels.attention import quantize
+from ditcompile.kernels.attention import reference as ref
 
 
 def _make(gen, layout, b, h, s, d, dtype, device):

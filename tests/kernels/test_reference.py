@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ditcompile.kernels import reference as ref
+from ditcompile.kernels.attention import reference as ref
 from ditcompile.kernels.block_mask import BlockSparseMask
 
 

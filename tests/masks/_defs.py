@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ditcompile.graph.sites import TextSegment, TokenGrid
+from ditcompile.geometry import TextSegment, TokenGrid
 
 
 def layout(grid: TokenGrid, text: TextSegment | None):

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from ditcompile.graph.sites import TextSegment, TokenGrid
-from ditcompile.kernels.reference import sparse_attention_reference, token_mask
+from ditcompile.geometry import TextSegment, TokenGrid
+from ditcompile.kernels.attention.reference import sparse_attention_reference, token_mask
 from ditcompile.masks import antidiagonal_block_mass, generate_antidiagonal_mask
 
 from ._defs import rel_err

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ditcompile.graph.sites import TextSegment, TokenGrid
+from ditcompile.geometry import TextSegment, TokenGrid
 from ditcompile.masks import draw as draw_mod
 from ditcompile.masks import draw_pattern, generate_antidiagonal_mask, generate_radial_mask
 

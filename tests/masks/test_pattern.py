@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditcompile.graph.sites import TextSegment, TokenGrid
+from ditcompile.geometry import TextSegment, TokenGrid
 from ditcompile.kernels.block_mask import BlockSparseMask
-from ditcompile.kernels.reference import token_mask
+from ditcompile.kernels.attention.reference import token_mask
 from ditcompile.masks import (
     SparsePattern,
     apply_permutation,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditcompile.graph.sites import TextSegment, TokenGrid
-from ditcompile.kernels.reference import sparse_attention_reference, token_mask
+from ditcompile.geometry import TextSegment, TokenGrid
+from ditcompile.kernels.attention.reference import sparse_attention_reference, token_mask
 from ditcompile.masks import (
     apply_permutation,
     classify_heads,

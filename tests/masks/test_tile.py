@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditcompile.graph.sites import TextSegment, TokenGrid
-from ditcompile.kernels.reference import sparse_attention_reference, token_mask
+from ditcompile.geometry import TextSegment, TokenGrid
+from ditcompile.kernels.attention.reference import sparse_attention_reference, token_mask
 from ditcompile.masks import apply_permutation, generate_tile_mask, tile_permutation, undo_permutation
 
 from ._defs import attention_from_support, layout, permute_square, rel_err, shrink_any, tile_rule, token_definition

@@ -3,7 +3,7 @@
 `resolve_config(options)` accepts what `torch.compile(..., options=...)` passes through:
 
     None                               defaults (every pass with its defaults)
-    "wan2.1"                           a preset shipped in ditcompile/presets/
+    "wan2.1"                           a preset shipped in ditcompile/config/presets/
     "/path/my.toml"                    a TOML file with the same layout as a preset
     {"preset": "wan2.1", "compiler": "eager", "attention": {"skip": ["blocks.0.*"]},
      "graph.token_grid": [1, 64, 64]}  a dict: nested sections and/or dotted keys
@@ -17,10 +17,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
+
+from ..masks import parse_params
+from .sections import SECTIONS, ConfigError, DitConfig
 
 try:
     import tomllib
@@ -28,134 +31,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-class ConfigError(ValueError):
-    """A bad `options` value: the message names the key and the accepted values."""
-
-
-def _choices(*values: str) -> dict:
-    return {"choices": values}
-
-
-@dataclass(frozen=True)
-class GraphConfig:
-    """Facts about the model the graph analysis cannot discover on its own."""
-
-    token_grid: Optional[tuple[int, ...]] = field(default=None, metadata={"length": 3, "positive": True})
-    """(frames, height, width) of the video tokens after patching; overrides discovery."""
-    text_position: str = field(default="auto", metadata=_choices("auto", "before", "after", "none"))
-    """Where text sits in joint attention; "auto" discovers it from the concatenation."""
-
-
-@dataclass(frozen=True)
-class AttentionConfig:
-    """The attention rewrite pass: every supported site becomes `ditaccel::attention`."""
-
-    enabled: bool = True
-    skip: tuple[str, ...] = ()
-    """Regular expressions (re.fullmatch) of module paths to leave untouched, e.g. "blocks\\.0\\..*"."""
-    backend: str = field(default="sdpa", metadata=_choices("sdpa", "triton"))
-    """Dense attention kernel on CUDA: "sdpa" (cuDNN/flash, the fastest dense here) or "triton"
-    (ditaccel's flash kernel). CPU always runs the torch reference."""
-    quant: str = field(default="none", metadata=_choices("none", "int8"))
-    """"int8": SageAttention-style 8-bit attention (INT8 Q/K with K smoothing, FP8 P.V on sm89+);
-    runs on the triton backend."""
-
-
-@dataclass(frozen=True)
-class SparseConfig:
-    """Sparse attention on video self-attention and the video part of joint attention."""
-
-    enabled: bool = False
-    policy: str = field(default="radial", metadata=_choices("radial", "spatial_temporal", "antidiagonal", "tile"))
-    """radial: Radial Attention's static energy-decay mask; spatial_temporal: Sparse VideoGen's
-    per-head spatial/temporal classification; antidiagonal: XAttention's data-dependent block
-    selection; tile: sliding tile attention (3-D windows)."""
-    radial: tuple[tuple[str, Any], ...] = ()
-    """Keyword arguments of masks.generate_radial_mask, e.g. {"decay_factor": 0.2, "sink": true}."""
-    spatial_temporal: tuple[tuple[str, Any], ...] = ()
-    """frame_window, position_window, sink (masks.spatial_temporal) and num_samples,
-    reclassify_every (how often heads are re-classified, in steps)."""
-    antidiagonal: tuple[tuple[str, Any], ...] = ()
-    """Keyword arguments of masks.generate_antidiagonal_mask: stride, threshold."""
-    tile: tuple[tuple[str, Any], ...] = ()
-    """Keyword arguments of masks.generate_tile_mask: tile_size, window."""
-    block_size: int = field(default=128, metadata={"min": 16})
-    """Mask block in tokens (query and key); a multiple of 16."""
-    dense_steps: int = field(default=0, metadata={"min": 0})
-    """Denoising steps that run dense at the start of each generation."""
-    dense_blocks: tuple[int, ...] = ()
-    """Indices of transformer blocks whose attention stays dense."""
-    min_tokens: int = field(default=0, metadata={"min": 0})
-    """Sites with fewer video tokens stay dense."""
-    guard_every: int = field(default=0, metadata={"min": 0})
-    """Fidelity guard: every N sparse steps compare with dense attention on sampled rows (0: off)."""
-    guard_budget: float = field(default=0.05, metadata={"min": 0.0})
-    """Relative L2 error above which a site runs dense for the rest of the generation."""
-    guard_rows: int = field(default=64, metadata={"min": 1})
-
-    def params_for(self, policy: str) -> dict:
-        """The chosen policy's parameters as a dict (tuples back to lists for JSON)."""
-        thaw = lambda v: [thaw(x) for x in v] if isinstance(v, tuple) else v  # noqa: E731
-        return {k: thaw(v) for k, v in getattr(self, policy)}
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """Step cache: reuse the trunk's residual across denoising steps when it barely changes.
-
-    The graph is split at block boundaries into head (embeddings + the first `compute_first`
-    blocks), body (middle blocks) and tail (last `compute_last` blocks + output projection).
-    """
-
-    enabled: bool = False
-    policy: str = field(default="fbcache", metadata=_choices("fbcache", "dbcache", "teacache"))
-    """fbcache: relative L1 change of the first block's residual (ParaAttention / diffusers);
-    dbcache: the same signal over the first `compute_first` blocks, with `compute_last` tail
-    blocks, warm-up and a cap on consecutive cached steps (cache-dit); teacache: accumulated,
-    polynomially rescaled relative L1 change of the first block's modulated input (TeaCache)."""
-    threshold: float = field(default=0.05, metadata={"min": 0.0})
-    compute_first: int = field(default=1, metadata={"min": 1})
-    compute_last: int = field(default=0, metadata={"min": 0})
-    warmup_steps: int = field(default=0, metadata={"min": 0})
-    """Denoising steps always computed at the start of a generation."""
-    max_cached_steps: int = field(default=0, metadata={"min": 0})
-    """Most consecutive reused steps per branch (0: no limit)."""
-    teacache_coefficients: tuple[float, ...] = ()
-    """TeaCache rescaling polynomial, highest degree first; empty: no rescaling (identity)."""
-    teacache_signal: str = ""
-    """Module whose output is TeaCache's signal (e.g. "condition_embedder.time_proj" for Wan,
-    whose coefficients were fitted on the timestep projection); empty: the first block's
-    timestep-modulated input (HunyuanVideo, Flux, Mochi)."""
-    taylor_order: int = field(default=0, metadata={"min": 0, "max": 2})
-    """TaylorSeer: 0 reuses the cached residual; 1 or 2 extrapolates it from its history."""
-
-
-@dataclass(frozen=True)
-class DitConfig:
-    preset: Optional[str] = None
-    compiler: str = field(default="inductor", metadata=_choices("inductor", "eager"))
-    """"inductor" compiles the rewritten graph; "eager" runs it as is (debugging, explain)."""
-    mode: str = field(default="default", metadata=_choices(
-        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
-    """Inductor mode (torch.compile refuses `mode=` together with `options=`, so it lives here)."""
-    report: bool = True
-    """Log the explain report at INFO level on the 'ditcompile' logger."""
-    strict: bool = False
-    """Raise when the analysis or a pass fails, instead of compiling the graph unchanged."""
-    inductor: tuple[tuple[str, Any], ...] = ()
-    """Inductor config patches, e.g. {"max_autotune": True} (keys of torch._inductor.config)."""
-    graph: GraphConfig = GraphConfig()
-    attention: AttentionConfig = AttentionConfig()
-    sparse: SparseConfig = SparseConfig()
-    cache: CacheConfig = CacheConfig()
-
-    def section(self, name: str) -> Any:
-        return getattr(self, name)
-
-
-SECTIONS = {f.name: f.type for f in dataclasses.fields(DitConfig) if dataclasses.is_dataclass(f.default)}
 
 
 # ----------------------------------------------------------------------------- presets
@@ -249,19 +124,42 @@ def _merge(into: dict, update: Mapping) -> None:
 
 
 def _build(cls: type, data: Mapping, prefix: str) -> Any:
+    """`cls(**data)` with every value converted and checked. A field whose metadata names a
+    registry ("tables") is set through keys named after the registry's entries: each such key
+    holds that entry's parameter table (e.g. `sparse.radial`), parsed by its params dataclass."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    tables = {name: f for f in fields.values() for name in f.metadata.get("tables", ())}
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs: dict = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if key not in fields:
-            accepted = sorted(fields)
+        if key in tables:
+            kwargs.setdefault(tables[key].name, {})[key] = _policy_params(name, key, value, tables[key])
+            continue
+        if key not in fields or "tables" in fields[key].metadata:
+            accepted = sorted([k for k, f in fields.items() if "tables" not in f.metadata] + list(tables))
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
             where = f"section {prefix[:-1]!r}" if prefix else "options"
             raise ConfigError(f"unknown option {name!r}.{hint} Accepted keys in {where}: {accepted}")
         kwargs[key] = _convert(name, value, hints[key], fields[key])
+    for fld in {f.name for f in tables.values()}:
+        if fld in kwargs:
+            kwargs[fld] = tuple(sorted(kwargs[fld].items()))
     return cls(**kwargs)
+
+
+def _policy_params(name: str, key: str, value: Any, fld: dataclasses.Field) -> Any:
+    """The parameter dataclass of registry entry `key` from its table (a dict, or the dataclass)."""
+    policy = fld.metadata["tables"][key]
+    if isinstance(value, policy.params):
+        return value
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"option {name!r} must be a dict of parameter names to values, got {value!r}")
+    try:
+        return parse_params(policy, value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
 
 
 def _convert(name: str, value: Any, hint: Any, fld: dataclasses.Field) -> Any:
@@ -277,8 +175,6 @@ def _convert(name: str, value: Any, hint: Any, fld: dataclasses.Field) -> Any:
         return _convert(name, value, inner, fld)
     if name == "inductor" or name.endswith(".inductor"):
         return _inductor_patches(name, value)
-    if name.startswith("sparse.") and name.split(".", 1)[1] in _SPARSE_POLICIES:
-        return _json_params(name, value)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"option {name!r} must be true or false, got {value!r}")
@@ -332,8 +228,6 @@ def _check_bounds(name: str, value: float, fld: dataclasses.Field) -> float:
 
 
 def _check_regexes(name: str, patterns: list[str]) -> None:
-    import re
-
     for pattern in patterns:
         try:
             re.compile(pattern)
@@ -346,32 +240,13 @@ def _inductor_patches(name: str, value: Any) -> tuple[tuple[str, Any], ...]:
         value = dict(value)
     if not isinstance(value, Mapping):
         raise ConfigError(f"option {name!r} must be a dict of Inductor config keys, got {value!r}")
-    from torch._inductor import config as inductor_config
+    from torch._inductor import config as inductor_config  # third-party, only when patches are given
 
     for key in value:
         if not isinstance(key, str) or not _has_inductor_key(inductor_config, key):
             raise ConfigError(f"option {name!r}: {key!r} is not a key of torch._inductor.config "
                               "(e.g. 'max_autotune', 'coordinate_descent_tuning', 'triton.cudagraphs')")
     return tuple(sorted(value.items()))
-
-
-_SPARSE_POLICIES = ("radial", "spatial_temporal", "antidiagonal", "tile")
-
-
-def _json_params(name: str, value: Any) -> tuple[tuple[str, Any], ...]:
-    """A dict of JSON values, frozen as sorted (key, value) pairs (lists become tuples)."""
-    import json
-
-    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
-        value = dict(value)
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"option {name!r} must be a dict of parameter names to values, got {value!r}")
-    try:
-        json.dumps(dict(value))
-    except TypeError as err:
-        raise ConfigError(f"option {name!r}: values must be numbers, strings, booleans or lists ({err})") from err
-    freeze = lambda v: tuple(freeze(x) for x in v) if isinstance(v, list) else v  # noqa: E731
-    return tuple(sorted((k, freeze(v)) for k, v in value.items()))
 
 
 def _has_inductor_key(module: Any, dotted: str) -> bool:
@@ -386,3 +261,6 @@ def _has_inductor_key(module: Any, dotted: str) -> bool:
 def config_to_dict(config: DitConfig) -> dict:
     """Plain nested dict (JSON-ready) of a config, for reports and cache keys."""
     return dataclasses.asdict(config)
+
+
+__all__ = ["available_presets", "load_preset", "preset_metadata", "resolve_config", "config_to_dict", "PRESET_DIR"]

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ditcompile.models.tiny import FRAMES, LATENT_HW, TEXT_DIM, TEXT_TOKENS, RandomInputs, TinyModel, seeded
+
 __all__ = [
     "ManualVideoDiT",
     "ManualDiTBlock",
@@ -220,3 +222,31 @@ class ManualVideoDiT(nn.Module):
         hidden_states = hidden_states.reshape(batch_size, post_f, post_h, post_w, p_t, p_h, p_w, self.out_channels)
         hidden_states = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return hidden_states.reshape(batch_size, self.out_channels, num_frames, height, width)
+
+
+# --------------------------------------------------------------------------------------------------
+# The example entry: `ditaccel explain --model tests.models.manual_dit:EXAMPLE` (no preset)
+# --------------------------------------------------------------------------------------------------
+
+
+def _build_manual() -> nn.Module:
+    return ManualVideoDiT(in_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+                          text_dim=TEXT_DIM, freq_dim=32, patch_size=(1, 2, 2))
+
+
+def _inputs_manual(batch_size: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> dict:
+    r = RandomInputs(seed, dtype, device)
+    return dict(
+        hidden_states=r.randn(batch_size, 4, FRAMES, *LATENT_HW),
+        timestep=r.timestep(batch_size),
+        encoder_hidden_states=r.randn(batch_size, TEXT_TOKENS, TEXT_DIM),
+    )
+
+
+EXAMPLE = TinyModel(
+    name="manual-dit-tiny",
+    preset=None,
+    build=seeded(_build_manual),
+    make_inputs=_inputs_manual,
+    description="hand-written pure-torch video DiT (tests/models/manual_dit.py), 2 layers",
+)

@@ -35,17 +35,18 @@ autotuning config space are untuned.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
 
-from .block_mask import BlockSparseMask
-from .timing import cuda_median_ms
+from ...autotune import TuneCache, TuneKey, TuneSettings, bucket, default_cache, tuned
+from ...geometry import BHSD, cdiv, heads_dim, seq_dim, tensor_layout_dims, to_bhsd
+from ..block_mask import BlockSparseMask
+from ..triton_support import HAVE_TRITON, tl, triton
 from .quantize import (
+    head_dim_pad,
     interpreting,
     quantize_fp8_per_channel,
     quantize_int8_per_block,
@@ -54,13 +55,34 @@ from .quantize import (
 )
 from .reference import int8_attention_reference, sparse_attention_reference
 
-__all__ = ["KernelConfig", "CONFIG_SPACE", "prune_configs", "sparse_flash_attention", "SUPPORTED_DTYPES"]
+__all__ = ["KernelConfig", "CONFIG_SPACE", "prune_configs", "sparse_flash_attention", "SUPPORTED_DTYPES",
+           "MAX_HEAD_DIM", "unsupported_reason"]
 
 LOG2E = 1.4426950408889634
+# The kernel's limits, the one definition every caller reads (ops, passes, benchmarks).
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
-_LAYOUTS = ("bhsd", "bshd")
-_QUANT_MODES = ("none", "int8")
+QUANT_MODES = ("none", "int8")
+
+
+def unsupported_reason(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Optional[str]:
+    """Why this kernel cannot compute attention of these inputs (None when it can).
+
+    q/k/v in either tensor layout (only dtype and the last dim are read). Reasons: causal
+    attention, a dtype outside SUPPORTED_DTYPES, head dim > MAX_HEAD_DIM, a value head dim that
+    differs from q's, or CUDA inputs on a machine without Triton.
+    """
+    if is_causal:
+        return "causal attention"
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype}"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
+    if v.shape[-1] != q.shape[-1]:
+        return f"value head dim {v.shape[-1]} != {q.shape[-1]}"
+    if q.is_cuda and not HAVE_TRITON:
+        return "triton is not installed"
+    return None
 
 
 # ====================================================================== kernel
@@ -322,7 +344,7 @@ class KernelConfig:
 
 
 # Order matters: the first config that survives pruning is the untuned default, and the
-# autotuner times only the first DITACCEL_ATTN_TUNE_CONFIGS survivors.  A hand-ordered head
+# autotuner times only the first `TuneSettings.max_candidates` survivors.  A hand-ordered head
 # of likely-good GPU configs comes first, then the rest of the product space (small tiles
 # for short sequences and small mask blocks).  The head was checked for register spills by
 # compiling for sm_90a offline (triton 3.9 + ptxas, no GPU); it is not yet timed on a GPU.
@@ -334,11 +356,6 @@ _PRODUCT = tuple((bm, bn, w, s) for bm in (128, 64, 32, 16) for bn in (64, 128, 
 CONFIG_SPACE: tuple[KernelConfig, ...] = tuple(
     KernelConfig(*c) for c in dict.fromkeys(_PREFERRED + _PRODUCT)  # dict: ordered de-duplication
 )
-_MAX_TUNED_CONFIGS = 12
-
-
-def _head_dim_pad(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
 
 
 def _divides(tile: int, block: int | None) -> bool:
@@ -365,9 +382,9 @@ def prune_configs(
     * registers: fp32 accumulator(s) + score tile per thread within a budget (the FP8 P.V
       path holds a second accumulator tile for its per-tile product).
     """
-    dp = _head_dim_pad(head_dim)
-    bm_cap = max(16, triton.next_power_of_2(max(q_len, 1)))
-    bn_cap = max(16, triton.next_power_of_2(max(kv_len, 1)))
+    dp = head_dim_pad(head_dim)
+    bm_cap = max(16, bucket(q_len))
+    bn_cap = max(16, bucket(kv_len))
     kept = []
     for cfg in configs:
         if not (_divides(cfg.block_m, mask_block_m) and _divides(cfg.block_n, mask_block_n)):
@@ -384,32 +401,10 @@ def prune_configs(
 
 
 def _tuning_candidates(valid: list[KernelConfig]) -> list[KernelConfig]:
-    """The GPU-sensible part of the valid configs (tiles >= 64 x 32 when any exist), capped.
-
-    The cap is ``DITACCEL_ATTN_TUNE_CONFIGS`` (default 12); the first entry is the default.
-    """
+    """The GPU-sensible part of the valid configs (tiles >= 64 x 32 when any exist); the first
+    entry is the default. The tuner times the first `TuneSettings.max_candidates` of them."""
     big = [c for c in valid if c.block_m >= 64 and c.block_n >= 32]
-    limit = int(os.environ.get("DITACCEL_ATTN_TUNE_CONFIGS", _MAX_TUNED_CONFIGS))
-    return (big or valid)[: max(1, limit)]
-
-
-# ====================================================================== autotuning
-
-
-_TUNED: dict[tuple, KernelConfig] = {}
-
-
-def _autotune_enabled() -> bool:
-    return os.environ.get("DITACCEL_ATTN_AUTOTUNE", "1") not in ("0", "", "false")
-
-
-def _time_ms(fn, budget_ms: float = 50.0) -> float:
-    """Median CUDA-event time of ``fn`` (already compiled), a few repetitions."""
-    return cuda_median_ms(fn, budget_ms, max_reps=20, min_reps=1)
-
-
-def _bucket(n: int) -> int:
-    return triton.next_power_of_2(max(n, 1))
+    return big or valid
 
 
 # ====================================================================== launcher
@@ -417,12 +412,10 @@ def _bucket(n: int) -> int:
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, quant: str) -> tuple[int, int, int, int, int]:
     """Validate q/k/v; returns (B, H, Sq, Skv, D)."""
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
-    if quant not in _QUANT_MODES:
-        raise ValueError(f"quant must be one of {_QUANT_MODES}, got {quant!r}")
+    dims = tensor_layout_dims(layout)
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant must be one of {QUANT_MODES}, got {quant!r}")
     names = ("q", "k", "v")
-    dims = "[B, H, S, D]" if layout == "bhsd" else "[B, S, H, D]"
     for name, t in zip(names, (q, k, v), strict=True):
         if not isinstance(t, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -434,7 +427,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, quant: str) -> t
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.device == k.device == v.device:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    sd, hd = (2, 1) if layout == "bhsd" else (1, 2)
+    sd, hd = seq_dim(layout), heads_dim(layout)
     batch, heads, q_len, dim = q.shape[0], q.shape[hd], q.shape[sd], q.shape[3]
     kv_len = k.shape[sd]
     for name, t in (("k", k), ("v", v)):
@@ -487,7 +480,7 @@ def _quantize_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, cfg: KernelCo
         v_t, v_scale = quantize_fp8_per_channel(v, layout=layout)  # [B,H,D,Skv] view, [B,H,D]
         v_q = v_t.transpose(2, 3)  # [B, H, Skv, D] view with the sequence contiguous
     else:
-        v_q, v_scale = (v if layout == "bhsd" else v.transpose(1, 2)), q_scale
+        v_q, v_scale = to_bhsd(v, layout), q_scale
     return q_i8, k_i8, v_q, q_scale, k_scale, v_scale
 
 
@@ -498,11 +491,13 @@ def sparse_flash_attention(
     mask: BlockSparseMask | None = None,
     *,
     scale: float | None = None,
-    layout: str = "bhsd",
+    layout: str = BHSD,
     quant: str = "none",
     pv_fp8: bool | None = None,
     out: Tensor | None = None,
     config: KernelConfig | None = None,
+    tuning: TuneSettings | None = None,
+    tune_cache: TuneCache | None = None,
 ) -> Tensor:
     """Block-sparse (or dense) flash attention forward.
 
@@ -519,14 +514,20 @@ def sparse_flash_attention(
              strides and returned.
         config: force a :class:`KernelConfig` instead of autotuning.  Its tiles must divide
              the mask's blocks.
+        tuning: how to tune on a cache miss (default ``TuneSettings()``: time the first 12
+             pruned configs once per key; ``TuneSettings(enabled=False)``: the default config).
+        tune_cache: where tuning results live (default: ``autotune.default_cache()``).
 
     Returns:
         The attention output, q's shape, dtype and layout.  Rows that attend no key are 0.
 
     On CPU tensors without ``TRITON_INTERPRET=1`` this falls back to the pure-torch
     reference (same function, same quantization emulation for ``quant="int8"``).
-    Autotuning (on by default on GPUs, ``DITACCEL_ATTN_AUTOTUNE=0`` disables it) times the
-    pruned :data:`CONFIG_SPACE` once per (shape bucket, dtype, variant) and caches the winner.
+    On GPUs the pruned :data:`CONFIG_SPACE` is timed once per
+    :class:`~ditcompile.autotune.TuneKey` (device, dtype, layout, variant, head dim, length
+    buckets, mask blocks) and the winner is kept in ``tune_cache``.
+
+    Raises ValueError naming the argument for bad shapes, dtypes, layouts, masks or configs.
     """
     batch, heads, q_len, kv_len, dim = _check_inputs(q, k, v, layout, quant)
     _check_mask(mask, batch, heads, q_len, kv_len, q.device)
@@ -557,34 +558,18 @@ def sparse_flash_attention(
 
     candidates = _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, interpret)
 
-    def launch(cfg: KernelConfig) -> None:
+    def launch(cfg: KernelConfig, into: Tensor) -> None:
         # For quant="int8" the quantization runs inside: its block scales follow cfg's tiles.
-        _launch(q, k, v, out, mask, cfg, scale, layout, quant, pv_fp8, interpret)
+        _launch(q, k, v, into, mask, cfg, scale, layout, quant, pv_fp8, interpret)
 
-    if len(candidates) == 1 or interpret or not _autotune_enabled():
-        launch(candidates[0])
-        return out
+    settings = tuning if tuning is not None else TuneSettings()
+    if interpret:
+        settings = TuneSettings(enabled=False)  # the interpreter's times mean nothing
     key = _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim)
-    if key not in _TUNED:
-        _TUNED[key] = _autotune(candidates, launch)
-    launch(_TUNED[key])
+    choice = tuned(tune_cache if tune_cache is not None else default_cache(), key, candidates, launch,
+                   lambda: torch.empty_like(out), settings)
+    launch(choice, out)
     return out
-
-
-def _autotune(candidates: list[KernelConfig], launch) -> KernelConfig:
-    """Time every candidate (skipping ones that fail to compile or run) and return the fastest."""
-    best, best_ms, error = None, float("inf"), None
-    for cfg in candidates:
-        try:
-            ms = _time_ms(lambda cfg=cfg: launch(cfg))
-        except Exception as exc:  # noqa: BLE001 -- e.g. triton OutOfResources for this config
-            error = exc
-            continue
-        if ms < best_ms:
-            best, best_ms = cfg, ms
-    if best is None:
-        raise RuntimeError(f"no attention kernel config could run; last error: {error}") from error
-    return best
 
 
 def _reference_int8(q, k, v, mask, scale, layout, config, pv_fp8, q_len, kv_len, dim) -> Tensor:
@@ -626,22 +611,22 @@ def _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, inter
     return _tuning_candidates(valid)
 
 
-def _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim) -> tuple:
-    mask_key = None if mask is None else (mask.block_m, mask.block_n)
-    return (q.device, q.dtype, layout, quant, pv_fp8, dim, _bucket(q_len), _bucket(kv_len), mask_key)
+def _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim) -> TuneKey:
+    mask_blocks = None if mask is None else (mask.block_m, mask.block_n)
+    return TuneKey.make("flash_attention_fwd", q.device, dtype=q.dtype, layout=layout, quant=quant, pv_fp8=pv_fp8,
+                        head_dim=dim, q_len=bucket(q_len), kv_len=bucket(kv_len), mask_blocks=mask_blocks)
 
 
 def _launch(q, k, v, out, mask, cfg: KernelConfig, scale, layout, quant, pv_fp8, interpret) -> None:
     """Quantize if needed, then launch the kernel with one config."""
-    to_bhsd = (lambda t: t) if layout == "bhsd" else (lambda t: t.transpose(1, 2))
-    batch, heads, q_len, dim = to_bhsd(q).shape
-    kv_len = to_bhsd(k).shape[2]
+    batch, heads, q_len, dim = to_bhsd(q, layout).shape
+    kv_len = to_bhsd(k, layout).shape[2]
     if quant == "int8":
         qk_q, qk_k, v_op, q_scale, k_scale, v_scale = _quantize_inputs(q, k, v, layout, cfg, pv_fp8)
     else:
-        qk_q, qk_k, v_op = to_bhsd(q), to_bhsd(k), to_bhsd(v)
+        qk_q, qk_k, v_op = (to_bhsd(t, layout) for t in (q, k, v))
         q_scale = k_scale = v_scale = out  # unused placeholders
-    ob = to_bhsd(out)  # [B, H, Sq, D] view
+    ob = to_bhsd(out, layout)  # [B, H, Sq, D] view
 
     if mask is None:
         sched = (out,) * 5  # unused placeholders
@@ -657,13 +642,13 @@ def _launch(q, k, v, out, mask, cfg: KernelConfig, scale, layout, quant, pv_fp8,
         dq = mask.dense_q_range or (0, 0)
         dk = mask.dense_kv_range or (0, 0)
 
-    grid = (triton.cdiv(q_len, cfg.block_m), batch * heads)
+    grid = (cdiv(q_len, cfg.block_m), batch * heads)
     _sparse_attn_fwd_kernel[grid](
         qk_q, qk_k, v_op, ob, q_scale, k_scale, v_scale, *sched,
         *qk_q.stride(), *qk_k.stride(), *v_op.stride(), *ob.stride(),
         *mask_strides, *widths,
         heads, q_len, kv_len, scale * LOG2E, dq[0], dq[1], dk[0], dk[1],
-        HEAD_DIM=dim, HEAD_DIM_PAD=_head_dim_pad(dim), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HEAD_DIM=dim, HEAD_DIM_PAD=head_dim_pad(dim), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         MASK_BLOCK_M=mbm, MASK_BLOCK_N=mbn, SPARSE=mask is not None, QUANT_INT8=quant == "int8",
         PV_FP8=pv_fp8, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRETER=interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -6,7 +6,8 @@ Before (one graph):
     x = blocks[0](x, temb) ... x = blocks[N-1](x, temb)
     out = proj_out(norm_out(x, temb))
 
-After (three graphs and a runtime that decides per call, see runtime/step_cache.py):
+After (three graphs and a runtime that decides per call, see runtime/step_cache.py; the split
+is `split.py` beside this file):
 
     head: x0 = patch_embed(latents); temb = ...; x1 = blocks[0](x0)      -> x1, x0, temb
     body: x = blocks[1..N-1](x1, temb)                                   -> x      (skipped when
@@ -19,11 +20,14 @@ has already run, so each piece carries the rewritten attention ops.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch.fx as fx
 
-from ..graph.split import SplitError, split_graph
-from ..runtime.step_cache import StepCacheRunner
-from .base import DitPass, PassContext, PassReport
+from ...runtime.step_cache import StepCacheRunner
+from ...step_cache_policies import CACHE_POLICIES, MODULATED_INPUT
+from ..base import DitPass, PassContext, PassReport
+from .split import SplitError, split_graph
 
 
 class StepCachePass(DitPass):
@@ -39,24 +43,23 @@ class StepCachePass(DitPass):
             return report
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         timestep_node = placeholders[analysis.timestep_input].name
+        wants_modulated = CACHE_POLICIES[cfg.policy].signal == MODULATED_INPUT
         try:
             split = split_graph(gm, cfg.compute_first, cfg.compute_last, analysis.num_video_tokens, timestep_node,
-                                cfg.teacache_signal if cfg.policy == "teacache" else "")
+                                cfg.teacache_signal if wants_modulated else "")
         except SplitError as err:
             report.notes.append(f"step cache off: {err}")
             return report
         policy = cfg.policy
-        if policy == "teacache" and split.modulated_input is None:
+        if wants_modulated and split.modulated_input is None:
             policy = "fbcache"
-            report.notes.append("teacache: no timestep-modulated input found in the first block; "
+            report.notes.append(f"{cfg.policy}: no timestep-modulated input found in the first block; "
                                 "using the first block's residual (fbcache) instead")
-        elif policy == "teacache":
-            report.notes.append(f"teacache signal: {split.modulated_input}"
+        elif wants_modulated:
+            report.notes.append(f"{cfg.policy} signal: {split.modulated_input}"
                                 + (f" (output of {cfg.teacache_signal})" if cfg.teacache_signal else ""))
         if policy == "teacache" and not cfg.teacache_coefficients:
             report.notes.append("teacache without coefficients: the relative change is accumulated unscaled")
-        import dataclasses
-
         effective = dataclasses.replace(cfg, policy=policy)
         report.notes.append(
             f"step cache {policy} (threshold {cfg.threshold}, warm-up {cfg.warmup_steps}, "
@@ -64,3 +67,6 @@ class StepCachePass(DitPass):
         ctx.runner_factory = lambda compile_piece: StepCacheRunner(
             split, effective, compile_piece, analysis.timestep_input, analysis.anchor_input)
         return report
+
+
+__all__ = ["StepCachePass"]

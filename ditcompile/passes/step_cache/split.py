@@ -21,15 +21,16 @@ symbolic shapes) is refused with the reason.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import operator
 from typing import Optional
 
 import torch
 import torch.fx as fx
 
-from .blocks import BlockSpan, find_blocks
-from .fx_utils import shape_of, same_size
-from .module_path import block_of, module_path
+from ...graph.blocks import BlockSpan, find_blocks
+from ...graph.fx_utils import call_name, same_size, shape_of
+from ...graph.module_path import block_of, module_path
+from ...runtime.step_cache import GraphSplit, Piece
 
 HEAD, BODY, TAIL = 0, 1, 2
 _INPLACE_METHODS = {"add_", "mul_", "copy_", "sub_", "div_", "fill_", "zero_", "clamp_", "masked_fill_"}
@@ -37,35 +38,6 @@ _INPLACE_METHODS = {"add_", "mul_", "copy_", "sub_", "div_", "fill_", "zero_", "
 
 class SplitError(ValueError):
     """The graph cannot be split for the step cache; the message says why."""
-
-
-@dataclass
-class Piece:
-    gm: fx.GraphModule
-    inputs: list[str]   # names of the original nodes this piece reads (in its placeholder order)
-    outputs: list[str]  # names of the original nodes it returns
-
-
-@dataclass
-class GraphSplit:
-    placeholders: list[str]
-    head: Piece
-    body: Piece
-    tail: Piece
-    streams: list[tuple[str, str]]   # (body input, body output) pairs: output = input + residual
-    stream_before_blocks: str        # main stream entering the first block ...
-    stream_after_head_blocks: str    # ... and leaving the head's last block: their difference is
-                                     # the residual First-Block Cache / DBCache compare
-    modulated_input: Optional[str]   # first block's timestep-modulated input (TeaCache), if found
-    head_blocks: list[str] = field(default_factory=list)
-    body_blocks: list[str] = field(default_factory=list)
-    tail_blocks: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        def rng(blocks: list[str]) -> str:
-            return f"{blocks[0]}..{blocks[-1]}" if len(blocks) > 1 else (blocks[0] if blocks else "-")
-        return (f"head {rng(self.head_blocks)}, body {rng(self.body_blocks)} ({len(self.body_blocks)} blocks), "
-                f"tail {rng(self.tail_blocks)}; {len(self.streams)} cached stream(s)")
 
 
 def split_graph(gm: fx.GraphModule, compute_first: int, compute_last: int,
@@ -150,8 +122,6 @@ _NO_BLOCK = _NoBlock()
 
 
 def _check_no_inplace_across(nodes: list[fx.Node], part: dict) -> None:
-    import operator
-
     for node in nodes:
         inplace = (node.op == "call_function" and node.target is operator.setitem) or (
             node.op == "call_method" and node.target in _INPLACE_METHODS)
@@ -253,8 +223,6 @@ _ELEMENTWISE = {"add", "mul", "sub", "type_as", "to", "float", "addcmul"}
 def _modulated_input(nodes, index, first_block: BlockSpan, before: fx.Node,
                      timestep: Optional[str]) -> Optional[fx.Node]:
     """First node of block 0 depending on both the stream and the timestep (TeaCache's signal)."""
-    from .fx_utils import call_name
-
     if timestep is None:
         return None
     shape = shape_of(before)

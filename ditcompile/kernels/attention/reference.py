@@ -28,7 +28,8 @@ import math
 import torch
 from torch import Tensor
 
-from .block_mask import BlockSparseMask
+from ...geometry import BHSD, from_bhsd, to_bhsd
+from ..block_mask import BlockSparseMask
 
 __all__ = [
     "FP8_E4M3_MAX",
@@ -44,23 +45,6 @@ __all__ = [
 FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 P_FP8_SCALE = 448.0  # P in [0, 1] is multiplied by this before the FP8 cast
 INT8_MAX = 127.0
-
-_LAYOUTS = ("bhsd", "bshd")
-
-
-# ---------------------------------------------------------------------- layout helpers
-
-
-def to_bhsd(x: Tensor, layout: str) -> Tensor:
-    """View ``x`` as ``[B, H, S, D]`` (no copy)."""
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
-    return x if layout == "bhsd" else x.transpose(1, 2)
-
-
-def from_bhsd(x: Tensor, layout: str) -> Tensor:
-    """Inverse of :func:`to_bhsd`."""
-    return to_bhsd(x, layout)
 
 
 # ---------------------------------------------------------------------- masks
@@ -108,8 +92,6 @@ def _row_chunk(q_len: int, kv_len: int, batch_heads: int, budget: int = 1 << 25)
 
 
 def _check_reference_inputs(q: Tensor, k: Tensor, v: Tensor, mask: BlockSparseMask | None, layout: str) -> None:
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be 4-D")
     if mask is not None:
@@ -131,7 +113,7 @@ def sparse_attention_reference(
     mask: BlockSparseMask | None = None,
     *,
     scale: float | None = None,
-    layout: str = "bhsd",
+    layout: str = BHSD,
 ) -> Tensor:
     """Block-sparse attention in plain torch; same function as ``sparse_flash_attention``.
 
@@ -158,7 +140,7 @@ def sparse_attention_reference(
 # ---------------------------------------------------------------------- quantization
 
 
-def smooth_k_mean_reference(k: Tensor, layout: str = "bhsd") -> Tensor:
+def smooth_k_mean_reference(k: Tensor, layout: str = BHSD) -> Tensor:
     """K's mean over the sequence per (b, h, channel): float32 ``[B, H, D]``.
 
     Subtracting it from every key shifts each score row by a constant, which softmax ignores,
@@ -168,7 +150,7 @@ def smooth_k_mean_reference(k: Tensor, layout: str = "bhsd") -> Tensor:
 
 
 def quantize_int8_per_block_reference(
-    x: Tensor, block: int, *, layout: str = "bhsd", mean: Tensor | None = None
+    x: Tensor, block: int, *, layout: str = BHSD, mean: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Symmetric int8 quantization with one scale per ``block`` rows of the sequence.
 
@@ -192,7 +174,7 @@ def quantize_int8_per_block_reference(
     return x_int8.contiguous(), scale.contiguous()
 
 
-def quantize_fp8_per_channel_reference(v: Tensor, *, layout: str = "bhsd") -> tuple[Tensor, Tensor]:
+def quantize_fp8_per_channel_reference(v: Tensor, *, layout: str = BHSD) -> tuple[Tensor, Tensor]:
     """FP8 e4m3 quantization of V with one scale per (b, h, channel) over the sequence.
 
     Returns (float8_e4m3fn ``[B, H, D, S]``, i.e. transposed so the sequence is contiguous,
@@ -212,7 +194,7 @@ def int8_attention_reference(
     mask: BlockSparseMask | None = None,
     *,
     scale: float | None = None,
-    layout: str = "bhsd",
+    layout: str = BHSD,
     block_m: int = 128,
     block_n: int = 64,
     pv_fp8: bool = False,

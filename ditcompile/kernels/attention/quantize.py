@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
 
-from .reference import FP8_E4M3_MAX, smooth_k_mean_reference, to_bhsd
+from ...geometry import BHSD, cdiv, next_power_of_2, to_bhsd
+from ..triton_support import tl, triton
+from .reference import FP8_E4M3_MAX, smooth_k_mean_reference
 
-__all__ = ["quantize_int8_per_block", "quantize_fp8_per_channel", "smooth_k_mean", "interpreting"]
+__all__ = ["quantize_int8_per_block", "quantize_fp8_per_channel", "smooth_k_mean", "interpreting", "head_dim_pad"]
 
 _SEQ_PAD = 128  # the transposed FP8 V is padded to this many tokens so its rows stay aligned
 
@@ -67,6 +67,23 @@ def to_fp8_e4m3(x, EMULATE_ROUNDING: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(X, pid_s, pid_bh, num_heads, seq_len, stride_xb, stride_xh, stride_xs, stride_xd,
+               HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows [pid_s * BLOCK, + BLOCK) of X[b, h] ([B, H, S, D] through strides; pid_bh = b * H + h)
+    as a [BLOCK, HEAD_DIM_PAD] tile (zeros out of bounds), with its row offsets [BLOCK], column
+    offsets [DP], column mask [DP] and element mask [BLOCK, DP]."""
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    offs_s = pid_s * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+    offs_d = tl.arange(0, HEAD_DIM_PAD)  # [DP]
+    d_ok = offs_d < HEAD_DIM
+    ok = (offs_s < seq_len)[:, None] & d_ok[None, :]  # [BLOCK, DP]
+    x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
+    x = tl.load(x_base + offs_s[:, None] * stride_xs + offs_d[None, :] * stride_xd, mask=ok, other=0.0)
+    return x, offs_s, offs_d, d_ok, ok
+
+
+@triton.jit
 def _quantize_int8_kernel(
     X,  # [B, H, S, D] through strides, fp16/bf16/fp32
     MEAN,  # float32 [B, H, D] contiguous (read only if HAS_MEAN)
@@ -86,15 +103,8 @@ def _quantize_int8_kernel(
 ):
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    offs_s = pid_s * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-    offs_d = tl.arange(0, HEAD_DIM_PAD)  # [DP]
-    d_ok = offs_d < HEAD_DIM
-    ok = (offs_s < seq_len)[:, None] & d_ok[None, :]  # [BLOCK, DP]
-
-    x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
-    x = tl.load(x_base + offs_s[:, None] * stride_xs + offs_d[None, :] * stride_xd, mask=ok, other=0.0)
+    x, offs_s, offs_d, d_ok, ok = _load_rows(X, pid_s, pid_bh, num_heads, seq_len, stride_xb, stride_xh, stride_xs,
+                                             stride_xd, HEAD_DIM, HEAD_DIM_PAD, BLOCK)
     x = x.to(tl.float32)  # [BLOCK, DP]
     if HAS_MEAN:
         mean = tl.load(MEAN + pid_bh.to(tl.int64) * HEAD_DIM + offs_d, mask=d_ok, other=0.0)  # [DP]
@@ -129,15 +139,8 @@ def _quantize_fp8_kernel(
 ):
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    offs_s = pid_s * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-    offs_d = tl.arange(0, HEAD_DIM_PAD)  # [DP]
-    d_ok = offs_d < HEAD_DIM
-    ok = (offs_s < seq_len)[:, None] & d_ok[None, :]
-
-    x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
-    x = tl.load(x_base + offs_s[:, None] * stride_xs + offs_d[None, :] * stride_xd, mask=ok, other=0.0)
+    x, offs_s, offs_d, d_ok, ok = _load_rows(X, pid_s, pid_bh, num_heads, seq_len, stride_xb, stride_xh, stride_xs,
+                                             stride_xd, HEAD_DIM, HEAD_DIM_PAD, BLOCK)
     scale = tl.load(SCALE + pid_bh.to(tl.int64) * HEAD_DIM + offs_d, mask=d_ok, other=1.0)  # [DP]
     x_fp8 = to_fp8_e4m3(x.to(tl.float32) / scale[None, :], EMULATE_ROUNDING)
 
@@ -148,17 +151,18 @@ def _quantize_fp8_kernel(
 # ---------------------------------------------------------------------- launchers
 
 
-def _head_dim_pad(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
+def head_dim_pad(dim: int) -> int:
+    """The head dim a kernel tile holds: the next power of two, at least 16 (masked past `dim`)."""
+    return max(16, next_power_of_2(dim))
 
 
-def smooth_k_mean(k: Tensor, layout: str = "bhsd") -> Tensor:
+def smooth_k_mean(k: Tensor, layout: str = BHSD) -> Tensor:
     """K's per-channel mean over the sequence: float32 ``[B, H, D]`` contiguous."""
     return smooth_k_mean_reference(k, layout).contiguous()
 
 
 def quantize_int8_per_block(
-    x: Tensor, block: int, *, layout: str = "bhsd", mean: Tensor | None = None
+    x: Tensor, block: int, *, layout: str = BHSD, mean: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Per-block symmetric int8 quantization (Triton); twin of ``quantize_int8_per_block_reference``.
 
@@ -170,7 +174,7 @@ def quantize_int8_per_block(
     batch, heads, seq, dim = xb.shape
     if block < 16 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 16, got {block}")
-    num_blocks = triton.cdiv(seq, block)
+    num_blocks = cdiv(seq, block)
     out = torch.empty(batch, heads, seq, dim, dtype=torch.int8, device=x.device)
     scale = torch.empty(batch, heads, num_blocks, dtype=torch.float32, device=x.device)
     if out.numel() == 0:
@@ -184,13 +188,13 @@ def quantize_int8_per_block(
         xb, mean if mean is not None else scale, out, scale,
         seq, heads, num_blocks,
         *xb.stride(),
-        HEAD_DIM=dim, HEAD_DIM_PAD=_head_dim_pad(dim), BLOCK=block, HAS_MEAN=mean is not None,
+        HEAD_DIM=dim, HEAD_DIM_PAD=head_dim_pad(dim), BLOCK=block, HAS_MEAN=mean is not None,
         num_warps=4,
     )  # fmt: skip
     return out, scale
 
 
-def quantize_fp8_per_channel(v: Tensor, *, layout: str = "bhsd") -> tuple[Tensor, Tensor]:
+def quantize_fp8_per_channel(v: Tensor, *, layout: str = BHSD) -> tuple[Tensor, Tensor]:
     """Per-channel FP8 e4m3 quantization (Triton); twin of ``quantize_fp8_per_channel_reference``.
 
     Returns (float8_e4m3fn ``[B, H, D, S]`` -- a view of a sequence-padded contiguous buffer,
@@ -198,7 +202,7 @@ def quantize_fp8_per_channel(v: Tensor, *, layout: str = "bhsd") -> tuple[Tensor
     """
     vb = to_bhsd(v, layout)  # [B, H, S, D] view
     batch, heads, seq, dim = vb.shape
-    seq_pad = triton.cdiv(max(seq, 1), _SEQ_PAD) * _SEQ_PAD
+    seq_pad = cdiv(max(seq, 1), _SEQ_PAD) * _SEQ_PAD
     out = torch.empty(batch, heads, dim, seq_pad, dtype=torch.float8_e4m3fn, device=v.device)
     if vb.numel() == 0:
         return out[..., :seq], torch.ones(batch, heads, dim, dtype=torch.float32, device=v.device)
@@ -206,12 +210,12 @@ def quantize_fp8_per_channel(v: Tensor, *, layout: str = "bhsd") -> tuple[Tensor
     amax = torch.maximum(vb.amax(dim=2), -vb.amin(dim=2)).to(torch.float32)  # [B, H, D]
     scale = torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.ones_like(amax)).contiguous()
     block = 64
-    grid = (triton.cdiv(seq, block), batch * heads)
+    grid = (cdiv(seq, block), batch * heads)
     _quantize_fp8_kernel[grid](
         vb, scale, out,
         seq, seq_pad, heads,
         *vb.stride(),
-        HEAD_DIM=dim, HEAD_DIM_PAD=_head_dim_pad(dim), BLOCK=block, EMULATE_ROUNDING=interpreting(),
+        HEAD_DIM=dim, HEAD_DIM_PAD=head_dim_pad(dim), BLOCK=block, EMULATE_ROUNDING=interpreting(),
         num_warps=4,
     )  # fmt: skip
     return out[..., :seq], scale

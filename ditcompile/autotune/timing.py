@@ -1,4 +1,4 @@
-"""Median CUDA-event time of a callable: shared by the kernel's tuner and benchmarks/attention.py."""
+"""Median CUDA-event time of a callable: shared by the tuner and benchmarks/attention.py."""
 from __future__ import annotations
 
 from typing import Callable

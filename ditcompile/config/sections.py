@@ -1,0 +1,140 @@
+"""The backend's options as frozen dataclasses: one section per feature, each field with its
+unit, default and effect. `loader.resolve_config` builds them from presets and user options and
+validates every value; the registries (`masks.POLICIES`, `step_cache_policies.CACHE_POLICIES`)
+give the accepted policy names and the policies' parameter dataclasses.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..masks import POLICIES, get_policy
+from ..step_cache_policies import CACHE_POLICIES
+
+
+class ConfigError(ValueError):
+    """A bad `options` value: the message names the key and the accepted values."""
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Facts about the model the graph analysis cannot discover on its own."""
+
+    token_grid: Optional[tuple[int, ...]] = field(default=None, metadata={"length": 3, "positive": True})
+    """(frames, height, width) of the video tokens after patching; overrides discovery."""
+    text_position: str = field(default="auto", metadata=_choices("auto", "before", "after", "none"))
+    """Where text sits in joint attention; "auto" discovers it from the concatenation."""
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """The attention rewrite pass: every supported site becomes `ditaccel::attention`."""
+
+    enabled: bool = True
+    skip: tuple[str, ...] = ()
+    """Regular expressions (re.fullmatch) of module paths to leave untouched, e.g. "blocks\\.0\\..*"."""
+    backend: str = field(default="sdpa", metadata=_choices("sdpa", "triton"))
+    """Dense attention kernel on CUDA: "sdpa" (cuDNN/flash, the fastest dense here) or "triton"
+    (ditaccel's flash kernel). CPU always runs the torch reference."""
+    quant: str = field(default="none", metadata=_choices("none", "int8"))
+    """"int8": SageAttention-style 8-bit attention (INT8 Q/K with K smoothing, FP8 P.V on sm89+);
+    runs on the triton backend."""
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """Sparse attention on video self-attention and the video part of joint attention."""
+
+    enabled: bool = False
+    policy: str = field(default="radial", metadata=_choices(*POLICIES))
+    """A name in `masks.POLICIES`: radial (Radial Attention's static energy-decay mask),
+    spatial_temporal (Sparse VideoGen's per-head spatial/temporal classification), antidiagonal
+    (XAttention's data-dependent block selection), tile (sliding tile attention, 3-D windows)."""
+    params: tuple[tuple[str, Any], ...] = field(default=(), metadata={"tables": POLICIES})
+    """(policy name, its parameter dataclass) for each `[sparse.<policy>]` table given, e.g.
+    {"sparse.radial": {"decay_factor": 0.2, "sink": true}}; set through those tables. Each
+    policy's parameters are documented on its dataclass (masks.RadialParams, ...)."""
+    block_size: int = field(default=128, metadata={"min": 16})
+    """Mask block in tokens (query and key); a multiple of 16."""
+    dense_steps: int = field(default=0, metadata={"min": 0})
+    """Denoising steps that run dense at the start of each generation."""
+    dense_blocks: tuple[int, ...] = ()
+    """Indices of transformer blocks whose attention stays dense."""
+    min_tokens: int = field(default=0, metadata={"min": 0})
+    """Sites with fewer video tokens stay dense."""
+    guard_every: int = field(default=0, metadata={"min": 0})
+    """Fidelity guard: every N sparse steps compare with dense attention on sampled rows (0: off)."""
+    guard_budget: float = field(default=0.05, metadata={"min": 0.0})
+    """Relative L2 error above which a site runs dense for the rest of the generation."""
+    guard_rows: int = field(default=64, metadata={"min": 1})
+
+    def params_for(self, policy: str) -> Any:
+        """The parameter dataclass of `policy`: from its table, else the policy's defaults."""
+        return dict(self.params).get(policy) or get_policy(policy).params()
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Step cache: reuse the trunk's residual across denoising steps when it barely changes.
+
+    The graph is split at block boundaries into head (embeddings + the first `compute_first`
+    blocks), body (middle blocks) and tail (last `compute_last` blocks + output projection).
+    """
+
+    enabled: bool = False
+    policy: str = field(default="fbcache", metadata=_choices(*CACHE_POLICIES))
+    """fbcache: relative L1 change of the first block's residual (ParaAttention / diffusers);
+    dbcache: the same signal over the first `compute_first` blocks, with `compute_last` tail
+    blocks, warm-up and a cap on consecutive cached steps (cache-dit); teacache: accumulated,
+    polynomially rescaled relative L1 change of the first block's modulated input (TeaCache)."""
+    threshold: float = field(default=0.05, metadata={"min": 0.0})
+    compute_first: int = field(default=1, metadata={"min": 1})
+    compute_last: int = field(default=0, metadata={"min": 0})
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    """Denoising steps always computed at the start of a generation."""
+    max_cached_steps: int = field(default=0, metadata={"min": 0})
+    """Most consecutive reused steps per branch (0: no limit)."""
+    teacache_coefficients: tuple[float, ...] = ()
+    """TeaCache rescaling polynomial, highest degree first; empty: no rescaling (identity)."""
+    teacache_signal: str = ""
+    """Module whose output is TeaCache's signal (e.g. "condition_embedder.time_proj" for Wan,
+    whose coefficients were fitted on the timestep projection); empty: the first block's
+    timestep-modulated input (HunyuanVideo, Flux, Mochi)."""
+    taylor_order: int = field(default=0, metadata={"min": 0, "max": 2})
+    """TaylorSeer: 0 reuses the cached residual; 1 or 2 extrapolates it from its history."""
+
+
+@dataclass(frozen=True)
+class DitConfig:
+    preset: Optional[str] = None
+    compiler: str = field(default="inductor", metadata=_choices("inductor", "eager"))
+    """"inductor" compiles the rewritten graph; "eager" runs it as is (debugging, explain)."""
+    mode: str = field(default="default", metadata=_choices(
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    """Inductor mode (torch.compile refuses `mode=` together with `options=`, so it lives here)."""
+    report: bool = True
+    """Log the explain report at INFO level on the 'ditcompile' logger."""
+    strict: bool = False
+    """Raise when the analysis or a pass fails, instead of compiling the graph unchanged."""
+    inductor: tuple[tuple[str, Any], ...] = ()
+    """Inductor config patches, e.g. {"max_autotune": True} (keys of torch._inductor.config)."""
+    graph: GraphConfig = GraphConfig()
+    attention: AttentionConfig = AttentionConfig()
+    sparse: SparseConfig = SparseConfig()
+    cache: CacheConfig = CacheConfig()
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(DitConfig) if dataclasses.is_dataclass(f.default)}
+
+
+
+
+__all__ = ["ConfigError", "GraphConfig", "AttentionConfig", "SparseConfig", "CacheConfig", "DitConfig", "SECTIONS"]

@@ -1,0 +1,120 @@
+"""What a sparse-attention policy is: a name, a parameter dataclass, and how it picks patterns.
+
+A policy has two parts, either of which may be empty:
+
+* `static_patterns(layout, block, params, device)`: the patterns fixed by the geometry alone
+  (token grid, text, block size), built once and cached by the factories -- Radial's mask,
+  the tiles of STA, Sparse VideoGen's spatial and temporal patterns;
+* `choose(inputs, layout, block, params, statics)`: the data-dependent part, run on q/k at
+  run time -- XAttention builds a mask per (batch, head); Sparse VideoGen assigns each head
+  one of its two static patterns. Its result is reused for `refresh_steps(params)` denoising
+  steps (0: recomputed at every call).
+
+The result of both is a `PatternChoice`: which pattern each (batch, head) runs. The executor
+(`ditcompile.ops.impl.sparse`) runs any choice the same way, so it never names a policy.
+
+Parameters are frozen dataclasses that validate themselves in `__post_init__` (ValueError
+naming the parameter); `parse_params` builds one from a dict of options and names unknown keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from ..geometry import TokenLayout
+from .pattern import SparsePattern
+
+
+@dataclass(frozen=True)
+class PatternChoice:
+    """Which pattern each (batch, head) runs.
+
+    patterns: one or more patterns over the same sequence.
+    assignment: int64 [B, H] indices into `patterns`, or None: every head runs patterns[0].
+    """
+
+    patterns: tuple[SparsePattern, ...]
+    assignment: Optional[Tensor] = None
+
+    @property
+    def density(self) -> float:
+        """Fraction of tiles computed, averaged over (batch, head)."""
+        densities = [p.density for p in self.patterns]
+        if self.assignment is None:
+            return densities[0]
+        per_head = torch.tensor(densities, dtype=torch.float64)[self.assignment.cpu()]  # [B, H]
+        return float(per_head.mean())
+
+    def fits(self, batch: int, heads: int) -> bool:
+        """True when the choice can run inputs of this batch size and head count."""
+        return self.assignment is None or tuple(self.assignment.shape) == (batch, heads)
+
+
+@dataclass(frozen=True)
+class ChoiceInputs:
+    """What a data-dependent policy reads at run time: q/k/v in `tensor_layout` ("bhsd" or
+    "bshd"), the softmax scale (None: 1/sqrt(D)) and the denoising step (None: unknown), which
+    seeds any sampling so that a run is reproducible."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    tensor_layout: str
+    scale: Optional[float]
+    step: Optional[int]
+
+
+StaticPatterns = Callable[[TokenLayout, int, Any, Any], tuple[SparsePattern, ...]]
+Choose = Callable[[ChoiceInputs, TokenLayout, int, Any, tuple[SparsePattern, ...]], PatternChoice]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One sparse-attention policy (see the module docstring).
+
+    name: the option value (`sparse.policy`) and the `[sparse.<name>]` table of its parameters.
+    params: frozen dataclass type of its tunables; `params()` gives the defaults.
+    static_patterns: (token layout, block size, params, device) -> patterns fixed by the geometry.
+    choose: None for data-independent policies; else the run-time choice (see PatternChoice).
+    refresh_steps: how many steps a data-dependent choice is reused (0: every call).
+    paper: where the method comes from.
+    """
+
+    name: str
+    params: type
+    static_patterns: StaticPatterns
+    choose: Optional[Choose] = None
+    refresh_steps: Callable[[Any], int] = lambda params: 0
+    paper: str = ""
+
+    @property
+    def data_dependent(self) -> bool:
+        """True: the pattern depends on q/k (no static density, nothing fixed to draw alone)."""
+        return self.choose is not None
+
+
+def parse_params(policy: Policy, values: Mapping[str, Any]) -> Any:
+    """`policy.params(**values)`, lists turned into tuples; ValueError naming unknown keys
+    ("sparse.<policy>: unknown parameter(s) [...]; accepted: [...]") or the bad value."""
+    accepted = sorted(f.name for f in dataclasses.fields(policy.params))
+    unknown = sorted(set(values) - set(accepted))
+    if unknown:
+        raise ValueError(f"sparse.{policy.name}: unknown parameter(s) {unknown}; accepted: {accepted}")
+    freeze = lambda v: tuple(freeze(x) for x in v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    try:
+        return policy.params(**{k: freeze(v) for k, v in values.items()})
+    except ValueError as err:
+        raise ValueError(f"sparse.{policy.name}: {err}") from err
+
+
+def params_json(params: Any) -> str:
+    """Canonical JSON of a params dataclass (tuples as lists), for plans."""
+    return json.dumps(dataclasses.asdict(params), sort_keys=True, separators=(",", ":"))
+
+
+__all__ = ["ChoiceInputs", "PatternChoice", "Policy", "parse_params", "params_json"]

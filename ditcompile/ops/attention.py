@@ -1,0 +1,93 @@
+"""`ditaccel::attention`: the custom op every rewritten attention site calls.
+
+    ditaccel::attention(Tensor q, Tensor k, Tensor v, str layout, float? scale,
+                        bool is_causal, str plan) -> Tensor
+
+q, k, v are [B, H, S, D] (layout "bhsd") or [B, S, H, D] (layout "bshd"); the output has q's
+layout and is contiguous in it (the fake implementation promises exactly those strides, which
+Inductor relies on). `plan` is an `AttentionPlan` as JSON (`plans`). Inductor treats the op as
+opaque; `run_plan` chooses the implementation at run time from the plan, device and shapes:
+
+    plan.sparse set   -> impl/sparse.py (patterns, warm-up, fidelity guard), its dense fallback
+    dense plan        -> impl/dense.py (SDPA, the Triton kernel or its reference: select.py)
+
+Gradients: dense attention recomputed with SDPA (exact for dense plans; for approximate plans
+-- int8, sparse -- the gradient of the exact attention, a straight-through estimate).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..geometry import check_tensor_layout
+from ..plans import AttentionPlan, parse_plan
+from .impl.dense import dense_attention, sdpa
+from .impl.sparse import sparse_attention
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, layout: str) -> None:
+    try:
+        check_tensor_layout(layout)
+    except ValueError as err:
+        raise ValueError(f"ditaccel::attention: {err}") from None
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"ditaccel::attention: {name} must be 4-D ({layout}), got shape {tuple(t.shape)}")
+
+
+def run_plan(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], is_causal: bool,
+             plan: AttentionPlan) -> Tensor:
+    """Attention of q/k/v as `plan` says (see the module docstring)."""
+    if plan.sparse is not None:
+        dense = plan.dense_fallback()
+        return sparse_attention(q, k, v, layout, scale, plan,
+                                lambda q, k, v: dense_attention(q, k, v, layout, scale, False, dense))
+    return dense_attention(q, k, v, layout, scale, is_causal, plan)
+
+
+@torch.library.custom_op("ditaccel::attention", mutates_args=())
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: str,
+    scale: Optional[float],
+    is_causal: bool,
+    plan: str,
+) -> Tensor:
+    _check(q, k, v, layout)
+    return run_plan(q, k, v, layout, scale, is_causal, parse_plan(plan))
+
+
+@attention.register_fake
+def _attention_fake(q, k, v, layout, scale, is_causal, plan):
+    _check(q, k, v, layout)
+    parse_plan(plan)
+    # bhsd: [B, H, Sq, Dv]; bshd: [B, Sq, H, Dv] -- both are q's shape with v's last dim
+    return q.new_empty([*q.shape[:-1], v.shape[-1]])
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, layout, scale, is_causal, plan = inputs
+    ctx.save_for_backward(q, k, v)
+    ctx.static = (layout, scale, is_causal)
+
+
+def _backward(ctx, grad_out):
+    # Recompute dense attention under autograd: exact gradients for the dense plan.
+    q, k, v = (t.detach().requires_grad_(True) for t in ctx.saved_tensors)
+    with torch.enable_grad():
+        out = sdpa(q, k, v, *ctx.static)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out)
+    return dq, dk, dv, None, None, None, None
+
+
+attention.register_autograd(_backward, setup_context=_setup_context)
+
+attention_op = torch.ops.ditaccel.attention.default
+"""The op overload passes rewrite to and later passes find nodes by (never by a name string)."""
+PLAN_ARG = 6  # position of `plan` in the op's arguments (q, k, v, layout, scale, is_causal, plan)
+
+__all__ = ["attention", "attention_op", "run_plan", "PLAN_ARG"]

@@ -1,0 +1,139 @@
+"""The sparse-attention executor: build the site's patterns, run them, guard fidelity.
+
+Called by `ditaccel::attention` for plans with a `SparseSpec`:
+
+    step < spec.dense_steps, or the guard switched the site off  -> dense attention
+    otherwise:
+        statics = policy.static_patterns(token layout, block, params)       (cached by the factories)
+        choice  = statics[0] for all heads, or policy.choose(q, k, v, ...)  (reused for
+                  policy.refresh_steps(params) steps; per-site state)
+        per pattern of the choice: its heads' q, k, v permuted by the pattern, block-sparse
+        kernel (reference on the CPU), output un-permuted
+    every `guard_every` sparse calls: exact attention on `guard_rows` sampled query rows; a
+    relative L2 error above `guard_budget` turns the site dense for the rest of the generation
+
+The executor never names a policy: it reads `masks.POLICIES`. Per-site state (the last
+choice, guard results, counts) lives in `ModelRuntime.sparse` and restarts with each
+generation; `ditcompile.sparse_stats(model)` returns it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...geometry import heads_dim, seq_dim, to_bhsd
+from ...kernels.block_mask import BlockSparseMask
+from ...masks import ChoiceInputs, PatternChoice, SparsePattern, apply_permutation, get_policy, undo_permutation
+from ...plans import AttentionPlan, SparseSpec
+from ...runtime.sparse_state import SiteState
+from ...runtime.state import current_runtime, current_step
+from ..select import select_impl, warn_fallback
+from .dense import run_kernel
+
+log = logging.getLogger("ditcompile")
+
+Dense = Callable[[Tensor, Tensor, Tensor], Tensor]  # exact attention in the same layout
+
+
+def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], plan: AttentionPlan,
+                     dense: Dense) -> Tensor:
+    """q, k, v: [B, H, S, D] or [B, S, H, D] (`layout`), the site's joint sequence (S = video +
+    text tokens). `dense(q, k, v)` computes exact attention (the warm-up path and the guard's
+    fallback). Returns q's shape, dtype and layout, contiguous."""
+    spec = plan.sparse
+    info, runtime = current_step(), current_runtime()
+    site = runtime.sparse.site(plan.site_path, info.generation) if runtime is not None and info is not None else None
+    step = info.step if info is not None else None
+    if (step is not None and step < spec.dense_steps) or (site is not None and site.dense_from_step is not None):
+        if site is not None:
+            site.dense_calls += 1
+        return dense(q, k, v)
+    choice = pattern_choice(q, k, v, layout, scale, spec, site, step)
+    out = run_choice(q, k, v, layout, scale, choice, plan)
+    if site is not None:
+        site.density = choice.density
+        site.sparse_calls += 1
+        if spec.guard_every and (site.sparse_calls - 1) % spec.guard_every == 0:
+            error = guard_error(q, k, v, out, layout, scale, spec.guard_rows, seed=step or 0)
+            site.guard_errors.append((step, error))
+            if error > spec.guard_budget:
+                site.dense_from_step = step
+                log.info("ditaccel sparse guard: %s error %.3g > budget %.3g at step %s; dense for the rest "
+                         "of this generation", plan.site_path, error, spec.guard_budget, step)
+                return dense(q, k, v)
+    return out
+
+
+def pattern_choice(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], spec: SparseSpec,
+                   site: Optional[SiteState], step: Optional[int]) -> PatternChoice:
+    """Which pattern each (batch, head) runs this call (see the module docstring)."""
+    policy, params = get_policy(spec.policy), spec.policy_params
+    statics = policy.static_patterns(spec.token_layout, spec.block_size, params, q.device)
+    if policy.choose is None:
+        return PatternChoice(statics)
+    reuse = policy.refresh_steps(params)
+    batch, heads = q.shape[0], q.shape[heads_dim(layout)]
+    last = site.choice if site is not None else None
+    if (last is not None and reuse > 0 and step is not None and site.choice_step >= 0
+            and step - site.choice_step < reuse and last.fits(batch, heads)):
+        return last
+    choice = policy.choose(ChoiceInputs(q, k, v, layout, scale, step), spec.token_layout, spec.block_size, params,
+                           statics)
+    if site is not None and reuse > 0:
+        site.choice, site.choice_step = choice, step if step is not None else 0
+    return choice
+
+
+def run_choice(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], choice: PatternChoice,
+               plan: AttentionPlan) -> Tensor:
+    """Attention of every (batch, head) under its pattern; heads sharing a pattern run together."""
+    if choice.assignment is None:
+        return run_pattern(q, k, v, layout, scale, choice.patterns[0], plan)
+    hd = heads_dim(layout)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous in q's layout
+    for b in range(q.shape[0]):
+        for index, pattern in enumerate(choice.patterns):
+            heads = (choice.assignment[b] == index).nonzero().flatten().to(q.device)
+            if heads.numel() == 0:
+                continue
+            qh, kh, vh = (t[b:b + 1].index_select(hd, heads) for t in (q, k, v))  # this group's heads
+            out[b:b + 1].index_copy_(hd, heads, run_pattern(qh, kh, vh, layout, scale, pattern, plan))
+    return out
+
+
+def run_pattern(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], pattern: SparsePattern,
+                plan: AttentionPlan) -> Tensor:
+    """Attention of q/k/v under one pattern: permute, block-sparse kernel, un-permute (contiguous)."""
+    sd = seq_dim(layout)
+    qp, kp, vp = (apply_permutation(t, pattern, sd) for t in (q, k, v))
+    out = block_sparse_attention(qp, kp, vp, pattern.mask, layout, scale, plan)
+    return undo_permutation(out, pattern, sd).contiguous()
+
+
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, mask: BlockSparseMask, layout: str,
+                           scale: Optional[float], plan: AttentionPlan) -> Tensor:
+    """The block-sparse kernel on CUDA, its reference on the CPU (or where the kernel cannot run)."""
+    choice = select_impl(q, k, v, is_causal=False, backend=plan.backend, block_sparse=True)
+    warn_fallback(plan.site_path, choice)
+    return run_kernel(choice, q, k, v, mask, layout, scale, plan.quant)
+
+
+def guard_error(q: Tensor, k: Tensor, v: Tensor, out: Tensor, layout: str, scale: Optional[float], rows: int,
+                seed: int) -> float:
+    """Relative L2 error of `out` against exact attention on `rows` sampled query rows."""
+    sd = seq_dim(layout)
+    length = q.shape[sd]
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    index = torch.randperm(length, generator=generator)[: min(rows, length)].to(q.device)
+    qs, os_ = (to_bhsd(t.index_select(sd, index), layout) for t in (q, out))  # [B, H, R, D]
+    kk, vv = to_bhsd(k, layout), to_bhsd(v, layout)
+    exact = F.scaled_dot_product_attention(qs.float(), kk.float(), vv.float(), scale=scale)
+    return float(((os_.float() - exact).norm() / exact.norm().clamp_min(1e-12)).item())
+
+
+__all__ = ["sparse_attention", "pattern_choice", "run_choice", "run_pattern", "block_sparse_attention",
+           "guard_error"]

@@ -1,0 +1,108 @@
+"""Sparse-attention planning pass: video self/joint attention gets a sparse plan.
+
+Before (from the attention pass; dense plan):
+
+    out = ditaccel.attention(q, k, v, "bshd", None, False, '{"backend":"sdpa","sparse":null,...}')
+    # q, k, v: [B, S, H, D], S = F*H*W video tokens (+ T text tokens for joint attention)
+
+After (same node, only the plan argument changes):
+
+    out = ditaccel.attention(q, k, v, "bshd", None, False,
+                             '{"backend":"triton","sparse":{"policy":"radial","grid":[F,H,W],...}}')
+
+The spec carries what the executor needs at run time: the policy and its parameters (from the
+`[sparse.<policy>]` table), the token grid and text segment, the block size, the dense warm-up
+steps and the fidelity guard. A site that stays dense gets a decision saying why (cross or
+factorized attention, unknown grid, dense block, text length varying at run time, head dim over
+the kernel's limit); a sparse site's note gives its block density (data-independent policies).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch.fx as fx
+
+from ..config import ConfigError, DitConfig, SparseConfig
+from ..graph.sites import JOINT, SELF, AttentionSite, GraphAnalysis
+from ..kernels.attention.flash_fwd import MAX_HEAD_DIM
+from ..masks import get_policy, params_json
+from ..plans import AttentionPlan, SparseSpec
+from .base import PLANNED, DitPass, PassContext, PassReport, SiteDecision, attention_nodes, set_plan
+
+
+class SparseAttentionPass(DitPass):
+    name = "sparse"
+    config_section = "sparse"
+
+    @classmethod
+    def enabled(cls, config: DitConfig) -> bool:
+        return config.attention.enabled and config.sparse.enabled
+
+    def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> PassReport:
+        report = self.report()
+        cfg = self.config.sparse
+        for node, index, plan in attention_nodes(gm):
+            site = ctx.analysis.site(index)
+            why_not = sparse_ineligible(site, ctx.analysis, cfg)
+            if why_not is not None:
+                report.decisions.append(SiteDecision(index, site.module_path, PLANNED, plan=plan.describe(),
+                                                     reason=f"dense: {why_not}"))
+                continue
+            plan = dataclasses.replace(plan, backend="triton", sparse=sparse_spec(site, ctx.analysis, cfg))
+            set_plan(node, plan)
+            density = plan_density(plan.sparse)
+            report.decisions.append(SiteDecision(
+                index, site.module_path, PLANNED, plan=plan.describe(),
+                reason=f"density {density:.3f}" if density is not None else "density data-dependent"))
+        return report
+
+
+def sparse_ineligible(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseConfig) -> Optional[str]:
+    """Why a site keeps dense attention under an enabled sparse config (None: it goes sparse)."""
+    grid = analysis.grid
+    if site.kind not in (SELF, JOINT) or site.tokens not in ("video", "video+text"):
+        return f"{site.kind} attention over {site.tokens} tokens (sparse plans cover video self/joint attention)"
+    if grid is None:
+        return "token grid unknown (set graph.token_grid)"
+    if site.is_causal:
+        return "causal attention"
+    if site.block_index is not None and site.block_index in cfg.dense_blocks:
+        return f"block {site.block_index} is in sparse.dense_blocks"
+    if grid.num_tokens < cfg.min_tokens:
+        return f"{grid.num_tokens} video tokens < sparse.min_tokens={cfg.min_tokens}"
+    text = site.text.length if site.text is not None else 0
+    if site.text is not None and site.text.length is None:
+        return "text length varies at run time"
+    if site.q_len != grid.num_tokens + text:
+        return f"sequence length {site.q_len_expr} is not the grid's {grid.num_tokens} tokens + {text} text"
+    if site.head_dim is not None and site.head_dim > MAX_HEAD_DIM:
+        return f"head dim {site.head_dim} > {MAX_HEAD_DIM} (kernel limit)"
+    return None
+
+
+def sparse_spec(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseConfig) -> SparseSpec:
+    """The site's sparse spec under `cfg` (an eligible site: see `sparse_ineligible`)."""
+    try:
+        return SparseSpec(
+            policy=cfg.policy, params=params_json(cfg.params_for(cfg.policy)), grid=analysis.grid.dims,
+            text_position=site.text.position if site.text is not None else "",
+            text_length=site.text.length if site.text is not None else 0,
+            block_size=cfg.block_size, dense_steps=cfg.dense_steps, guard_every=cfg.guard_every,
+            guard_budget=cfg.guard_budget, guard_rows=cfg.guard_rows,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def plan_density(spec: SparseSpec) -> Optional[float]:
+    """Block density of a data-independent spec (patterns built on the CPU, cached); None when
+    the policy chooses blocks from the data."""
+    policy = get_policy(spec.policy)
+    if policy.data_dependent:
+        return None
+    patterns = policy.static_patterns(spec.token_layout, spec.block_size, spec.policy_params, "cpu")
+    return sum(p.density for p in patterns) / len(patterns)
+
+
+__all__ = ["SparseAttentionPass", "sparse_ineligible", "sparse_spec", "plan_density"]

@@ -1,0 +1,132 @@
+"""The plan each rewritten attention site carries into `ditaccel::attention` (the pass <-> op contract).
+
+A plan is a frozen dataclass, serialised to canonical JSON (`plans.codec`) and passed to the
+custom op as a string argument, so Inductor's FX-graph cache key covers it and the op needs no
+hidden per-site state. Each feature owns one part, set by its own pass:
+
+    AttentionPlan
+      site_path   module path of the site ("blocks.3.attn1"), for logs and run-time state
+      backend     "sdpa" (torch SDPA) or "triton" (ditaccel's flash kernel; its reference on CPU)
+      quant       "none" or "int8" (INT8 QK^T with K smoothing, FP8/16-bit P.V; triton only)
+      sparse      SparseSpec or None (dense): policy, its parameters, the token layout, warm-up, guard
+
+Later features add parts the same way (a mask spec, a parallel spec, a KV-cache spec), each
+with a default that means "off", so a plan without them keeps its meaning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..geometry import TEXT_POSITIONS, TokenLayout
+from ..kernels.block_mask import check_block_sizes
+from ..masks import POLICIES, get_policy, parse_params
+
+BACKENDS = ("sdpa", "triton")
+QUANTS = ("none", "int8")
+PLAN_VERSION = 2  # of the JSON form; `plans.codec` also reads version 1 (ditaccel 0.1)
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """How a site runs sparse attention (`ditcompile.ops.impl.sparse` executes it).
+
+    policy: a name in `masks.POLICIES`; params: its parameters as canonical JSON.
+    grid: (frames, height, width) of the video tokens; text_position "before"/"after" with
+    text_length tokens, or "" without text. block_size: mask block (query and key), a multiple
+    of 16. dense_steps: denoising steps run dense at the start of a generation. guard_every:
+    the fidelity guard checks every N sparse calls (0: off), switching the site to dense for the
+    rest of the generation above guard_budget (relative L2 error) on guard_rows sampled rows.
+    """
+
+    policy: str
+    params: str = "{}"
+    grid: tuple = ()
+    text_position: str = ""
+    text_length: int = 0
+    block_size: int = 128
+    dense_steps: int = 0
+    guard_every: int = 0
+    guard_budget: float = 0.05
+    guard_rows: int = 64
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"sparse attention plan policy {self.policy!r} is not one of {tuple(POLICIES)}")
+        object.__setattr__(self, "grid", tuple(self.grid))
+        if len(self.grid) != 3:
+            raise ValueError(f"sparse attention plan needs a 3-D grid, got grid={self.grid}")
+        check_block_sizes(self.block_size, self.block_size)
+        if self.text_position not in ("", *TEXT_POSITIONS):
+            raise ValueError(f"sparse attention plan text_position {self.text_position!r} is not '', "
+                             f"{TEXT_POSITIONS[0]!r} or {TEXT_POSITIONS[1]!r}")
+        if not (math.isfinite(self.guard_budget) and self.guard_budget >= 0):
+            raise ValueError(f"sparse attention plan guard_budget must be a finite number >= 0, got {self.guard_budget}")
+        self.policy_params  # parse now: a bad parameter fails where the plan is built
+
+    @functools.cached_property
+    def policy_params(self) -> Any:
+        """The policy's parameter dataclass, parsed from `params`."""
+        return parse_params(get_policy(self.policy), json.loads(self.params))
+
+    @functools.cached_property
+    def token_layout(self) -> TokenLayout:
+        """Where video and text tokens sit in the site's sequence."""
+        return TokenLayout(*self.grid, text_len=self.text_length if self.text_position else 0,
+                           text_before=self.text_position == "before" and self.text_length > 0)
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    site_path: str = ""
+    backend: str = "sdpa"
+    quant: str = "none"
+    sparse: Optional[SparseSpec] = None
+
+    def __post_init__(self) -> None:
+        for name, value, accepted in (("backend", self.backend, BACKENDS), ("quant", self.quant, QUANTS)):
+            if value not in accepted:
+                raise ValueError(f"attention plan {name} {value!r} is not one of {accepted}")
+        if self.quant != "none" and self.backend != "triton":
+            raise ValueError(f"attention plan quant={self.quant!r} needs backend 'triton'")
+        if self.sparse is not None and self.backend != "triton":
+            raise ValueError("a sparse attention plan needs backend 'triton' (the block-sparse kernel)")
+
+    @property
+    def method(self) -> str:
+        """What the op computes: "dense" (softmax over all keys) or "sparse"."""
+        return "sparse" if self.sparse is not None else "dense"
+
+    def dense_fallback(self) -> "AttentionPlan":
+        """The dense plan a sparse plan runs at its warm-up steps and after the guard trips:
+        SDPA (the fastest dense), or the Triton kernel when the plan is 8-bit."""
+        return AttentionPlan(site_path=self.site_path, backend="triton" if self.quant != "none" else "sdpa",
+                             quant=self.quant)
+
+    @property
+    def depends_on_step(self) -> bool:
+        """True when the computation changes with the denoising step (warm-up, guard, reuse)."""
+        return self.sparse is not None
+
+    def describe(self) -> str:
+        quant = f"/{self.quant}" if self.quant != "none" else ""
+        if self.sparse is not None:
+            warm = f", dense {self.sparse.dense_steps} steps" if self.sparse.dense_steps else ""
+            return f"sparse/{self.sparse.policy}{quant}{warm}"
+        return f"dense/{self.backend}{quant}"
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["sparse"] = dataclasses.asdict(self.sparse) if self.sparse is not None else None
+        return data
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces, with the version): equal plans, equal strings."""
+        return json.dumps({"version": PLAN_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+
+
+__all__ = ["AttentionPlan", "SparseSpec", "BACKENDS", "QUANTS", "PLAN_VERSION"]
