@@ -19,7 +19,7 @@ import torch, triton, datetime
 print(datetime.date.today(), torch.__version__, triton.__version__, torch.cuda.get_device_name(0))
 PY
 echo "== correctness on CUDA (kernels, dispatch)"
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/kernels tests/test_dispatch.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/kernels tests/ops 2>&1 | tail -15 | tee "$OUT/tests.txt"
 echo "== attention kernels vs cuDNN / FA2 / FlexAttention (Wan2.1-1.3B shape)"
 timeout 170 python3 benchmarks/attention.py --quick --out "$OUT/attention.json" 2>&1 | tail -25 | tee "$OUT/attention.txt"
 echo "== end to end (Wan2.1-1.3B 480p, quick subset)"

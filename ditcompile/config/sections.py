@@ -18,6 +18,7 @@ class ConfigError(ValueError):
 
 
 def _choices(*values: str) -> dict:
+    """Field metadata: the accepted strings (a tuple, or a registry whose keys are read at validation)."""
     return {"choices": values}
 
 
@@ -51,7 +52,7 @@ class SparseConfig:
     """Sparse attention on video self-attention and the video part of joint attention."""
 
     enabled: bool = False
-    policy: str = field(default="radial", metadata=_choices(*POLICIES))
+    policy: str = field(default="radial", metadata={"choices": POLICIES})
     """A name in `masks.POLICIES`: radial (Radial Attention's static energy-decay mask),
     spatial_temporal (Sparse VideoGen's per-head spatial/temporal classification), antidiagonal
     (XAttention's data-dependent block selection), tile (sliding tile attention, 3-D windows)."""
@@ -87,7 +88,7 @@ class CacheConfig:
     """
 
     enabled: bool = False
-    policy: str = field(default="fbcache", metadata=_choices(*CACHE_POLICIES))
+    policy: str = field(default="fbcache", metadata={"choices": CACHE_POLICIES})
     """fbcache: relative L1 change of the first block's residual (ParaAttention / diffusers);
     dbcache: the same signal over the first `compute_first` blocks, with `compute_last` tail
     blocks, warm-up and a cap on consecutive cached steps (cache-dit); teacache: accumulated,
