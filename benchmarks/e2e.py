@@ -67,9 +67,6 @@ from _e2e_models import MODELS, ModelSpec, build_model, model_kwargs, parameter_
 
 from ditcompile.masks import POLICIES as SPARSE_POLICIES  # noqa: E402
 from ditcompile.step_cache_policies import CACHE_POLICIES  # noqa: E402
-
-# Options a step-cache policy needs beyond its name to be what its paper describes.
-CACHE_POLICY_OPTIONS = {"dbcache": {"cache.compute_first": 2, "cache.compute_last": 1, "cache.max_cached_steps": 3}}
 DEFAULT_MODELS = "wan2.1-1.3b"
 REFERENCE = "compile"  # speedups and latent differences are against this variant
 
@@ -100,9 +97,9 @@ VARIANTS = [
     *[Variant(f"ditaccel-sparse-{p}", "ditaccel", {"sparse.enabled": True, "sparse.policy": p})
       for p in SPARSE_POLICIES if p != "radial"],
     # each step-cache policy at the preset's threshold (the preset's own policy is "ditaccel-cache")
-    *[Variant(f"ditaccel-cache-{p}", "ditaccel", {"cache.enabled": True, "cache.policy": p,
-                                                  **CACHE_POLICY_OPTIONS.get(p, {})})
-      for p in CACHE_POLICIES],
+    *[Variant(f"ditaccel-cache-{name}", "ditaccel", {"cache.enabled": True, "cache.policy": name,
+                                                     **policy.example_options})
+      for name, policy in CACHE_POLICIES.items()],
     Variant("ditaccel-cache-taylorseer", "ditaccel", {"cache.enabled": True, "cache.taylor_order": 1}),
     Variant("compile-max-autotune", "compile", mode="max-autotune-no-cudagraphs"),
     Variant("sage", "sage"),  # SageAttention through diffusers' attention backend + torch.compile default

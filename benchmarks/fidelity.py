@@ -30,28 +30,34 @@ from ditcompile.fidelity.attention import capture_attention
 from ditcompile.fidelity.model import load_fidelity_model, sample, text_embeddings, token_grid
 from ditcompile.fidelity.videos import generate_videos, label_name
 from ditcompile.geometry import TokenLayout
-from ditcompile.masks import get_policy, pattern_token_rows
+from ditcompile.masks import POLICIES, get_policy, pattern_token_rows
 
 BLOCK = 16  # mask block for the fidelity model's 512-token sequence (8 frames x 8 x 8 tokens)
 BASE = {"compiler": "eager", "strict": True, "graph.text_position": "none"}
 
 
+# Parameters suited to the fidelity model's 8x8x8 token grid and 16-token blocks; a policy without
+# an entry here runs with its defaults (every policy of the registry gets a row).
+POLICY_PARAMS = {
+    "radial": {"decay_factor": 1.0, "sink": True},
+    "spatial_temporal": {"frame_window": 1, "position_window": 8},
+    "antidiagonal": {"stride": 4, "threshold": 0.9},
+    "tile": {"tile_size": [2, 4, 4], "window": [3, 3, 3]},
+}
+
+
 def variants(grid) -> dict[str, dict]:
     sparse = {"sparse.enabled": True, "sparse.block_size": BLOCK, "sparse.dense_steps": 0}
+
+    def policy(name: str, **extra) -> dict:
+        return {**sparse, "sparse.policy": name, f"sparse.{name}": POLICY_PARAMS.get(name, {}), **extra}
+
     return {
         "dense (ditaccel)": {},
-        "sparse radial": {**sparse, "sparse.policy": "radial", "sparse.radial": {"decay_factor": 1.0, "sink": True}},
-        "sparse spatial_temporal": {**sparse, "sparse.policy": "spatial_temporal",
-                                    "sparse.spatial_temporal": {"frame_window": 1, "position_window": 8}},
-        "sparse antidiagonal": {**sparse, "sparse.policy": "antidiagonal",
-                                "sparse.antidiagonal": {"stride": 4, "threshold": 0.9}},
-        "sparse tile": {**sparse, "sparse.policy": "tile", "sparse.tile": {"tile_size": [2, 4, 4], "window": [3, 3, 3]}},
-        "sparse radial + 4 dense steps": {**sparse, "sparse.policy": "radial", "sparse.dense_steps": 4,
-                                          "sparse.radial": {"decay_factor": 1.0, "sink": True}},
-        "sparse spatial_temporal + 4 dense": {**sparse, "sparse.policy": "spatial_temporal", "sparse.dense_steps": 4,
-                                              "sparse.spatial_temporal": {"frame_window": 1, "position_window": 8}},
-        "sparse radial + guard": {**sparse, "sparse.policy": "radial", "sparse.radial": {"decay_factor": 1.0},
-                                  "sparse.guard_every": 5, "sparse.guard_budget": 0.05},
+        **{f"sparse {name}": policy(name) for name in POLICIES},
+        "sparse radial + 4 dense steps": policy("radial", **{"sparse.dense_steps": 4}),
+        "sparse spatial_temporal + 4 dense": policy("spatial_temporal", **{"sparse.dense_steps": 4}),
+        "sparse radial + guard": policy("radial", **{"sparse.guard_every": 5, "sparse.guard_budget": 0.05}),
         "int8 attention": {"attention.quant": "int8"},
         "cache fbcache 0.05": {"cache.enabled": True, "cache.policy": "fbcache", "cache.threshold": 0.05},
         "cache fbcache 0.1 + taylor": {"cache.enabled": True, "cache.policy": "fbcache", "cache.threshold": 0.1,

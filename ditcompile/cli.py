@@ -58,9 +58,12 @@ def _model_spec(parser: argparse.ArgumentParser, name: str) -> Any:
     """The model `--model` names; a parser error listing the built-in names otherwise."""
     try:
         return load_model_spec(name)
-    except (KeyError, ValueError) as err:
-        parser.error(f"unknown model {name!r} ({err.args[0] if err.args else err}); choose from "
-                     f"{sorted(list_tiny_models())} or give package.module:NAME")
+    except KeyError:
+        reason = "not a built-in model"
+    except ValueError as err:
+        reason = str(err)
+    parser.error(f"unknown model {name!r} ({reason}); choose from {sorted(list_tiny_models())} "
+                 "or give package.module:NAME")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -120,7 +123,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
         return 2
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.preset or 'grid'}_{sparse.policy}_{grid[0]}x{grid[1]}x{grid[2]}"
+    name = Path(args.preset).name.removesuffix(".toml") if args.preset else "grid"
+    stem = f"{name}_{sparse.policy}_{grid[0]}x{grid[1]}x{grid[2]}"
     patterns = {stem if len(statics) == 1 else f"{stem}_{p.name}": p for p in statics}
     for name, pattern in patterns.items():
         path = out_dir / f"{name}.png"

@@ -116,7 +116,8 @@ GridLike = Union[TokenGrid, "TokenLayout", tuple, list]  # a TokenGrid, a TokenL
 class TokenLayout:
     """Where the video and text tokens sit in the joint sequence (all ints, hashable).
 
-    Build it with `TokenLayout.of(grid, text)`, which validates its inputs.
+    Validated on construction (ValueError naming the field); `TokenLayout.of(grid, text)` builds
+    one from a grid and a text segment.
     """
 
     frames: int
@@ -124,6 +125,15 @@ class TokenLayout:
     width: int
     text_len: int = 0
     text_before: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value in (("grid.frames", self.frames), ("grid.height", self.height), ("grid.width", self.width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.text_len, bool) or not isinstance(self.text_len, int) or self.text_len < 0:
+            raise ValueError(f"text.length must be an int >= 0, got {self.text_len!r}")
+        if not isinstance(self.text_before, bool):
+            raise ValueError(f"text_before must be a bool, got {self.text_before!r}")
 
     @classmethod
     def of(cls, grid: GridLike, text: Optional[TextSegment] = None) -> "TokenLayout":
@@ -141,9 +151,6 @@ class TokenLayout:
             dims = tuple(grid)
         else:
             raise ValueError(f"grid must be a TokenGrid or a (frames, height, width) tuple, got {grid!r}")
-        for name, value in zip(("grid.frames", "grid.height", "grid.width"), dims):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         text_len, before = 0, False
         if text is not None:
             if not isinstance(text, TextSegment):
@@ -155,8 +162,6 @@ class TokenLayout:
                     "text.length is None (it varies at run time); a mask needs a concrete text length: "
                     "pass a TextSegment with length set to an int >= 0"
                 )
-            if isinstance(text.length, bool) or not isinstance(text.length, int) or text.length < 0:
-                raise ValueError(f"text.length must be an int >= 0, got {text.length!r}")
             text_len, before = text.length, text.position == "before"
         return cls(*dims, text_len=text_len, text_before=before and text_len > 0)
 
@@ -203,13 +208,8 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def next_power_of_2(n: int) -> int:
-    """The smallest power of two >= n (1 for n <= 1)."""
-    return 1 << (max(int(n), 1) - 1).bit_length()
-
-
 __all__ = [
     "BHSD", "BSHD", "TENSOR_LAYOUTS", "check_tensor_layout", "seq_dim", "heads_dim", "to_bhsd", "from_bhsd",
     "tensor_layout_dims", "TokenGrid", "TextSegment", "TEXT_POSITIONS", "GridLike", "TokenLayout", "device_key",
-    "cdiv", "next_power_of_2",
+    "cdiv",
 ]

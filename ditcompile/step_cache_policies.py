@@ -10,9 +10,11 @@ what the branch remembers (`BranchState`):
     teacache   first block's timestep-modulated input      accumulated rescaled rel-L1 change >= threshold
 
 Shared by every policy (applied in `runtime.step_cache.decide`): the first steps of a
-generation (`warmup_steps`) and the first call of a branch always compute; `max_cached_steps`
-caps consecutive reuses. TaylorSeer (`extrapolate`) is not a policy but a way of reusing: it
-extrapolates the residual from the last computed ones instead of repeating the newest.
+generation (`warmup_steps`) and the first call of a branch always compute (the policy is told,
+so that it can keep its bookkeeping); `max_cached_steps` caps consecutive reuses; a computed
+step is passed to the policy's `on_compute`. TaylorSeer (`extrapolate`) is not a policy but a
+way of reusing: it extrapolates the residual from the last computed ones instead of repeating
+the newest.
 
 Sources: First-Block Cache (ParaAttention; diffusers' `FirstBlockCacheConfig`), DBCache
 (cache-dit), TeaCache (Liu et al., arXiv 2411.19108), TaylorSeer (Liu et al., arXiv 2503.06923).
@@ -24,7 +26,7 @@ entry here plus its tests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -46,6 +48,11 @@ class BranchState:
     reused: int = 0
     decisions: list = field(default_factory=list)     # True = computed, per call in order
 
+    def release(self) -> None:
+        """Drop the tensors this branch holds (signals, residual history); its counts stay."""
+        self.reference_signal = self.previous_signal = None
+        self.history = []
+
 
 def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
     """mean|current - previous| / mean|previous| (as diffusers' and ParaAttention's FBCache)."""
@@ -53,21 +60,25 @@ def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
     return float((diff / previous.float().abs().mean()).item())
 
 
-def residual_change(cfg: Any, state: BranchState, signal: torch.Tensor, step: int) -> bool:
+def residual_change(cfg: Any, state: BranchState, signal: torch.Tensor, must_compute: bool) -> bool:
     """FBCache / DBCache: compute unless the signal moved less than `cfg.threshold` (relative L1)
-    since the last *computed* step. `cfg`: the `cache` config section."""
-    if state.reference_signal is None or step < cfg.warmup_steps or not state.history:
+    since the last *computed* step. `cfg`: the `cache` config section; `signal`: any shape."""
+    if must_compute or state.reference_signal is None:
         return True
     return relative_l1(signal, state.reference_signal) > cfg.threshold
 
 
-def teacache(cfg: Any, state: BranchState, signal: torch.Tensor, step: int) -> bool:
+def residual_computed(state: BranchState, signal: torch.Tensor) -> None:
+    """A computed step's signal is the reference the next steps compare with."""
+    state.reference_signal = signal
+
+
+def teacache(cfg: Any, state: BranchState, signal: torch.Tensor, must_compute: bool) -> bool:
     """TeaCache: accumulate the relative L1 change of the signal step over step, rescaled by the
     polynomial `cfg.teacache_coefficients` (highest degree first; none: identity); compute when the
-    sum reaches `cfg.threshold` (the sum restarts then)."""
+    sum reaches `cfg.threshold`."""
     previous, state.previous_signal = state.previous_signal, signal
-    if previous is None or step < cfg.warmup_steps or not state.history:
-        state.accumulated = 0.0
+    if must_compute or previous is None:
         return True
     change = relative_l1(signal, previous)
     if cfg.teacache_coefficients:
@@ -76,23 +87,50 @@ def teacache(cfg: Any, state: BranchState, signal: torch.Tensor, step: int) -> b
     return state.accumulated >= cfg.threshold
 
 
+def teacache_computed(state: BranchState, signal: torch.Tensor) -> None:
+    """The accumulated change restarts at a computed step."""
+    state.accumulated = 0.0
+
+
+def teacache_note(cfg: Any) -> Optional[str]:
+    if not cfg.teacache_coefficients:
+        return "teacache without coefficients: the relative change is accumulated unscaled"
+    return None
+
+
 @dataclass(frozen=True)
 class CachePolicy:
+    """One step-cache policy.
+
+    decide(cfg, state, signal, must_compute) -> compute the body this step? (`must_compute`:
+        the shared rules already require it; the policy still updates its bookkeeping).
+    on_compute(state, signal): what the policy remembers of a computed step.
+    fallback: the policy to use when the graph has no `signal` of this kind (None: it always has).
+    note(cfg): a line for the explain report about the settings (None: nothing to say).
+    example_options: options (dotted keys) that make the policy what its source describes beyond
+        its name, e.g. DBCache's tail blocks; the benchmarks run each policy with them.
+    """
+
     name: str
-    signal: str                                                  # one of SIGNALS
-    decide: Callable[[Any, BranchState, torch.Tensor, int], bool]  # (cfg, state, signal, step) -> compute?
+    signal: str                                                       # one of SIGNALS
+    decide: Callable[[Any, BranchState, torch.Tensor, bool], bool]
+    on_compute: Callable[[BranchState, torch.Tensor], None]
     description: str
+    fallback: Optional[str] = None
+    note: Callable[[Any], Optional[str]] = lambda cfg: None
+    example_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 CACHE_POLICIES: dict[str, CachePolicy] = {p.name: p for p in (
-    CachePolicy("fbcache", RESIDUAL, residual_change,
+    CachePolicy("fbcache", RESIDUAL, residual_change, residual_computed,
                 "relative L1 change of the first block's residual (ParaAttention / diffusers)"),
-    CachePolicy("dbcache", RESIDUAL, residual_change,
+    CachePolicy("dbcache", RESIDUAL, residual_change, residual_computed,
                 "the same signal over the first `compute_first` blocks, with `compute_last` tail blocks, "
-                "warm-up and a cap on consecutive cached steps (cache-dit)"),
-    CachePolicy("teacache", MODULATED_INPUT, teacache,
+                "warm-up and a cap on consecutive cached steps (cache-dit)",
+                example_options={"cache.compute_first": 2, "cache.compute_last": 1, "cache.max_cached_steps": 3}),
+    CachePolicy("teacache", MODULATED_INPUT, teacache, teacache_computed,
                 "accumulated, polynomially rescaled relative L1 change of the first block's modulated input "
-                "(TeaCache)"),
+                "(TeaCache)", fallback="fbcache", note=teacache_note),
 )}
 
 
@@ -120,4 +158,4 @@ def extrapolate(history: list, step: int, order: int) -> list:
 
 
 __all__ = ["BranchState", "CachePolicy", "CACHE_POLICIES", "RESIDUAL", "MODULATED_INPUT", "SIGNALS",
-           "relative_l1", "residual_change", "teacache", "extrapolate"]
+           "relative_l1", "residual_change", "residual_computed", "teacache", "teacache_computed", "extrapolate"]

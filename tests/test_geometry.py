@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ditcompile.geometry import (
-    BHSD, BSHD, TextSegment, TokenGrid, TokenLayout, cdiv, from_bhsd, heads_dim, next_power_of_2, seq_dim, to_bhsd,
+    BHSD, BSHD, TextSegment, TokenGrid, TokenLayout, cdiv, from_bhsd, heads_dim, seq_dim, to_bhsd,
 )
 
 
@@ -41,11 +41,6 @@ def test_token_layout_errors_name_the_field():
         TokenLayout.of((2, 3, 4), TextSegment("after", None, "t"))
     with pytest.raises(ValueError, match="text.position"):
         TokenLayout.of((2, 3, 4), TextSegment("middle", 3, "t"))
-
-
-@pytest.mark.parametrize("n, expected", [(0, 1), (1, 1), (2, 2), (5, 8), (1024, 1024), (1025, 2048)])
-def test_next_power_of_2(n, expected):
-    assert next_power_of_2(n) == expected
 
 
 def test_cdiv():

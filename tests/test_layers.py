@@ -69,6 +69,32 @@ def resolve(node: ast.ImportFrom | ast.Import, module: str, is_package: bool, mo
     return found
 
 
+def module_level(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The statements that run when the module is imported: the body and the branches of
+    top-level if / try blocks, not the bodies of functions or classes."""
+    out = []
+    for stmt in body:
+        out.append(stmt)
+        if isinstance(stmt, ast.If):
+            out += module_level(stmt.body) + module_level(stmt.orelse)
+        elif isinstance(stmt, ast.Try):
+            out += module_level(stmt.body) + module_level(stmt.orelse) + module_level(stmt.finalbody)
+            for handler in stmt.handlers:
+                out += module_level(handler.body)
+    return out
+
+
+def _imports_by_name(node: ast.AST, package: str) -> bool:
+    """`importlib.import_module("<package>...")` or `__import__("<package>...")` with a literal name."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return False
+    name = node.args[0].value
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return called in ("import_module", "__import__") and isinstance(name, str) and (
+        name == package or name.startswith(package + "."))
+
+
 def scan(root: Path, package: str) -> tuple[dict[str, set[str]], list[str]]:
     """(module -> package modules it imports, function-local import violations)."""
     files = {module_name(p, root, package): p for p in sorted(root.rglob("*.py"))}
@@ -78,11 +104,11 @@ def scan(root: Path, package: str) -> tuple[dict[str, set[str]], list[str]]:
     for module, path in files.items():
         tree = ast.parse(path.read_text(), filename=str(path))
         is_package = path.name == "__init__.py"
-        top_level = set(map(id, tree.body))
-        for stmt in tree.body:  # module-level try/except/if blocks count as the top of the file
-            if isinstance(stmt, (ast.Try, ast.If)):
-                top_level |= {id(n) for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        top_level = {id(n) for n in module_level(tree.body)}
         for node in ast.walk(tree):
+            if _imports_by_name(node, package):
+                local.append(f"{path.relative_to(root.parent)}:{node.lineno}: import by name "
+                             f"{node.args[0].value!r}: import the module at the top of the file")
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
             targets = [t for t in resolve(node, module, is_package, modules)
@@ -162,12 +188,14 @@ def test_the_checker_finds_upward_imports_cycles_and_local_imports(tmp_path):
         "kernels/__init__.py": "",
         "kernels/k.py": "from ..passes import p\n",                       # upward
         "passes.py": "def f():\n    from . import geometry\n",            # function-local
+        "report.py": ("import importlib\nif True:\n    def g():\n        from .ops import x\n"
+                      "h = importlib.import_module('pkg.ops')\n"),               # local inside a top-level if; by name
         "ops.py": "from . import graph\n",                                # cycle ops <-> graph ...
         "graph.py": "from .ops import x\n",                               # ... and graph -> ops is fine alone
     }
     for name, text in files.items():
         (pkg / name).write_text(textwrap.dedent(text))
-    layers = [{"geometry"}, {"kernels"}, {"ops"}, {"graph"}, {"passes"}, {"__init__"}]
+    layers = [{"geometry"}, {"kernels"}, {"ops"}, {"graph"}, {"passes"}, {"__init__", "report"}]
     problems = "\n".join(check(pkg, "pkg", layers))
     assert "pkg.geometry imports pkg.kernels.k" in problems
     assert "pkg.kernels.k imports pkg.passes" in problems
@@ -175,3 +203,5 @@ def test_the_checker_finds_upward_imports_cycles_and_local_imports(tmp_path):
     assert "import cycle: pkg.graph -> pkg.ops -> pkg.graph" in problems
     assert "pkg.ops imports pkg.graph" in problems
     assert "pkg.graph imports pkg.ops" not in problems
+    assert "report.py:4: function-local import of ['pkg.ops']" in problems
+    assert "report.py:5: import by name 'pkg.ops'" in problems

@@ -6,15 +6,20 @@ matter: the key is built at run time, inside the op, from the real tensors.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 
-def bucket(n: int) -> int:
-    """The power-of-two bucket of a length: the smallest power of two >= n (1 for n <= 1)."""
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
     return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+bucket = next_power_of_2
+"""The bucket of a length in a tuning key: lengths share a result up to the next power of two."""
 
 
 def device_name(device: torch.device | str) -> str:
@@ -23,7 +28,11 @@ def device_name(device: torch.device | str) -> str:
     dev = torch.device(device)
     if dev.type != "cuda":
         return dev.type
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return _cuda_device_name(dev.index if dev.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=64)
+def _cuda_device_name(index: int) -> str:
     major, minor = torch.cuda.get_device_capability(index)
     return f"{torch.cuda.get_device_name(index)} sm{major}{minor}"
 

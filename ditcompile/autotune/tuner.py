@@ -1,18 +1,21 @@
 """Choose the fastest candidate by measurement, once per key.
 
     settings = TuneSettings()                          # explicit: no environment variables
-    choice = tuned(cache, key, candidates, run, settings)
+    choice = tuned(cache, make_key, candidates, run, make_scratch, settings)
 
-`run(candidate, out)` computes the op with one candidate into `out`; while tuning, each
-candidate writes a scratch output of its own (`make_scratch()`), never the caller's buffer.
-A candidate that fails (e.g. a Triton config that runs out of shared memory) is skipped; the
-first candidate is the documented default, used when tuning is off or only one candidate is left.
+`run(candidate, out)` computes the op with one candidate into `out` (which it overwrites
+entirely); while tuning, candidates write a scratch output (`make_scratch()`, allocated once per
+tuning), never the caller's buffer. A candidate that fails (e.g. a Triton config that runs out
+of shared memory) is skipped; the first candidate is the documented default, used when tuning
+is off, when only one candidate is left, or when the scratch output cannot be allocated.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
+
+import torch
 
 from .cache import TuneCache
 from .key import TuneKey
@@ -43,15 +46,17 @@ class TuneSettings:
 
 def pick_fastest(candidates: Sequence[Any], run: Callable[[Any, Any], None], make_scratch: Callable[[], Any],
                  time_ms: Callable[[Callable[[], object], float], float], budget_ms: float) -> Any:
-    """The candidate with the lowest `time_ms`; failing candidates are skipped (logged at DEBUG).
+    """The candidate with the lowest `time_ms` (milliseconds); failing candidates are skipped
+    (logged at DEBUG). All candidates write one scratch output, allocated here.
 
-    Raises RuntimeError naming the last error when no candidate runs at all.
+    Raises RuntimeError naming the last error when no candidate runs at all; whatever
+    `make_scratch` raises (e.g. torch.OutOfMemoryError) when no scratch can be allocated.
     """
     best, best_ms, error = None, float("inf"), None
+    scratch = make_scratch()
     for candidate in candidates:
-        scratch = make_scratch()
         try:
-            ms = time_ms(lambda c=candidate, s=scratch: run(c, s), budget_ms)
+            ms = time_ms(lambda c=candidate: run(c, scratch), budget_ms)
         except Exception as exc:  # noqa: BLE001 -- e.g. triton OutOfResources for this config
             log.debug("ditaccel autotune: candidate %s failed: %s", candidate, exc)
             error = exc
@@ -63,17 +68,29 @@ def pick_fastest(candidates: Sequence[Any], run: Callable[[Any, Any], None], mak
     return best
 
 
-def tuned(cache: TuneCache, key: TuneKey, candidates: Sequence[Any], run: Callable[[Any, Any], None],
-          make_scratch: Callable[[], Any], settings: TuneSettings,
+def tuned(cache: TuneCache, make_key: Callable[[], TuneKey], candidates: Sequence[Any],
+          run: Callable[[Any, Any], None], make_scratch: Callable[[], Any], settings: TuneSettings,
           time_ms: Optional[Callable[[Callable[[], object], float], float]] = None) -> Any:
-    """The cached choice for `key`, tuning on a miss (or the first candidate when tuning is off)."""
+    """The cached choice for the key `make_key()` (built only when there is a choice to make),
+    tuning on a miss; the first candidate when tuning is off or there is only one.
+
+    `run(candidate, out)` writes the op's full result into `out` (a tensor from `make_scratch()`);
+    `time_ms(fn, budget_ms)` times `fn` (default: CUDA events, median). When the scratch output
+    cannot be allocated the first candidate is kept for this key, with one warning.
+    """
     if not candidates:
         raise ValueError("tuned: no candidates")
     if len(candidates) == 1 or not settings.enabled:
         return candidates[0]
+    key = make_key()
     choice = cache.get(key)
     if choice is None:
-        choice = pick_fastest(list(candidates)[: settings.max_candidates], run, make_scratch,
-                              time_ms or cuda_median_ms, settings.budget_ms)
+        try:
+            choice = pick_fastest(list(candidates)[: settings.max_candidates], run, make_scratch,
+                                  time_ms or cuda_median_ms, settings.budget_ms)
+        except torch.OutOfMemoryError as err:
+            log.warning("ditaccel autotune: no memory for a scratch output to tune %s; using the default "
+                        "config for this shape (%s)", key, err)
+            choice = candidates[0]
         cache.put(key, choice)
     return choice

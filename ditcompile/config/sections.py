@@ -56,7 +56,7 @@ class SparseConfig:
     """A name in `masks.POLICIES`: radial (Radial Attention's static energy-decay mask),
     spatial_temporal (Sparse VideoGen's per-head spatial/temporal classification), antidiagonal
     (XAttention's data-dependent block selection), tile (sliding tile attention, 3-D windows)."""
-    params: tuple[tuple[str, Any], ...] = field(default=(), metadata={"tables": POLICIES})
+    policy_params: tuple[tuple[str, Any], ...] = field(default=(), metadata={"tables": POLICIES})
     """(policy name, its parameter dataclass) for each `[sparse.<policy>]` table given, e.g.
     {"sparse.radial": {"decay_factor": 0.2, "sink": true}}; set through those tables. Each
     policy's parameters are documented on its dataclass (masks.RadialParams, ...)."""
@@ -76,7 +76,7 @@ class SparseConfig:
 
     def params_for(self, policy: str) -> Any:
         """The parameter dataclass of `policy`: from its table, else the policy's defaults."""
-        return dict(self.params).get(policy) or get_policy(policy).params()
+        return dict(self.policy_params).get(policy) or get_policy(policy).params()
 
 
 @dataclass(frozen=True)

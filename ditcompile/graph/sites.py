@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch.fx as fx
 
-from ..geometry import BHSD, BSHD, TENSOR_LAYOUTS, TextSegment, TokenGrid
+from ..geometry import TENSOR_LAYOUTS, TextSegment, TokenGrid
 
 # Attention kinds.
 SELF = "self"          # all tokens of one stream attend each other (video, image or text)
@@ -32,8 +32,8 @@ class AttentionSite:
     Immutable once the analysis has built it (passes read it; none edits it). The tensors (`q`,
     `k`, `v`, `output`) are FX nodes of the analysed graph; `q`, `k`, `v` are already in
     `layout` (for a BSHD site they are the tensors *before* the permute to [B,H,S,D], so the op
-    reads them without a copy). `site_path` is the module path (`module_path`), the name plans
-    and reports use for the site.
+    reads them without a copy). Its `module_path` is the site path plans, reports and run-time
+    state use to name the site.
     """
 
     index: int                   # position among the graph's attention sites, in graph order
@@ -70,10 +70,6 @@ class AttentionSite:
     output: Optional[fx.Node] = field(default=None, repr=False)       # node producing [B,H,S,D]
     replaced: tuple = field(default=(), repr=False)                    # nodes made dead by a rewrite
     folded_heads: bool = False   # q/k/v are [B*H, S, D] (heads folded into batch)
-
-    @property
-    def site_path(self) -> str:
-        return self.module_path
 
     @property
     def equal_lengths(self) -> bool:

@@ -206,10 +206,10 @@ def select_blocks(mass: Tensor, forced: Tensor, threshold: float) -> Tensor:
     return keep
 
 
-def _choose_blocks(inputs: ChoiceInputs, layout: TokenLayout, block: int, p: AntidiagonalParams,
+def _choose_blocks(inputs: ChoiceInputs, tokens: TokenLayout, block: int, p: AntidiagonalParams,
                    statics: tuple[SparsePattern, ...]) -> PatternChoice:
     """XAttention: a fresh mask per (batch, head) from this call's q and k."""
-    pattern = generate_antidiagonal_mask(inputs.q, inputs.k, layout, block_m=block, block_n=block, stride=p.stride,
+    pattern = generate_antidiagonal_mask(inputs.q, inputs.k, tokens, block_m=block, block_n=block, stride=p.stride,
                                          threshold=p.threshold, scale=inputs.scale, layout=inputs.tensor_layout)
     return PatternChoice((pattern,))
 
@@ -217,7 +217,7 @@ def _choose_blocks(inputs: ChoiceInputs, layout: TokenLayout, block: int, p: Ant
 ANTIDIAGONAL = Policy(
     name="antidiagonal",
     params=AntidiagonalParams,
-    static_patterns=lambda layout, block, p, device: (),
+    static_patterns=lambda tokens, block, p, device: (),
     choose=_choose_blocks,
     refresh_steps=lambda p: 0,
     paper="XAttention (Xu et al., arXiv 2503.16428)",

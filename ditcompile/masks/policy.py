@@ -2,10 +2,10 @@
 
 A policy has two parts, either of which may be empty:
 
-* `static_patterns(layout, block, params, device)`: the patterns fixed by the geometry alone
+* `static_patterns(tokens, block, params, device)`: the patterns fixed by the geometry alone
   (token grid, text, block size), built once and cached by the factories -- Radial's mask,
   the tiles of STA, Sparse VideoGen's spatial and temporal patterns;
-* `choose(inputs, layout, block, params, statics)`: the data-dependent part, run on q/k at
+* `choose(inputs, tokens, block, params, statics)`: the data-dependent part, run on q/k at
   run time -- XAttention builds a mask per (batch, head); Sparse VideoGen assigns each head
   one of its two static patterns. Its result is reused for `refresh_steps(params)` denoising
   steps (0: recomputed at every call).
@@ -83,6 +83,8 @@ class Policy:
     choose: None for data-independent policies; else the run-time choice (see PatternChoice).
     refresh_steps: how many steps a data-dependent choice is reused (0: every call).
     paper: where the method comes from.
+    caches: the `functools.lru_cache`d factories holding its patterns (bounded; emptied by
+        `masks.clear_mask_cache()`).
     """
 
     name: str
@@ -91,11 +93,25 @@ class Policy:
     choose: Optional[Choose] = None
     refresh_steps: Callable[[Any], int] = lambda params: 0
     paper: str = ""
+    caches: tuple = ()
 
     @property
     def data_dependent(self) -> bool:
         """True: the pattern depends on q/k (no static density, nothing fixed to draw alone)."""
         return self.choose is not None
+
+    def static_choice(self, tokens: TokenLayout, block: int, params: Any, device: Any) -> PatternChoice:
+        """A data-independent policy's choice: its one static pattern, for every head.
+
+        Raises ValueError when the policy is data-dependent or does not give exactly one pattern.
+        """
+        if self.data_dependent:
+            raise ValueError(f"sparse policy {self.name!r} chooses its patterns from the data")
+        patterns = self.static_patterns(tokens, block, params, device)
+        if len(patterns) != 1:
+            raise ValueError(f"sparse policy {self.name!r} has no choose() and {len(patterns)} static patterns; "
+                             "a data-independent policy gives exactly one")
+        return PatternChoice(patterns)
 
 
 def parse_params(policy: Policy, values: Mapping[str, Any]) -> Any:

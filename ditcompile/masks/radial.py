@@ -212,7 +212,8 @@ def _radial_blocks(
 RADIAL = Policy(
     name="radial",
     params=RadialParams,
-    static_patterns=lambda layout, block, p, device: (
-        generate_radial_mask(layout, block_m=block, block_n=block, device=device, **dataclasses.asdict(p)),),
+    static_patterns=lambda tokens, block, p, device: (
+        generate_radial_mask(tokens, block_m=block, block_n=block, device=device, **dataclasses.asdict(p)),),
     paper="Radial Attention (Li et al., arXiv 2506.19852)",
+    caches=(_radial_cached,),
 )

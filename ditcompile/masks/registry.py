@@ -7,7 +7,6 @@ params dataclass, its factories and a `Policy` object), add it to the tuple belo
 """
 from __future__ import annotations
 
-from . import antidiagonal, radial, spatial_temporal, tile
 from .antidiagonal import ANTIDIAGONAL
 from .policy import Policy
 from .radial import RADIAL
@@ -27,9 +26,9 @@ def get_policy(name: str) -> Policy:
 
 def clear_mask_cache() -> None:
     """Drop every cached data-independent pattern (e.g. to free device memory)."""
-    for cached in (radial._radial_cached, spatial_temporal._spatial_cached, spatial_temporal._temporal_cached,
-                   tile._tile_cached):
-        cached.cache_clear()
+    for policy in POLICIES.values():
+        for cached in policy.caches:
+            cached.cache_clear()
 
 
 __all__ = ["POLICIES", "get_policy", "clear_mask_cache"]

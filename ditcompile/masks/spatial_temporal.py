@@ -346,14 +346,14 @@ def _expand_heads(x: Tensor, heads: int, name: str) -> Tensor:
     return x.repeat_interleave(heads // x.shape[1], dim=1)
 
 
-def _choose_heads(inputs: ChoiceInputs, layout: TokenLayout, block: int, p: SpatialTemporalParams,
+def _choose_heads(inputs: ChoiceInputs, tokens: TokenLayout, block: int, p: SpatialTemporalParams,
                   statics: tuple[SparsePattern, ...]) -> PatternChoice:
     """Sparse VideoGen's online profiling: each head runs the spatial (0) or temporal (1) pattern,
     whichever loses less on sampled query rows (sampling seeded by the step)."""
     spatial, temporal = statics
     generator = torch.Generator(device="cpu").manual_seed(inputs.step or 0)
     is_spatial = classify_heads(
-        inputs.q, inputs.k, layout, num_samples=p.num_samples, layout=inputs.tensor_layout, v=inputs.v,
+        inputs.q, inputs.k, tokens, num_samples=p.num_samples, layout=inputs.tensor_layout, v=inputs.v,
         spatial=spatial, temporal=temporal, frame_window=p.frame_window, position_window=p.position_window,
         sink=p.sink, scale=inputs.scale, generator=generator,
     )  # fmt: skip
@@ -363,12 +363,13 @@ def _choose_heads(inputs: ChoiceInputs, layout: TokenLayout, block: int, p: Spat
 SPATIAL_TEMPORAL = Policy(
     name="spatial_temporal",
     params=SpatialTemporalParams,
-    static_patterns=lambda layout, block, p, device: (
-        generate_spatial_mask(layout, block_m=block, block_n=block, frame_window=p.frame_window, sink=p.sink,
+    static_patterns=lambda tokens, block, p, device: (
+        generate_spatial_mask(tokens, block_m=block, block_n=block, frame_window=p.frame_window, sink=p.sink,
                               device=device),
-        generate_temporal_mask(layout, block_m=block, block_n=block, position_window=p.position_window,
+        generate_temporal_mask(tokens, block_m=block, block_n=block, position_window=p.position_window,
                                sink=p.sink, device=device)),
     choose=_choose_heads,
     refresh_steps=lambda p: p.reclassify_every,
     paper="Sparse VideoGen (Xi et al., arXiv 2502.01776)",
+    caches=(_spatial_cached, _temporal_cached),
 )

@@ -144,8 +144,9 @@ def _tile_cached(
 TILE = Policy(
     name="tile",
     params=TileParams,
-    static_patterns=lambda layout, block, p, device: (
-        generate_tile_mask(layout, block_m=block, block_n=block, tile_size=p.tile_size, window=p.window,
+    static_patterns=lambda tokens, block, p, device: (
+        generate_tile_mask(tokens, block_m=block, block_n=block, tile_size=p.tile_size, window=p.window,
                            device=device),),
     paper="Sliding tile attention (Zhang et al., arXiv 2502.04507)",
+    caches=(_tile_cached,),
 )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional

@@ -27,7 +27,7 @@ from ..config import ConfigError, DitConfig, SparseConfig
 from ..graph.sites import JOINT, SELF, AttentionSite, GraphAnalysis
 from ..kernels.attention.flash_fwd import MAX_HEAD_DIM
 from ..masks import get_policy, params_json
-from ..plans import AttentionPlan, SparseSpec
+from ..plans import SparseSpec
 from .base import PLANNED, DitPass, PassContext, PassReport, SiteDecision, attention_nodes, set_plan
 
 
@@ -51,7 +51,10 @@ class SparseAttentionPass(DitPass):
                 continue
             plan = dataclasses.replace(plan, backend="triton", sparse=sparse_spec(site, ctx.analysis, cfg))
             set_plan(node, plan)
-            density = plan_density(plan.sparse)
+            try:
+                density = plan_density(plan.sparse)
+            except ValueError as err:  # the policy cannot build a pattern for these settings
+                raise ConfigError(f"sparse.{cfg.policy} at {site.module_path}: {err}") from err
             report.decisions.append(SiteDecision(
                 index, site.module_path, PLANNED, plan=plan.describe(),
                 reason=f"density {density:.3f}" if density is not None else "density data-dependent"))
@@ -85,7 +88,7 @@ def sparse_spec(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseConfig)
     """The site's sparse spec under `cfg` (an eligible site: see `sparse_ineligible`)."""
     try:
         return SparseSpec(
-            policy=cfg.policy, params=params_json(cfg.params_for(cfg.policy)), grid=analysis.grid.dims,
+            policy=cfg.policy, params_json=params_json(cfg.params_for(cfg.policy)), grid=analysis.grid.dims,
             text_position=site.text.position if site.text is not None else "",
             text_length=site.text.length if site.text is not None else 0,
             block_size=cfg.block_size, dense_steps=cfg.dense_steps, guard_every=cfg.guard_every,
@@ -101,8 +104,7 @@ def plan_density(spec: SparseSpec) -> Optional[float]:
     policy = get_policy(spec.policy)
     if policy.data_dependent:
         return None
-    patterns = policy.static_patterns(spec.token_layout, spec.block_size, spec.policy_params, "cpu")
-    return sum(p.density for p in patterns) / len(patterns)
+    return policy.static_choice(spec.token_layout, spec.block_size, spec.policy_params, "cpu").density
 
 
 __all__ = ["SparseAttentionPass", "sparse_ineligible", "sparse_spec", "plan_density"]

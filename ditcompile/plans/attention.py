@@ -16,13 +16,12 @@ with a default that means "off", so a plan without them keeps its meaning.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
-from ..geometry import TEXT_POSITIONS, TokenLayout
+from ..geometry import TEXT_POSITIONS, TextSegment, TokenLayout
 from ..kernels.block_mask import check_block_sizes
 from ..masks import POLICIES, get_policy, parse_params
 
@@ -35,16 +34,20 @@ PLAN_VERSION = 2  # of the JSON form; `plans.codec` also reads version 1 (ditacc
 class SparseSpec:
     """How a site runs sparse attention (`ditcompile.ops.impl.sparse` executes it).
 
-    policy: a name in `masks.POLICIES`; params: its parameters as canonical JSON.
+    policy: a name in `masks.POLICIES`; params_json: its parameters as canonical JSON.
     grid: (frames, height, width) of the video tokens; text_position "before"/"after" with
     text_length tokens, or "" without text. block_size: mask block (query and key), a multiple
     of 16. dense_steps: denoising steps run dense at the start of a generation. guard_every:
     the fidelity guard checks every N sparse calls (0: off), switching the site to dense for the
     rest of the generation above guard_budget (relative L2 error) on guard_rows sampled rows.
+
+    Derived on construction (attributes, not fields: they are not part of the JSON):
+    token_layout, where video and text tokens sit in the site's sequence (`geometry.TokenLayout`),
+    and policy_params, the policy's parameter dataclass parsed from `params_json`.
     """
 
     policy: str
-    params: str = "{}"
+    params_json: str = "{}"
     grid: tuple = ()
     text_position: str = ""
     text_length: int = 0
@@ -66,18 +69,11 @@ class SparseSpec:
                              f"{TEXT_POSITIONS[0]!r} or {TEXT_POSITIONS[1]!r}")
         if not (math.isfinite(self.guard_budget) and self.guard_budget >= 0):
             raise ValueError(f"sparse attention plan guard_budget must be a finite number >= 0, got {self.guard_budget}")
-        self.policy_params  # parse now: a bad parameter fails where the plan is built
+        # parse and check now: a bad parameter, grid or text length fails where the plan is built
+        text = TextSegment(self.text_position, self.text_length, "plan") if self.text_position else None
+        object.__setattr__(self, "token_layout", TokenLayout.of(self.grid, text))
+        object.__setattr__(self, "policy_params", parse_params(get_policy(self.policy), json.loads(self.params_json)))
 
-    @functools.cached_property
-    def policy_params(self) -> Any:
-        """The policy's parameter dataclass, parsed from `params`."""
-        return parse_params(get_policy(self.policy), json.loads(self.params))
-
-    @functools.cached_property
-    def token_layout(self) -> TokenLayout:
-        """Where video and text tokens sit in the site's sequence."""
-        return TokenLayout(*self.grid, text_len=self.text_length if self.text_position else 0,
-                           text_before=self.text_position == "before" and self.text_length > 0)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Plans from strings: the cached parser the op calls on the JSON of `AttentionPlan.to_json()`.
 
     {"version": 2, "site_path": "blocks.0.attn1", "backend": "triton", "quant": "none",
-     "sparse": {"policy": "radial", "params": "{...}", "grid": [21, 30, 52], ...}}
+     "sparse": {"policy": "radial", "params_json": "{...}", "grid": [21, 30, 52], ...}}
 
 Version 1 (ditaccel 0.1: one flat object with "method", "site", "policy", ...) still parses, so
 a graph compiled and cached by an older release keeps running.
@@ -16,6 +16,7 @@ from .attention import PLAN_VERSION, AttentionPlan, SparseSpec
 
 _V1_SPARSE = ("policy", "params", "grid", "text_position", "text_length", "block_size", "dense_steps",
               "guard_every", "guard_budget", "guard_rows")
+_V1_RENAMED = {"params": "params_json"}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -57,7 +58,7 @@ def _from_v1(data: dict) -> dict:
         raise ValueError(f"ditaccel::attention plan method {method!r} is not one of ('dense', 'sparse')")
     if "site" in data:
         data["site_path"] = data.pop("site")
-    sparse = {k: data.pop(k) for k in _V1_SPARSE if k in data}
+    sparse = {_V1_RENAMED.get(k, k): data.pop(k) for k in _V1_SPARSE if k in data}
     data["sparse"] = sparse if method == "sparse" else None
     return data
 

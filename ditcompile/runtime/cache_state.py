@@ -10,7 +10,7 @@ class StepCacheState(GenerationState):
 
     `body_share`: the body's fraction of the trunk's blocks, so a reused call saves about that
     fraction of a call's compute (embeddings and the output projection are small in DiTs); set
-    by the runner.
+    by the first runner that uses this state (a model with graph breaks has one runner per graph).
     """
 
     def __init__(self) -> None:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
+from ..masks import PatternChoice
 from .steps import GenerationState
 
 
@@ -15,9 +16,13 @@ class SiteState:
     dense_calls: int = 0
     guard_errors: list = field(default_factory=list)   # [(step, relative L2 error)]
     dense_from_step: Optional[int] = None               # set by the fidelity guard
-    choice: Any = None                                  # the policy's last data-dependent PatternChoice
+    choice: Optional[PatternChoice] = None              # the policy's last data-dependent choice
     choice_step: int = -1                               # the step it was made at
     density: Optional[float] = None                     # of the last sparse call
+
+    def release(self) -> None:
+        """Drop the device tensors this site holds (its counts stay)."""
+        self.choice = None
 
 
 class SparseState(GenerationState):

@@ -28,14 +28,15 @@ from .steps import StepInfo, StepTracker
 
 @dataclass
 class ModelRuntime:
-    """Everything one model instance carries across calls: one typed slot per feature."""
+    """Everything one model instance carries across calls: one typed slot per feature, each with
+    a `reset()` (`new_generation` resets them all)."""
 
     tracker: StepTracker = field(default_factory=StepTracker)
     sparse: SparseState = field(default_factory=SparseState)            # sparse attention sites
     step_cache: StepCacheState = field(default_factory=StepCacheState)  # step-cache branches
 
     def new_generation(self) -> None:
-        self.tracker.restart()
+        self.tracker.reset()
         self.sparse.reset()
         self.step_cache.reset()
 

@@ -60,14 +60,16 @@ class GraphSplit:
 
 
 def decide(cfg: CacheConfig, state: BranchState, signal: torch.Tensor, step: int) -> bool:
-    """True: run the body this step. The policy's decision, then the rules every policy shares:
-    at most `cfg.max_cached_steps` consecutive reuses; a computed step becomes the reference."""
-    compute = CACHE_POLICIES[cfg.policy].decide(cfg, state, signal, step)
+    """True: run the body this step. The rules every policy shares -- the warm-up steps and a
+    branch's first call always compute, at most `cfg.max_cached_steps` consecutive reuses --
+    around the policy's own decision; a computed step is passed to the policy's `on_compute`."""
+    policy = CACHE_POLICIES[cfg.policy]
+    must_compute = step < cfg.warmup_steps or not state.history
+    compute = policy.decide(cfg, state, signal, must_compute)
     if not compute and cfg.max_cached_steps and state.consecutive_cached >= cfg.max_cached_steps:
         compute = True
     if compute:
-        state.accumulated = 0.0
-        state.reference_signal = signal
+        policy.on_compute(state, signal)
     return compute
 
 
@@ -88,7 +90,7 @@ class StepCacheRunner:
     def __call__(self, *args: Any) -> Any:
         runtime, info = self.observer.observe(args)
         state = runtime.step_cache
-        state.body_share = self.body_share
+        state.body_share = state.body_share or self.body_share
         if info.generation != state.generation and state.data:
             log.info("ditaccel step cache: generation %d: %s", state.generation, format_cache_stats(state.summary()))
         branch = state.branch(info)

@@ -15,6 +15,7 @@ for schedules the rule cannot see (two generations that start at the same timest
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -52,7 +53,8 @@ class StepTracker:
         self.last_timestep = timestep
         return StepInfo(self.generation, self.step, self.branch, timestep)
 
-    def restart(self) -> None:
+    def reset(self) -> None:
+        """The next call starts a new generation (whatever its timestep)."""
         self.restart_requested = True
 
 
@@ -60,13 +62,17 @@ class GenerationState:
     """Base of a feature's run-time state that restarts with every generation.
 
     Subclasses keep their per-generation entries in `self.data` (key: a site path or a CFG
-    branch) and say how to summarise them; a finished generation's summary is kept in `finished`.
+    branch) and say how to summarise them; the summaries of the last `KEEP_FINISHED` finished
+    generations are kept in `finished`. An entry may define `release()`, called by `reset()` to
+    drop the tensors it holds (its counts stay for the summary).
     """
+
+    KEEP_FINISHED = 64
 
     def __init__(self) -> None:
         self.generation = -1
         self.data: dict = {}
-        self.finished: list = []
+        self.finished: collections.deque = collections.deque(maxlen=self.KEEP_FINISHED)
 
     def entry(self, key: Any, generation: int, factory: Callable[[], Any]) -> Any:
         """This generation's entry for `key`, created by `factory`."""
@@ -77,7 +83,13 @@ class GenerationState:
         return self.data.setdefault(key, factory())
 
     def reset(self) -> None:
-        self.generation = -1  # the next call's generation differs: entries restart then
+        """The next call starts new entries (this generation's summary is archived then); the
+        tensors the entries hold are released now."""
+        self.generation = -1
+        for entry in self.data.values():
+            release = getattr(entry, "release", None)
+            if release is not None:
+                release()
 
     @property
     def used(self) -> bool:

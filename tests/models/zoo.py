@@ -7,7 +7,7 @@ account of the model (never with the backend's own analysis).
 
 Findings (torch 2.13.0 CPU, diffusers 0.42.1, default attention backend; traced with
 ``torch.compile(model, backend=be, fullgraph=...)`` where ``be`` counts ``len(gm.graph.nodes)``;
-the token counts and text positions below are also checked by ``tests/test_zoo.py``).
+the token counts and text positions below are also checked by ``tests/models/test_zoo.py``).
 "Layout" is the layout right after the q/k/v projections, before the permute/transpose that
 feeds SDPA.  "dispatch" = ``diffusers.models.attention_dispatch.dispatch_attention_fn``: with
 the native backend it does ``permute(0, 2, 1, 3)`` on q, k, v (``[B,S,H,D] -> [B,H,S,D]``),
@@ -85,7 +85,7 @@ pixart-tiny (grid 1x4x6, 10 text; 1 graph, 270 nodes)
     ``transformer_blocks.N.attn1`` self, ``attn2`` cross with an additive ``[B,H,1,T]``
     mask.  ``AttnProcessor2_0``.
 manual-dit-tiny (grid 3x4x6, 10 text; 1 graph, 231 nodes)
-    :mod:`ditcompile.models.manual_dit`, no SDPA.  ``blocks.N.attn1``:
+    :mod:`tests.models.manual_dit`, no SDPA.  ``blocks.N.attn1``:
     ``view(B,S,H,D).transpose(1,2)`` -> ``matmul(q, k.transpose(-1,-2))`` -> ``mul`` by scale
     -> ``softmax(dim=-1)`` -> ``matmul(p, v)``.  ``blocks.N.attn2``: heads folded into the
     batch, ``[B*H,S,D]`` -> ``baddbmm(empty(B*H,Sq,Sk), q, k^T, beta=0, alpha=scale)`` ->

@@ -12,7 +12,7 @@ from ditcompile.ops import attention_op
 from tests.models.zoo import get_tiny_model, run_model
 from ditcompile.plans import AttentionPlan
 
-pytest.importorskip("triton")  # the reference lives beside the kernel, which imports triton
+pytest.importorskip("triton")  # the plans under test name the Triton kernel (its reference runs on the CPU)
 
 
 def _qkv(layout, seed, b=2, h=3, s=37, d=32, dtype=torch.float32):

@@ -79,9 +79,9 @@ def _frame_local_qkv(frames, hw, heads=2, dim=32, text=0, seed=0):
     return q, k, v
 
 
-def _plan(policy, grid, **kw):
+def _plan(policy, grid, params="{}", **kw):
     return AttentionPlan(site_path="test", backend="triton",
-                         sparse=SparseSpec(policy=policy, grid=grid, block_size=16, **kw))
+                         sparse=SparseSpec(policy=policy, params_json=params, grid=grid, block_size=16, **kw))
 
 
 def test_sparse_matches_dense_when_attention_lives_in_the_support_and_the_guard_catches_it_when_not():

@@ -9,7 +9,7 @@ from ditcompile.plans import PLAN_VERSION, AttentionPlan, SparseSpec, parse_plan
 
 
 def _sparse(**kw):
-    return SparseSpec(**{"policy": "radial", "params": params_json(RadialParams(decay_factor=0.5)),
+    return SparseSpec(**{"policy": "radial", "params_json": params_json(RadialParams(decay_factor=0.5)),
                          "grid": (3, 4, 6), "block_size": 16, **kw})
 
 
@@ -43,8 +43,8 @@ def test_dense_fallback_keeps_quant_and_drops_sparse():
     (lambda: _sparse(policy="magic"), "policy 'magic' is not one of"),
     (lambda: _sparse(grid=(4, 4)), "3-D grid"),
     (lambda: _sparse(block_size=24), "block_m must be a positive multiple of 16"),
-    (lambda: _sparse(params='{"band": -1}'), "sparse.radial: band must be an int >= 0"),
-    (lambda: _sparse(params='{"bandwidth": 2}'), r"unknown parameter\(s\) \['bandwidth'\]"),
+    (lambda: _sparse(params_json='{"band": -1}'), "sparse.radial: band must be an int >= 0"),
+    (lambda: _sparse(params_json='{"bandwidth": 2}'), r"unknown parameter\(s\) \['bandwidth'\]"),
     (lambda: _sparse(guard_budget=float("nan")), "guard_budget"),
     (lambda: AttentionPlan(backend="sdpa", sparse=_sparse()), "needs backend 'triton'"),
 ])

@@ -18,10 +18,25 @@ def test_new_generation_resets_every_slot_and_keeps_the_finished_summaries():
     again = runtime.tracker.observe(999.0)  # the same timestep: a restart, not a second CFG branch
     assert (again.generation, again.step, again.branch) == (1, 0, 0)
     assert runtime.sparse.site("blocks.0.attn1", again.generation).sparse_calls == 0
-    assert runtime.sparse.finished == [{"blocks.0.attn1": {"sparse_calls": 3, "dense_calls": 0, "guard_errors": [],
+    assert list(runtime.sparse.finished) == [{"blocks.0.attn1": {"sparse_calls": 3, "dense_calls": 0, "guard_errors": [],
                                                            "dense_from_step": None, "density": None}}]
     assert runtime.step_cache.branch(again).computed == 0
     assert runtime.step_cache.finished[0][0]["computed"] == 1
+
+
+def test_reset_releases_tensors_and_finished_summaries_are_bounded():
+    runtime = ModelRuntime()
+    for generation in range(runtime.sparse.KEEP_FINISHED + 5):
+        info = runtime.tracker.observe(999.0)
+        site = runtime.sparse.site("s", info.generation)
+        site.choice, site.sparse_calls = object(), generation
+        branch = runtime.step_cache.branch(info)
+        branch.reference_signal, branch.history = torch.ones(2), [(0, [torch.ones(2)])]
+        runtime.new_generation()
+        assert site.choice is None and branch.reference_signal is None and branch.history == []
+        assert site.sparse_calls == generation  # counts stay for the summary
+    assert len(runtime.sparse.finished) == runtime.sparse.KEEP_FINISHED
+    assert runtime.sparse.finished[-1]["s"]["sparse_calls"] == runtime.sparse.KEEP_FINISHED + 3
 
 
 def test_stats_list_only_the_slots_a_model_used():

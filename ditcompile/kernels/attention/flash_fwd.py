@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ...autotune import TuneCache, TuneKey, TuneSettings, bucket, default_cache, tuned
 from ...geometry import BHSD, cdiv, heads_dim, seq_dim, tensor_layout_dims, to_bhsd
-from ..block_mask import BlockSparseMask
+from ..block_mask import MIN_BLOCK, BlockSparseMask
 from ..triton_support import HAVE_TRITON, tl, triton
 from .quantize import (
     head_dim_pad,
@@ -422,7 +422,8 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: str, quant: str) -> t
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D {dims} for layout={layout!r}, got shape {tuple(t.shape)}")
         if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
+            supported = ", ".join(str(d).replace("torch.", "") for d in SUPPORTED_DTYPES)
+            raise ValueError(f"{name} has dtype {t.dtype}; supported: {supported}")
     if not q.dtype == k.dtype == v.dtype:
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.device == k.device == v.device:
@@ -565,8 +566,8 @@ def sparse_flash_attention(
     settings = tuning if tuning is not None else TuneSettings()
     if interpret:
         settings = TuneSettings(enabled=False)  # the interpreter's times mean nothing
-    key = _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim)
-    choice = tuned(tune_cache if tune_cache is not None else default_cache(), key, candidates, launch,
+    choice = tuned(tune_cache if tune_cache is not None else default_cache(),
+                   lambda: _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim), candidates, launch,
                    lambda: torch.empty_like(out), settings)
     launch(choice, out)
     return out
@@ -592,8 +593,8 @@ def _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, inter
             )
         for name in ("block_m", "block_n"):
             tile = getattr(config, name)
-            if tile < 16 or tile & (tile - 1):
-                raise ValueError(f"config.{name} must be a power of two >= 16, got {tile}")
+            if tile < MIN_BLOCK or tile & (tile - 1):
+                raise ValueError(f"config.{name} must be a power of two >= {MIN_BLOCK}, got {tile}")
         return [config]
     elem = 1 if (quant == "int8" and pv_fp8) else q.element_size()  # int8 Q/K with 16-bit V: be safe
     smem = 227 * 1024

@@ -22,7 +22,8 @@ import os
 import torch
 from torch import Tensor
 
-from ...geometry import BHSD, cdiv, next_power_of_2, to_bhsd
+from ...autotune import next_power_of_2
+from ...geometry import BHSD, cdiv, to_bhsd
 from ..triton_support import tl, triton
 from .reference import FP8_E4M3_MAX, smooth_k_mean_reference
 

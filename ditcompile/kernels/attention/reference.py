@@ -3,7 +3,7 @@
 These compute *exactly the same function* as the Triton kernels and serve two purposes:
 the ground truth for the tests (run them on float64 inputs), and the CPU fallback.
 
-Semantics shared with ``flash_attention.py``:
+Semantics shared with ``flash_fwd.py``:
 
 * ``mask`` is a :class:`BlockSparseMask` (or None for dense attention); it is expanded to
   token level including ragged last blocks and the dense text rows/columns

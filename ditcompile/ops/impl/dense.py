@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -30,10 +29,10 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], i
     return from_bhsd(out, layout).contiguous()
 
 
-def run_kernel(choice: ImplChoice, q: Tensor, k: Tensor, v: Tensor, mask: Optional[BlockSparseMask], layout: str,
+def run_kernel(impl: ImplChoice, q: Tensor, k: Tensor, v: Tensor, mask: Optional[BlockSparseMask], layout: str,
                scale: Optional[float], quant: str) -> Tensor:
-    """The Triton kernel (choice TRITON) or its pure-torch reference (REFERENCE), q's dtype and layout."""
-    if choice.impl == TRITON:
+    """The Triton kernel (impl TRITON) or its pure-torch reference (REFERENCE), q's dtype and layout."""
+    if impl.impl == TRITON:
         return sparse_flash_attention(q, k, v, mask, scale=scale, layout=layout, quant=quant)
     if quant == "int8":
         return int8_attention_reference(q, k, v, mask, scale=scale, layout=layout)
@@ -43,11 +42,11 @@ def run_kernel(choice: ImplChoice, q: Tensor, k: Tensor, v: Tensor, mask: Option
 def dense_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], is_causal: bool,
                     plan: AttentionPlan) -> Tensor:
     """A dense plan: SDPA, the Triton kernel (16-bit or int8) or its reference, as `select_impl` says."""
-    choice = select_impl(q, k, v, is_causal=is_causal, backend=plan.backend, block_sparse=False)
-    warn_fallback(plan.site_path, choice)
-    if choice.impl == SDPA:
+    impl = select_impl(q, k, v, is_causal=is_causal, backend=plan.backend, block_sparse=False)
+    warn_fallback(plan.site_path, impl)
+    if impl.impl == SDPA:
         return sdpa(q, k, v, layout, scale, is_causal)
-    return run_kernel(choice, q, k, v, None, layout, scale, plan.quant).contiguous()
+    return run_kernel(impl, q, k, v, None, layout, scale, plan.quant).contiguous()
 
 
 __all__ = ["sdpa", "run_kernel", "dense_attention"]

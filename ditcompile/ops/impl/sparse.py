@@ -70,11 +70,14 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Option
 
 def pattern_choice(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], spec: SparseSpec,
                    site: Optional[SiteState], step: Optional[int]) -> PatternChoice:
-    """Which pattern each (batch, head) runs this call (see the module docstring)."""
+    """Which pattern each (batch, head) runs this call (see the module docstring).
+
+    q, k, v: [B, H, S, D] or [B, S, H, D] (`layout`). A data-dependent policy's choice is kept in
+    `site` and reused for `refresh_steps` steps while it fits [B, H]."""
     policy, params = get_policy(spec.policy), spec.policy_params
+    if not policy.data_dependent:
+        return policy.static_choice(spec.token_layout, spec.block_size, params, q.device)
     statics = policy.static_patterns(spec.token_layout, spec.block_size, params, q.device)
-    if policy.choose is None:
-        return PatternChoice(statics)
     reuse = policy.refresh_steps(params)
     batch, heads = q.shape[0], q.shape[heads_dim(layout)]
     last = site.choice if site is not None else None
@@ -90,7 +93,9 @@ def pattern_choice(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional
 
 def run_choice(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], choice: PatternChoice,
                plan: AttentionPlan) -> Tensor:
-    """Attention of every (batch, head) under its pattern; heads sharing a pattern run together."""
+    """Attention of every (batch, head) under its pattern; heads sharing a pattern run together.
+
+    q, k, v: [B, H, S, D] or [B, S, H, D] (`layout`); returns q's shape, dtype and layout, contiguous."""
     if choice.assignment is None:
         return run_pattern(q, k, v, layout, scale, choice.patterns[0], plan)
     hd = heads_dim(layout)
@@ -107,7 +112,10 @@ def run_choice(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[flo
 
 def run_pattern(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], pattern: SparsePattern,
                 plan: AttentionPlan) -> Tensor:
-    """Attention of q/k/v under one pattern: permute, block-sparse kernel, un-permute (contiguous)."""
+    """Attention of q/k/v under one pattern: permute the tokens, block-sparse kernel, un-permute.
+
+    q, k, v: [B, H, S, D] or [B, S, H, D] (`layout`), S = pattern.seq_len; returns q's shape and
+    layout, contiguous."""
     sd = seq_dim(layout)
     qp, kp, vp = (apply_permutation(t, pattern, sd) for t in (q, k, v))
     out = block_sparse_attention(qp, kp, vp, pattern.mask, layout, scale, plan)
@@ -116,15 +124,19 @@ def run_pattern(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[fl
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, mask: BlockSparseMask, layout: str,
                            scale: Optional[float], plan: AttentionPlan) -> Tensor:
-    """The block-sparse kernel on CUDA, its reference on the CPU (or where the kernel cannot run)."""
-    choice = select_impl(q, k, v, is_causal=False, backend=plan.backend, block_sparse=True)
-    warn_fallback(plan.site_path, choice)
-    return run_kernel(choice, q, k, v, mask, layout, scale, plan.quant)
+    """The block-sparse kernel on CUDA, its reference on the CPU (or where the kernel cannot run).
+
+    q, k, v: [B, H, S, D] or [B, S, H, D] (`layout`), already in the mask's token order; returns
+    q's shape and layout."""
+    impl = select_impl(q, k, v, is_causal=False, backend=plan.backend, block_sparse=True)
+    warn_fallback(plan.site_path, impl)
+    return run_kernel(impl, q, k, v, mask, layout, scale, plan.quant)
 
 
 def guard_error(q: Tensor, k: Tensor, v: Tensor, out: Tensor, layout: str, scale: Optional[float], rows: int,
                 seed: int) -> float:
-    """Relative L2 error of `out` against exact attention on `rows` sampled query rows."""
+    """Relative L2 error (a float, 0 = exact) of `out` against exact fp32 attention on `rows` query
+    rows sampled with `seed`. q, k, v, out: [B, H, S, D] or [B, S, H, D] (`layout`)."""
     sd = seq_dim(layout)
     length = q.shape[sd]
     generator = torch.Generator(device="cpu").manual_seed(seed)

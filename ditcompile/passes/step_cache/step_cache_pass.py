@@ -52,14 +52,15 @@ class StepCachePass(DitPass):
             return report
         policy = cfg.policy
         if wants_modulated and split.modulated_input is None:
-            policy = "fbcache"
+            policy = CACHE_POLICIES[cfg.policy].fallback
             report.notes.append(f"{cfg.policy}: no timestep-modulated input found in the first block; "
-                                "using the first block's residual (fbcache) instead")
+                                f"using {policy} (signal: {CACHE_POLICIES[policy].signal}) instead")
         elif wants_modulated:
             report.notes.append(f"{cfg.policy} signal: {split.modulated_input}"
                                 + (f" (output of {cfg.teacache_signal})" if cfg.teacache_signal else ""))
-        if policy == "teacache" and not cfg.teacache_coefficients:
-            report.notes.append("teacache without coefficients: the relative change is accumulated unscaled")
+        note = CACHE_POLICIES[policy].note(cfg)
+        if note:
+            report.notes.append(note)
         effective = dataclasses.replace(cfg, policy=policy)
         report.notes.append(
             f"step cache {policy} (threshold {cfg.threshold}, warm-up {cfg.warmup_steps}, "
