@@ -259,8 +259,25 @@ def _has_inductor_key(module: Any, dotted: str) -> bool:
 
 
 def config_to_dict(config: DitConfig) -> dict:
-    """Plain nested dict (JSON-ready) of a config, for reports and cache keys."""
-    return dataclasses.asdict(config)
+    """Plain nested dict (JSON-ready) of a config, in the form `resolve_config` accepts:
+    `resolve_config(config_to_dict(c)) == c`. Policy parameters appear as their tables
+    (`{"sparse": {"radial": {...}}}`), Inductor patches as a dict."""
+    return _section_dict(config)
+
+
+def _section_dict(section: Any) -> dict:
+    out: dict = {}
+    for fld in dataclasses.fields(section):
+        value = getattr(section, fld.name)
+        if "tables" in fld.metadata:  # (name, params dataclass) pairs -> one table per name
+            out.update({name: dataclasses.asdict(params) for name, params in value})
+        elif dataclasses.is_dataclass(value):
+            out[fld.name] = _section_dict(value)
+        elif fld.name == "inductor":
+            out[fld.name] = dict(value)
+        else:
+            out[fld.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 __all__ = ["available_presets", "load_preset", "preset_metadata", "resolve_config", "config_to_dict", "PRESET_DIR"]

@@ -168,6 +168,21 @@ class BlockSparseMask:
         dense.scatter_(-1, torch.where(listed, idx, nkb), True)  # padding goes to column nkb
         return dense[..., :nkb]
 
+    def allowed(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Token-level mask: bool ``[B|1, H|1, R, C]``, true where query token ``rows[r]`` may
+        attend key token ``cols[c]`` (int64 positions in the mask's token order; listed blocks,
+        ragged last blocks and the dense text ranges included). Costs O(R * C)."""
+        rows, cols = rows.to(self.device), cols.to(self.device)
+        blocks = self.to_dense_block_mask()  # [B, H, NQB, NKB]
+        allowed = blocks[:, :, rows // self.block_m][..., cols // self.block_n]  # [B, H, R, C]
+        if self.dense_q_range is not None:
+            start, end = self.dense_q_range
+            allowed = allowed | ((rows >= start) & (rows < end))[:, None]
+        if self.dense_kv_range is not None:
+            start, end = self.dense_kv_range
+            allowed = allowed | ((cols >= start) & (cols < end))[None, :]
+        return allowed
+
     def schedule_block_mask(self) -> Tensor:
         """Blocks the kernel computes (listed + added by dense ranges), bool ``[B|1,H|1,NQB,NKB]``."""
         full = _lists_to_dense(self.full_kv_num_blocks, self.full_kv_indices, self.num_kv_blocks)

@@ -183,19 +183,9 @@ def pattern_token_rows(pattern: SparsePattern, rows: Tensor) -> Tensor:
     ``out[..., r, j]`` true iff original token rows[r] attends original token j under the
     pattern (block lists, ragged blocks and text ranges included).  Costs O(R * S).
     """
-    m = pattern.mask
-    seq = pattern.seq_len
-    dev = m.device
+    dev = pattern.device
     rows = rows.to(dev)
     inv = pattern.inverse_permutation
     prow = rows if inv is None else inv[rows]  # [R] positions in the permuted sequence
-    pcol = torch.arange(seq, device=dev) if inv is None else inv  # [S] permuted position of key j
-    blocks = m.to_dense_block_mask()  # [B, H, NQB, NKB]
-    allowed = blocks[:, :, prow // m.block_m][..., pcol // m.block_n]  # [B, H, R, S]
-    if m.dense_q_range is not None:
-        start, end = m.dense_q_range
-        allowed = allowed | ((prow >= start) & (prow < end))[:, None]
-    if m.dense_kv_range is not None:
-        start, end = m.dense_kv_range
-        allowed = allowed | ((pcol >= start) & (pcol < end))[None, :]
-    return allowed
+    pcol = torch.arange(pattern.seq_len, device=dev) if inv is None else inv  # [S] permuted position of key j
+    return pattern.mask.allowed(prow, pcol)  # [B|1, H|1, R, S]

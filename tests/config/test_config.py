@@ -2,7 +2,7 @@
 import pytest
 
 from ditcompile.config import (
-    ConfigError, DitConfig, available_presets, load_preset, preset_metadata, resolve_config,
+    ConfigError, DitConfig, available_presets, config_to_dict, load_preset, preset_metadata, resolve_config,
 )
 
 REQUIRED_PRESETS = {"wan2.1", "hunyuan_video", "cogvideox", "mochi", "ltx_video", "latte", "flux", "sd3", "pixart"}
@@ -73,3 +73,15 @@ def test_bad_toml_is_reported(tmp_path):
     path.write_text("[graph\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         resolve_config(str(path))
+
+
+@pytest.mark.parametrize("options", [None, *sorted(REQUIRED_PRESETS), {
+    "preset": "wan2.1", "sparse.policy": "tile", "sparse.tile": {"tile_size": [2, 4, 4]},
+    "inductor": {"max_autotune": True}, "graph.token_grid": [1, 8, 8], "attention.skip": ["blocks\\.0\\..*"]}])
+def test_config_to_dict_round_trips(options):
+    import json
+
+    config = resolve_config(options)
+    data = config_to_dict(config)
+    json.dumps(data)  # JSON-ready
+    assert resolve_config(data) == config

@@ -54,16 +54,7 @@ def token_mask(mask: BlockSparseMask, q_start: int = 0, q_end: int | None = None
     """Token-level mask of query rows ``[q_start, q_end)``: bool ``[B|1, H|1, rows, kv_len]``."""
     q_end = mask.q_len if q_end is None else q_end
     rows = torch.arange(q_start, q_end, device=mask.device)  # [R]
-    cols = torch.arange(mask.kv_len, device=mask.device)  # [N]
-    blocks = mask.to_dense_block_mask()  # [B, H, NQB, NKB]
-    allowed = blocks[:, :, rows // mask.block_m][..., cols // mask.block_n]  # [B, H, R, N]
-    if mask.dense_q_range is not None:
-        start, end = mask.dense_q_range
-        allowed = allowed | ((rows >= start) & (rows < end))[:, None]
-    if mask.dense_kv_range is not None:
-        start, end = mask.dense_kv_range
-        allowed = allowed | ((cols >= start) & (cols < end))[None, :]
-    return allowed
+    return mask.allowed(rows, torch.arange(mask.kv_len, device=mask.device))  # [B|1, H|1, R, kv_len]
 
 
 def _masked_softmax_pv(scores: Tensor, allowed: Tensor | None, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
