@@ -11,7 +11,8 @@ from .config import ConfigError, DitConfig, available_presets, resolve_config
 from .explain import explain
 from .masks import clear_mask_cache
 from .ops import clear_caches as _clear_op_caches
-from .runtime.state import cache_report, cache_stats, generation, new_generation, sparse_stats
+from .runtime.hooks import track_steps
+from .runtime.state import cache_report, cache_stats, generation, new_generation, request_scope, sparse_stats
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,5 @@ def clear_caches() -> None:
 
 
 __all__ = ["ditaccel_backend", "explain", "resolve_config", "DitConfig", "ConfigError", "available_presets",
-           "new_generation", "generation", "cache_stats", "cache_report", "sparse_stats", "clear_caches"]
+           "new_generation", "generation", "request_scope", "track_steps", "cache_stats", "cache_report",
+           "sparse_stats", "clear_caches"]

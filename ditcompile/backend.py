@@ -20,6 +20,7 @@ import contextvars
 import copy
 import logging
 import traceback
+from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -46,6 +47,10 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
     report, compiled_gm, ctx = rewrite_graph(gm, example_inputs, config)
     needs_step = ctx is not None and step_dependent(compiled_gm)
     step_dependent_call = needs_step or (ctx is not None and ctx.runner_factory is not None)
+    if step_dependent_call and ctx.analysis.timestep_input is None:
+        report.notes.append("no timestep input in this graph: the denoising step is unknown, so step-dependent "
+                            "plans take their safe path (dense attention, every step computed) unless "
+                            "ditcompile.track_steps(model) follows the model's calls (regional compilation)")
     if step_dependent_call and config.compiler == "inductor" and _inductor_patches(config, mode).get(
             "triton.cudagraphs"):
         report.notes.append("CUDA graphs off: the plans depend on the denoising step, which a replayed graph "
@@ -60,7 +65,7 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
     compiled = compiled_gm.forward if config.compiler == "eager" else _inductor(
         compiled_gm, example_inputs, config, mode, step_dependent_call)
     if needs_step:
-        return StepTrackingCall(compiled, ctx.analysis.timestep_input, ctx.analysis.anchor_input)
+        return StepTrackingCall(compiled, ctx.call_observer())
     return compiled
 
 
@@ -73,7 +78,7 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Dit
     work = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     try:
         analysis = analyze_graph(work, example_inputs, config.graph.token_grid, config.graph.text_position)
-        ctx = PassContext(config, analysis, example_inputs)
+        ctx = PassContext(config, analysis, example_inputs, name=f"graph {graph_id}")
         reports = manager.run(work, ctx)
     except Exception as err:  # never crash deep inside: keep the model's own computation
         if config.strict or isinstance(err, ConfigError):  # bad options always surface
@@ -97,18 +102,29 @@ def _graph_id() -> str:
 
 class _LazyInductor:
     """Compiles a graph piece with Inductor on its first call, from that call's real inputs
-    (the step cache's pieces have no Dynamo example inputs of their own)."""
+    (the step cache's pieces have no Dynamo example inputs of their own), once per input
+    signature (shapes, dtypes, devices, int values): a piece of a dynamic-shape graph runs at
+    several resolutions, each with its own static compile (at most MAX_VARIANTS, least recently
+    used first out)."""
+
+    MAX_VARIANTS = 8
 
     def __init__(self, gm: fx.GraphModule, config: DitConfig, mode: Optional[str], no_cudagraphs: bool):
         self.gm, self.config, self.mode, self.no_cudagraphs = gm, config, mode, no_cudagraphs
-        self.compiled: Optional[Callable] = None
+        self.compiled: "OrderedDict[tuple, Callable]" = OrderedDict()
 
     def __call__(self, *args: Any) -> Any:
-        if self.compiled is None:
-            self.compiled = _inductor(self.gm, list(args), self.config, self.mode, self.no_cudagraphs)
+        key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
+        compiled = self.compiled.get(key)
+        if compiled is None:
+            compiled = _inductor(self.gm, list(args), self.config, self.mode, self.no_cudagraphs)
+            self.compiled[key] = compiled
+            if len(self.compiled) > self.MAX_VARIANTS:
+                self.compiled.popitem(last=False)
+        self.compiled.move_to_end(key)
         # compile_fx of a GraphModule built outside Dynamo is called with positional arguments
         # (it marks itself `_boxed_call`, but unpacks `*args` itself).
-        return self.compiled(*args)
+        return compiled(*args)
 
 
 def _compile_piece(gm: fx.GraphModule, config: DitConfig, mode: Optional[str], no_cudagraphs: bool) -> Callable:

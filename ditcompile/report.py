@@ -58,7 +58,8 @@ class GraphReport:
         lines = [
             f"ditaccel graph {self.graph_id}: preset={self.preset or '-'} compiler={self.compiler} "
             f"passes={self.pipeline or ['none']} (uuid {self.pipeline_uuid})",
-            f"  token grid: {a.grid if a.grid else 'unknown'}; video tokens: {a.num_video_tokens or '?'}; "
+            f"  token grid: {a.grid or a.dynamic_grid or 'unknown'}; "
+            f"video tokens: {a.num_video_tokens or (a.dynamic_grid.tokens_expr if a.dynamic_grid else '?')}; "
             f"batch: {a.batch or '?'}{'; dynamic shapes' if a.dynamic else ''}",
             f"  attention sites: {len(a.attention)} found, {rewritten} rewritten, "
             f"{len(a.attention) - rewritten} kept; linear sites: {len(a.linear)} "

@@ -46,7 +46,7 @@ class BranchState:
     history: list = field(default_factory=list)       # [(step, [residual per stream])], newest last
     computed: int = 0
     reused: int = 0
-    decisions: list = field(default_factory=list)     # True = computed, per call in order
+    decisions: list = field(default_factory=list)     # [(call order, computed?)], per call
 
     def release(self) -> None:
         """Drop the tensors this branch holds (signals, residual history); its counts stay."""

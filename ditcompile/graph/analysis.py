@@ -19,8 +19,8 @@ from .linear_match import find_linear_sites
 from ..geometry import TextSegment, TokenGrid
 from .sites import CROSS, JOINT, SELF, SPATIAL, TEMPORAL, AttentionSite, GraphAnalysis
 from .token_grid import (
-    discover_grid, discover_rope_grid, find_anchor_input, find_main_input, find_timestep_input,
-    tokens_of_main_input,
+    discover_dynamic_grid, discover_grid, discover_rope_grid, find_anchor_input, find_condition_inputs, find_main_input,
+    find_timestep_input, placeholder_index, tokens_of_main_input,
 )
 
 
@@ -59,28 +59,36 @@ def analyze_graph(
         num_tokens = grid.num_tokens
     if main is None:
         notes.append("no main latent input found (no placeholder named hidden_states/x/latents/sample)")
-    elif grid is None:
+    elif grid is None and not dynamic:
         notes.append("token grid not discoverable (packed tokens with data-dependent positions?); "
                      "set graph.token_grid = [frames, height, width] to enable grid-based passes")
 
-    sites = tuple(_classify(site, grid, num_tokens, batch, text_position) for site in find_attention_sites(graph))
+    dynamic_grid = discover_dynamic_grid(graph, main) if grid is None and num_tokens is None else None
+    tokens_expr = str(num_tokens) if num_tokens else (dynamic_grid.tokens_expr if dynamic_grid else None)
+    sites = tuple(_classify(site, grid, num_tokens, tokens_expr, batch, text_position)
+                  for site in find_attention_sites(graph))
     if not sites:
         notes.append("no attention found in this graph")
+    timestep = find_timestep_input(graph, example_inputs)
+    main_index = placeholder_index(graph, main)
     return GraphAnalysis(
         attention=sites, linear=tuple(find_linear_sites(graph, example_inputs)), grid=grid,
         num_video_tokens=num_tokens, batch=batch, main_input=main.name if main is not None else None,
-        notes=tuple(notes), dynamic=dynamic, timestep_input=find_timestep_input(graph, example_inputs),
-        anchor_input=find_anchor_input(example_inputs),
+        notes=tuple(notes), dynamic=dynamic, timestep_input=timestep,
+        anchor_input=find_anchor_input(example_inputs), main_input_index=main_index,
+        condition_inputs=find_condition_inputs(graph, example_inputs, (main_index, timestep)),
+        dynamic_grid=dynamic_grid,
     )
 
 
-def _classify(site: AttentionSite, grid: Optional[TokenGrid], num_tokens: Optional[int],
+def _classify(site: AttentionSite, grid: Optional[TokenGrid], num_tokens: Optional[int], tokens_expr: Optional[str],
               batch: Optional[int], text_position: str) -> AttentionSite:
     """The site with its kind (self / cross / joint / spatial / temporal), the tokens its queries
-    are (video, video+text, other) and, for joint attention, where the text sits."""
+    are (video, video+text, other) and, for joint attention, where the text sits. `tokens_expr`:
+    the printed number of video tokens (symbolic in a dynamic-shape graph)."""
     sq = site.q_len
     if text_position != "none" and site.q is not None and site.equal_lengths:
-        segment = find_text_segment(site.q, site.q_len_expr, num_tokens)
+        segment = find_text_segment(site.q, site.q_len_expr, tokens_expr)
         if segment is None and text_position in ("before", "after") and sq and num_tokens and sq > num_tokens:
             segment = TextSegment(text_position, sq - num_tokens, "option graph.text_position")
         elif segment is not None and text_position in ("before", "after") and segment.position != text_position:
@@ -96,7 +104,7 @@ def _classify(site: AttentionSite, grid: Optional[TokenGrid], num_tokens: Option
     kind = SELF if site.equal_lengths and same_stream is not False else CROSS
     per_frame = grid is not None and sq == grid.height * grid.width and site.batch == (batch or 0) * grid.frames
     tokens = site.tokens
-    if (num_tokens and sq == num_tokens) or per_frame:
+    if (tokens_expr and site.q_len_expr == tokens_expr) or per_frame:
         tokens = "video"
     elif site.q_len_expr != "?":
         tokens = "other"

@@ -269,7 +269,21 @@ def _describe(node, index, pattern, q, k, v, output) -> tuple[AttentionSite, lis
                 shape_text=(f"B={dim_text(b)}{'(xH)' if base.get('folded_heads') else ''} H={heads_text} "
                             f"Sq={dim_text(sq)} Skv={dim_text(skv)} D={dim_text(d)}"))
     reasons = ["head dim is symbolic"] if qv.dim() == 4 and static_int(d) is None else []
+    reasons += _dtype_reasons(qv, kv, vv, example_value(output))
     return AttentionSite(**base), reasons
+
+
+def _dtype_reasons(qv, kv, vv, out) -> list[str]:
+    """Why the op cannot be a drop-in replacement for these dtypes: it computes in q's dtype and
+    returns q's dtype, so q, k, v and the original output must share one dtype (an attention that
+    upcasts q and k but keeps v is computed exactly only as written)."""
+    dtypes = [t.dtype for t in (qv, kv, vv)]
+    name = lambda d: str(d).replace("torch.", "")  # noqa: E731
+    if len(set(dtypes)) > 1:
+        return [f"q, k and v have different dtypes ({', '.join(map(name, dtypes))}): kept as written"]
+    if out is not None and out.dtype != dtypes[0]:
+        return [f"the attention returns {name(out.dtype)} from {name(dtypes[0])} inputs: kept as written"]
+    return []
 
 
 def _folded_heads(q: fx.Node, shape) -> Optional[int]:

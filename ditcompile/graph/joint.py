@@ -22,11 +22,12 @@ from ..geometry import TextSegment
 SEARCH_LIMIT = 400  # nodes visited per site: a block of a DiT has ~100 nodes
 
 
-def find_text_segment(q: fx.Node, q_len_expr: str, num_video_tokens: Optional[int]) -> Optional[TextSegment]:
-    """Text segment of a joint site whose q has sequence length `q_len_expr` (may be symbolic)."""
-    if not num_video_tokens or q_len_expr in ("?", str(num_video_tokens)):
+def find_text_segment(q: fx.Node, q_len_expr: str, video_tokens: Optional[str]) -> Optional[TextSegment]:
+    """Text segment of a joint site whose q has sequence length `q_len_expr`, given the printed
+    number of video tokens `video_tokens` (either may be symbolic: "3*((s18//2))*((s42//2))")."""
+    if not video_tokens or q_len_expr in ("?", video_tokens):
         return None
-    video = str(num_video_tokens)
+    video = video_tokens
     for node in walk_back(q, SEARCH_LIMIT):
         if call_name(node) != "cat":
             continue

@@ -101,6 +101,23 @@ class LinearSite:
 
 
 @dataclass(frozen=True)
+class DynamicGrid:
+    """The video token grid of a graph Dynamo compiled for dynamic shapes: its sizes are known
+    only at run time, read from the patch embedding's output `node` along `dims` (frames,
+    height, width; None: a single frame). `tokens_expr` is the printed token count (F*H*W), as
+    the sites' printed lengths show it."""
+
+    node: fx.Node = field(repr=False, compare=False)
+    dims: tuple[Optional[int], int, int]
+    text: str          # "3x(s42//2)x(s18//2)"
+    tokens_expr: str   # "3*((s18//2))*((s42//2))"
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.text} ({self.source}; sizes read at run time)"
+
+
+@dataclass(frozen=True)
 class GraphAnalysis:
     """Everything the passes need to know about one Dynamo graph (immutable: passes only read it)."""
 
@@ -114,6 +131,9 @@ class GraphAnalysis:
     dynamic: bool = False
     timestep_input: Optional[int] = None  # index into example_inputs of the timestep
     anchor_input: Optional[int] = None    # index of the first parameter (identifies the model)
+    main_input_index: Optional[int] = None        # index of the main input (the latents)
+    condition_inputs: tuple[int, ...] = ()        # indices of the conditioning inputs (CFG branches)
+    dynamic_grid: Optional[DynamicGrid] = None    # the grid of a dynamic-shape graph (grid is None then)
 
     @classmethod
     def empty(cls) -> "GraphAnalysis":

@@ -20,13 +20,15 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .fx_utils import is_function, static_shape, tensor_inputs, walk_back
+from .fx_utils import dim_text, is_function, shape_of, static_shape, tensor_inputs, walk_back
 from .module_path import module_path
+from .sites import DynamicGrid
 from ..geometry import TokenGrid
+from ..runtime.steps import MAIN_INPUT_NAMES, TIMESTEP_NAMES
 
 CONV3D = {F.conv3d, torch.conv3d}
 CONV2D = {F.conv2d, torch.conv2d}
-_MAIN_INPUT_NAMES = ("hidden_states", "x", "latents", "latent", "sample", "video", "img", "inputs")
+_MAIN_INPUT_NAMES = MAIN_INPUT_NAMES
 _NOT_MAIN = re.compile(r"encoder|text|context|prompt|caption|_buffers_|_parameters_|timestep|pooled|guidance|ids|mask|freqs|rotary")
 
 
@@ -51,7 +53,7 @@ def find_main_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[fx.No
     return min(candidates)[2] if candidates else None
 
 
-_TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time", "noise_level")
+_TIMESTEP_NAMES = TIMESTEP_NAMES
 
 
 def find_timestep_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[int]:
@@ -64,6 +66,32 @@ def find_timestep_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[i
                 isinstance(value, torch.Tensor) and value.dim() <= 1)):
             return i
     return None
+
+
+_NOT_CONDITION = re.compile(r"_buffers_|_parameters_|freqs|rotary|rope|_ids_?$|^l_self_")
+
+
+def find_condition_inputs(graph: fx.Graph, example_inputs: Sequence, exclude: Sequence[Optional[int]]) -> tuple[int, ...]:
+    """Indices of the tensor inputs that condition a call (text embeddings, masks, guidance,
+    pooled projections): every tensor placeholder that is not a parameter or buffer, not a
+    positional table (rotary frequencies, token ids) and not one of `exclude` (the main input and
+    the timestep). Their values tell CFG branches apart and stay the same across steps."""
+    found = []
+    for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
+        value = example_inputs[i] if i < len(example_inputs) else None
+        if i in exclude or not isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Parameter):
+            continue
+        if _NOT_CONDITION.search(node.name):
+            continue
+        found.append(i)
+    return tuple(found)
+
+
+def placeholder_index(graph: fx.Graph, node: Optional[fx.Node]) -> Optional[int]:
+    """Position of a placeholder among the graph's inputs (None for None)."""
+    if node is None:
+        return None
+    return [n for n in graph.nodes if n.op == "placeholder"].index(node)
 
 
 def find_anchor_input(example_inputs: Sequence) -> Optional[int]:
@@ -101,6 +129,33 @@ def discover_grid(graph: fx.Graph, main_input: Optional[fx.Node]) -> Optional[To
     return None
 
 
+def discover_dynamic_grid(graph: fx.Graph, main_input: Optional[fx.Node]) -> Optional[DynamicGrid]:
+    """The grid of a dynamic-shape graph, from a patch embedding whose output has symbolic sizes:
+    conv3d on [B, C, F, H, W] (dims 2, 3, 4) or conv2d on an image [B, C, H, W] (1 x dims 2, 3)."""
+    if main_input is None:
+        return None
+    main_shape = shape_of(main_input) or ()
+    for node in graph.nodes:
+        conv3d, conv2d = is_function(node, *CONV3D), is_function(node, *CONV2D)
+        if not (conv3d or conv2d) or not _depends_on(node.args[0], main_input):
+            continue
+        out = shape_of(node)
+        if out is None:
+            return None
+        if conv3d and len(out) == 5:
+            dims: tuple = (2, 3, 4)
+        elif conv2d and len(out) == 4 and len(main_shape) == 4:
+            dims = (None, 2, 3)
+        else:
+            return None
+        sizes = [1 if d is None else out[d] for d in dims]
+        tokens = sizes[0] * sizes[1] * sizes[2]
+        where = module_path(node) or "the model's top level"
+        return DynamicGrid(node, dims, "x".join(dim_text(s) for s in sizes), dim_text(tokens),
+                           f"{'conv3d' if conv3d else 'conv2d'} patch embedding at {where}")
+    return None
+
+
 def discover_rope_grid(graph: fx.Graph, num_tokens: Optional[int]) -> Optional[TokenGrid]:
     """Grid from `meshgrid(arange(F), arange(H), arange(W))` rotary coordinates."""
     if not num_tokens:
@@ -122,4 +177,6 @@ def tokens_of_main_input(main_input: Optional[fx.Node]) -> Optional[int]:
     return shape[1] if shape is not None and len(shape) == 3 else None
 
 
-__all__ = ["find_main_input", "discover_grid", "discover_rope_grid", "tokens_of_main_input"]
+__all__ = ["find_main_input", "find_timestep_input", "find_condition_inputs", "find_anchor_input",
+           "placeholder_index", "discover_grid", "discover_dynamic_grid", "discover_rope_grid",
+           "tokens_of_main_input"]

@@ -1,12 +1,14 @@
 """`ditaccel::attention`: the custom op every rewritten attention site calls.
 
     ditaccel::attention(Tensor q, Tensor k, Tensor v, str layout, float? scale,
-                        bool is_causal, str plan) -> Tensor
+                        bool is_causal, str plan, SymInt[]? grid=None) -> Tensor
 
 q, k, v are [B, H, S, D] (layout "bhsd") or [B, S, H, D] (layout "bshd"); the output has q's
 layout and is contiguous in it (the fake implementation promises exactly those strides, which
-Inductor relies on). `plan` is an `AttentionPlan` as JSON (`plans`). Inductor treats the op as
-opaque; `run_plan` chooses the implementation at run time from the plan, device and shapes:
+Inductor relies on). `plan` is an `AttentionPlan` as JSON (`plans`); `grid` is the run-time
+(frames, height, width) of the video tokens for sparse plans of dynamic-shape graphs. Inductor
+treats the op as opaque; `run_plan` chooses the implementation at run time from the plan,
+device and shapes:
 
     plan.sparse set   -> impl/sparse.py (patterns, warm-up, fidelity guard), its dense fallback
     dense plan        -> impl/dense.py (SDPA, the Triton kernel or its reference: select.py)
@@ -38,12 +40,12 @@ def _check(q: Tensor, k: Tensor, v: Tensor, layout: str) -> None:
 
 
 def run_plan(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], is_causal: bool,
-             plan: AttentionPlan) -> Tensor:
+             plan: AttentionPlan, grid: Optional[list[int]] = None) -> Tensor:
     """Attention of q/k/v as `plan` says (see the module docstring)."""
     if plan.sparse is not None:
         dense = plan.dense_fallback()
         return sparse_attention(q, k, v, layout, scale, plan,
-                                lambda q, k, v: dense_attention(q, k, v, layout, scale, False, dense))
+                                lambda q, k, v: dense_attention(q, k, v, layout, scale, False, dense), grid)
     return dense_attention(q, k, v, layout, scale, is_causal, plan)
 
 
@@ -56,13 +58,14 @@ def attention(
     scale: Optional[float],
     is_causal: bool,
     plan: str,
+    grid: Optional[list[int]] = None,
 ) -> Tensor:
     _check(q, k, v, layout)
-    return run_plan(q, k, v, layout, scale, is_causal, parse_plan(plan))
+    return run_plan(q, k, v, layout, scale, is_causal, parse_plan(plan), grid)
 
 
 @attention.register_fake
-def _attention_fake(q, k, v, layout, scale, is_causal, plan):
+def _attention_fake(q, k, v, layout, scale, is_causal, plan, grid=None):
     _check(q, k, v, layout)
     parse_plan(plan)
     # bhsd: [B, H, Sq, Dv]; bshd: [B, Sq, H, Dv] -- both are q's shape with v's last dim
@@ -70,7 +73,7 @@ def _attention_fake(q, k, v, layout, scale, is_causal, plan):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, layout, scale, is_causal, plan = inputs
+    q, k, v, layout, scale, is_causal, plan, grid = inputs
     ctx.save_for_backward(q, k, v)
     ctx.static = (layout, scale, is_causal)
 
@@ -81,13 +84,13 @@ def _backward(ctx, grad_out):
     with torch.enable_grad():
         out = sdpa(q, k, v, *ctx.static)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup_context)
 
 attention_op = torch.ops.ditaccel.attention.default
 """The op overload passes rewrite to and later passes find nodes by (never by a name string)."""
-PLAN_ARG = 6  # position of `plan` in the op's arguments (q, k, v, layout, scale, is_causal, plan)
+PLAN_ARG = 6  # position of `plan` in the op's arguments (q, k, v, layout, scale, is_causal, plan, grid)
 
 __all__ = ["attention", "attention_op", "run_plan", "PLAN_ARG"]

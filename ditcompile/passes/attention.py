@@ -16,7 +16,9 @@ Hand-written attention (`softmax(q @ k.transpose(-2, -1) * s) @ v`, or baddbmm/b
 [B*H, S, D]) becomes the same op with the matched scale (3-D operands get a unit head dim).
 
 Every rewritten site gets a *dense* plan (`attention.backend`); the sparse and 8-bit passes
-that follow change only that plan. Sites the analysis marked unsupported, or that
+that follow change only that plan. In a graph compiled for dynamic shapes, video self/joint
+sites also receive the token grid's run-time sizes (`grid=[F, H, W]`, read from the patch
+embedding's output with `size(d)`), so that a sparse plan can build its mask for each call. Sites the analysis marked unsupported, or that
 `attention.skip` names, keep their original computation and get a KEPT decision with the reason.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.fx as fx
 
 from ..geometry import BSHD
 from ..graph.fx_utils import erase_if_unused, example_value, is_seq_head_swap
-from ..graph.sites import AttentionSite
+from ..graph.sites import JOINT, SELF, AttentionSite, DynamicGrid
 from ..ops import attention_op
 from ..plans import AttentionPlan
 from .base import KEPT, REWRITTEN, SITE_INDEX, DitPass, PassContext, PassReport, SiteDecision
@@ -50,22 +52,28 @@ class AttentionRewritePass(DitPass):
                                                      reason="matched attention.skip"))
                 continue
             plan = AttentionPlan(site_path=site.module_path, backend=self.config.attention.backend)
-            rewrite_site(gm.graph, site, plan)
+            grid = ctx.analysis.dynamic_grid if site.kind in (SELF, JOINT) and site.tokens != "other" else None
+            rewrite_site(gm.graph, site, plan, grid)
             report.decisions.append(SiteDecision(site.index, site.module_path, REWRITTEN, plan=plan.describe()))
         return report
 
 
-def rewrite_site(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan) -> fx.Node:
-    """Replace the site's computation with one `ditaccel::attention` node carrying `plan`; the
-    node's meta records the site's index (`SITE_INDEX`). Returns the new node."""
+def rewrite_site(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan,
+                 grid: Optional[DynamicGrid] = None) -> fx.Node:
+    """Replace the site's computation with one `ditaccel::attention` node carrying `plan` (and the
+    run-time sizes of a dynamic `grid`); the node's meta records the site's index (`SITE_INDEX`).
+    Returns the new node."""
     old = site.output
     fake_mode = getattr(example_value(site.q), "fake_mode", None)  # Dynamo's mode for this graph
     with graph.inserting_before(old):
         q, k, v = site.q, site.k, site.v
         if site.folded_heads:  # [B*H, S, D] -> [B*H, 1, S, D]
             q, k, v = (_add_node(graph, old, "call_method", "unsqueeze", (t, 1), fake_mode) for t in (q, k, v))
-        op_node = _add_node(graph, old, "call_function", attention_op,
-                            (q, k, v, site.layout, site.scale, site.is_causal, plan.to_json()), fake_mode)
+        args = (q, k, v, site.layout, site.scale, site.is_causal, plan.to_json())
+        if grid is not None:  # [F, H, W] sizes of the patch embedding's output, read at run time
+            args += ([1 if d is None else _add_node(graph, old, "call_method", "size", (grid.node, d), fake_mode)
+                      for d in grid.dims],)
+        op_node = _add_node(graph, old, "call_function", attention_op, args, fake_mode)
         op_node.meta[SITE_INDEX] = site.index
         new = op_node
         if site.folded_heads:
@@ -92,6 +100,15 @@ def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode)
         user.replace_input_with(old, bhsd_view)
 
 
+def _example(arg):
+    """An argument's example value: a node's fake tensor or SymInt; lists element by element."""
+    if isinstance(arg, fx.Node):
+        return arg.meta.get("example_value", arg.meta.get("val"))
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_example(a) for a in arg)
+    return arg
+
+
 def _add_node(graph: fx.Graph, like: fx.Node, op: str, target, args: tuple, fake_mode) -> fx.Node:
     """A new node with `like`'s module stack (later passes read it) and a fake example value."""
     node = graph.create_node(op, target, args)
@@ -99,7 +116,7 @@ def _add_node(graph: fx.Graph, like: fx.Node, op: str, target, args: tuple, fake
         if key in like.meta:
             node.meta[key] = like.meta[key]
     if fake_mode is not None:
-        values = [example_value(a) if isinstance(a, fx.Node) else a for a in args]
+        values = [_example(a) for a in args]
         if all(v is not None for v in values):
             with fake_mode:
                 if op == "call_method":

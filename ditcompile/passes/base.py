@@ -26,6 +26,7 @@ from ..config import DitConfig
 from ..graph.sites import GraphAnalysis
 from ..ops.attention import PLAN_ARG, attention_op
 from ..plans import AttentionPlan, parse_plan
+from ..runtime.wrapper import CallObserver, CallRoles
 
 REWRITTEN = "rewritten"  # the attention pass replaced the site with ditaccel::attention
 KEPT = "kept"            # the site keeps its original computation (the reason says why)
@@ -69,6 +70,13 @@ class PassContext:
     analysis: GraphAnalysis
     example_inputs: Sequence[Any]
     runner_factory: Optional[Callable[[Callable[[fx.GraphModule], Callable]], Callable]] = None
+    name: str = "graph"  # for logs: "graph <Dynamo compile id>"
+
+    def call_observer(self) -> CallObserver:
+        """The step observer (and state owner) of the callable compiled from this graph."""
+        a = self.analysis
+        return CallObserver(CallRoles(a.timestep_input, a.main_input_index, a.condition_inputs, a.anchor_input),
+                            self.name)
 
 
 class DitPass(abc.ABC):

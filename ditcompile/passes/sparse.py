@@ -28,6 +28,7 @@ from ..graph.sites import JOINT, SELF, AttentionSite, GraphAnalysis
 from ..kernels.attention.flash_fwd import MAX_HEAD_DIM
 from ..masks import get_policy, params_json
 from ..plans import SparseSpec
+from ..ops.attention import PLAN_ARG
 from .base import PLANNED, DitPass, PassContext, PassReport, SiteDecision, attention_nodes, set_plan
 
 
@@ -44,7 +45,8 @@ class SparseAttentionPass(DitPass):
         cfg = self.config.sparse
         for node, index, plan in attention_nodes(gm):
             site = ctx.analysis.site(index)
-            why_not = sparse_ineligible(site, ctx.analysis, cfg)
+            grid_args = len(node.args) > PLAN_ARG + 1 and node.args[PLAN_ARG + 1] is not None
+            why_not = sparse_ineligible(site, ctx.analysis, cfg, grid_args)
             if why_not is not None:
                 report.decisions.append(SiteDecision(index, site.module_path, PLANNED, plan=plan.describe(),
                                                      reason=f"dense: {why_not}"))
@@ -55,29 +57,35 @@ class SparseAttentionPass(DitPass):
                 density = plan_density(plan.sparse)
             except ValueError as err:  # the policy cannot build a pattern for these settings
                 raise ConfigError(f"sparse.{cfg.policy} at {site.module_path}: {err}") from err
+            unknown = "density known at run time (dynamic grid)" if plan.sparse.dynamic_grid else "density data-dependent"
             report.decisions.append(SiteDecision(
                 index, site.module_path, PLANNED, plan=plan.describe(),
-                reason=f"density {density:.3f}" if density is not None else "density data-dependent"))
+                reason=f"density {density:.3f}" if density is not None else unknown))
         return report
 
 
-def sparse_ineligible(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseConfig) -> Optional[str]:
-    """Why a site keeps dense attention under an enabled sparse config (None: it goes sparse)."""
-    grid = analysis.grid
+def sparse_ineligible(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseConfig,
+                      grid_args: bool = False) -> Optional[str]:
+    """Why a site keeps dense attention under an enabled sparse config (None: it goes sparse).
+    `grid_args`: the site's op receives the run-time grid (a dynamic-shape graph)."""
+    grid, dynamic = analysis.grid, analysis.dynamic_grid
     if site.kind not in (SELF, JOINT) or site.tokens not in ("video", "video+text"):
         return f"{site.kind} attention over {site.tokens} tokens (sparse plans cover video self/joint attention)"
-    if grid is None:
+    if grid is None and not (dynamic is not None and grid_args):
         return "token grid unknown (set graph.token_grid)"
     if site.is_causal:
         return "causal attention"
     if site.block_index is not None and site.block_index in cfg.dense_blocks:
         return f"block {site.block_index} is in sparse.dense_blocks"
-    if grid.num_tokens < cfg.min_tokens:
-        return f"{grid.num_tokens} video tokens < sparse.min_tokens={cfg.min_tokens}"
     text = site.text.length if site.text is not None else 0
     if site.text is not None and site.text.length is None:
         return "text length varies at run time"
-    if site.q_len != grid.num_tokens + text:
+    if grid is None:  # dynamic: sizes known at run time; the op checks the grid against q's length
+        if cfg.min_tokens:
+            return f"sparse.min_tokens={cfg.min_tokens} needs a static token grid (this graph has dynamic shapes)"
+    elif grid.num_tokens < cfg.min_tokens:
+        return f"{grid.num_tokens} video tokens < sparse.min_tokens={cfg.min_tokens}"
+    elif site.q_len != grid.num_tokens + text:
         return f"sequence length {site.q_len_expr} is not the grid's {grid.num_tokens} tokens + {text} text"
     if site.head_dim is not None and site.head_dim > MAX_HEAD_DIM:
         return f"head dim {site.head_dim} > {MAX_HEAD_DIM} (kernel limit)"
@@ -85,10 +93,13 @@ def sparse_ineligible(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseC
 
 
 def sparse_spec(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseConfig) -> SparseSpec:
-    """The site's sparse spec under `cfg` (an eligible site: see `sparse_ineligible`)."""
+    """The site's sparse spec under `cfg` (an eligible site: see `sparse_ineligible`); without a
+    static grid, the grid is read at run time (`dynamic_grid`)."""
+    grid = analysis.grid
     try:
         return SparseSpec(
-            policy=cfg.policy, params_json=params_json(cfg.params_for(cfg.policy)), grid=analysis.grid.dims,
+            policy=cfg.policy, params_json=params_json(cfg.params_for(cfg.policy)),
+            grid=grid.dims if grid is not None else (), dynamic_grid=grid is None,
             text_position=site.text.position if site.text is not None else "",
             text_length=site.text.length if site.text is not None else 0,
             block_size=cfg.block_size, dense_steps=cfg.dense_steps, guard_every=cfg.guard_every,
@@ -100,9 +111,9 @@ def sparse_spec(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseConfig)
 
 def plan_density(spec: SparseSpec) -> Optional[float]:
     """Block density of a data-independent spec (patterns built on the CPU, cached); None when
-    the policy chooses blocks from the data."""
+    the policy chooses blocks from the data or the grid is known only at run time."""
     policy = get_policy(spec.policy)
-    if policy.data_dependent:
+    if policy.data_dependent or spec.dynamic_grid:
         return None
     return policy.static_choice(spec.token_layout, spec.block_size, spec.policy_params, "cpu").density
 

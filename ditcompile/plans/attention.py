@@ -16,10 +16,11 @@ with a default that means "off", so a plan without them keeps its meaning.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..geometry import TEXT_POSITIONS, TextSegment, TokenLayout
 from ..kernels.block_mask import check_block_sizes
@@ -35,15 +36,18 @@ class SparseSpec:
     """How a site runs sparse attention (`ditcompile.ops.impl.sparse` executes it).
 
     policy: a name in `masks.POLICIES`; params_json: its parameters as canonical JSON.
-    grid: (frames, height, width) of the video tokens; text_position "before"/"after" with
-    text_length tokens, or "" without text. block_size: mask block (query and key), a multiple
+    grid: (frames, height, width) of the video tokens; with dynamic_grid the grid is () and the
+    op receives (frames, height, width) at run time (a graph compiled for dynamic shapes).
+    text_position "before"/"after" with text_length tokens, or "" without text. block_size: mask
+    block (query and key), a multiple
     of 16. dense_steps: denoising steps run dense at the start of a generation. guard_every:
     the fidelity guard checks every N sparse calls (0: off), switching the site to dense for the
     rest of the generation above guard_budget (relative L2 error) on guard_rows sampled rows.
 
     Derived on construction (attributes, not fields: they are not part of the JSON):
-    token_layout, where video and text tokens sit in the site's sequence (`geometry.TokenLayout`),
-    and policy_params, the policy's parameter dataclass parsed from `params_json`.
+    token_layout, where video and text tokens sit in the site's sequence (`geometry.TokenLayout`;
+    None with dynamic_grid: see `layout(grid)`), and policy_params, the policy's parameter
+    dataclass parsed from `params_json`.
     """
 
     policy: str
@@ -56,13 +60,15 @@ class SparseSpec:
     guard_every: int = 0
     guard_budget: float = 0.05
     guard_rows: int = 64
+    dynamic_grid: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"sparse attention plan policy {self.policy!r} is not one of {tuple(POLICIES)}")
         object.__setattr__(self, "grid", tuple(self.grid))
-        if len(self.grid) != 3:
-            raise ValueError(f"sparse attention plan needs a 3-D grid, got grid={self.grid}")
+        if len(self.grid) != (0 if self.dynamic_grid else 3):
+            raise ValueError(f"sparse attention plan needs a 3-D grid (or none with dynamic_grid), got "
+                             f"grid={self.grid}, dynamic_grid={self.dynamic_grid}")
         check_block_sizes(self.block_size, self.block_size)
         if self.text_position not in ("", *TEXT_POSITIONS):
             raise ValueError(f"sparse attention plan text_position {self.text_position!r} is not '', "
@@ -70,9 +76,24 @@ class SparseSpec:
         if not (math.isfinite(self.guard_budget) and self.guard_budget >= 0):
             raise ValueError(f"sparse attention plan guard_budget must be a finite number >= 0, got {self.guard_budget}")
         # parse and check now: a bad parameter, grid or text length fails where the plan is built
-        text = TextSegment(self.text_position, self.text_length, "plan") if self.text_position else None
-        object.__setattr__(self, "token_layout", TokenLayout.of(self.grid, text))
         object.__setattr__(self, "policy_params", parse_params(get_policy(self.policy), json.loads(self.params_json)))
+        object.__setattr__(self, "token_layout", None if self.dynamic_grid else self.layout())
+
+    def layout(self, grid: Optional[Sequence[int]] = None) -> TokenLayout:
+        """The token layout of the site's sequence: from the plan's grid, or from `grid` (the
+        run-time (frames, height, width) of a dynamic-shape graph). ValueError for a bad grid."""
+        if self.dynamic_grid:
+            if grid is None or len(grid) != 3:
+                raise ValueError(f"a sparse plan with dynamic_grid needs the run-time grid (frames, height, width), "
+                                 f"got {grid!r}")
+            return _token_layout(tuple(int(x) for x in grid), self.text_position, self.text_length)
+        return _token_layout(self.grid, self.text_position, self.text_length)
+
+
+@functools.lru_cache(maxsize=256)
+def _token_layout(grid: tuple, text_position: str, text_length: int) -> TokenLayout:
+    text = TextSegment(text_position, text_length, "plan") if text_position else None
+    return TokenLayout.of(grid, text)
 
 
 

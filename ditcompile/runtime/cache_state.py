@@ -1,29 +1,56 @@
-"""Run-time state of the step cache: per CFG branch, per generation (read by `ditcompile.cache_stats`)."""
+"""Run-time state of the step cache: per CFG branch and input shape, per generation
+(read by `ditcompile.cache_stats`)."""
 from __future__ import annotations
 
+import itertools
+
 from ..step_cache_policies import BranchState
+from .sparse_state import shape_text
 from .steps import GenerationState, StepInfo
+
+_ORDER = itertools.count()  # call order across the branch states of a generation
 
 
 class StepCacheState(GenerationState):
-    """Per-CFG-branch `BranchState`s of the current generation (`data`: branch -> BranchState).
+    """`BranchState`s of the current generation (`data`: (branch, main input shape) -> BranchState):
+    a call at a new resolution starts fresh state for that shape.
 
     `body_share`: the body's fraction of the trunk's blocks, so a reused call saves about that
     fraction of a call's compute (embeddings and the output projection are small in DiTs); set
-    by the first runner that uses this state (a model with graph breaks has one runner per graph).
+    by the first runner that uses this state.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.body_share = 0.0
 
-    def branch(self, info: StepInfo) -> BranchState:
-        return self.entry(info.branch, info.generation, BranchState)
+    def branch(self, info: StepInfo, shape: tuple = ()) -> BranchState:
+        return self.entry((info.branch, tuple(shape)), info.generation, BranchState)
+
+    @staticmethod
+    def record(state: BranchState, computed: bool) -> None:
+        """Count one call of a branch (computed or reused) in call order."""
+        state.decisions.append((next(_ORDER), computed))
+        if computed:
+            state.computed += 1
+        else:
+            state.reused += 1
 
     def summary(self) -> dict:
-        return {b: {"computed": s.computed, "reused": s.reused, "pattern": list(s.decisions),
-                    "estimated_saving": round(self.body_share * s.reused / max(1, s.computed + s.reused), 4)}
-                for b, s in sorted(self.data.items())}
+        """Per branch: computed/reused calls, the decision per call in order ("pattern"), the
+        estimated saving, and "shapes": computed/reused per input shape."""
+        out: dict = {}
+        for (branch, shape), s in sorted(self.data.items(), key=lambda kv: (kv[0][0], kv[1].decisions[:1])):
+            total = out.setdefault(branch, {"computed": 0, "reused": 0, "_calls": [], "shapes": {}})
+            total["computed"] += s.computed
+            total["reused"] += s.reused
+            total["_calls"] += s.decisions
+            total["shapes"][shape_text(shape)] = {"computed": s.computed, "reused": s.reused}
+        for total in out.values():
+            total["pattern"] = [computed for _, computed in sorted(total.pop("_calls"))]
+            calls = max(1, total["computed"] + total["reused"])
+            total["estimated_saving"] = round(self.body_share * total["reused"] / calls, 4)
+        return dict(sorted(out.items()))
 
 
 def format_cache_stats(stats: dict) -> str:

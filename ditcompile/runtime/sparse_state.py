@@ -1,4 +1,5 @@
-"""Run-time state of sparse attention: per site, per generation (read by `ditcompile.sparse_stats`)."""
+"""Run-time state of sparse attention: per site and per input shape, per generation
+(read by `ditcompile.sparse_stats`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from .steps import GenerationState
 
 @dataclass
 class SiteState:
-    """What one sparse site remembers during a generation."""
+    """What one sparse site remembers during a generation, for one input shape."""
 
     sparse_calls: int = 0
     dense_calls: int = 0
@@ -24,18 +25,38 @@ class SiteState:
         """Drop the device tensors this site holds (its counts stay)."""
         self.choice = None
 
+    def summary(self) -> dict:
+        return {"sparse_calls": self.sparse_calls, "dense_calls": self.dense_calls,
+                "guard_errors": list(self.guard_errors), "dense_from_step": self.dense_from_step,
+                "density": self.density}
+
+
+def shape_text(shape: tuple) -> str:
+    """`(2, 12, 288, 64)` -> "2x12x288x64" (the key of per-shape summaries)."""
+    return "x".join(str(s) for s in shape) or "-"
+
 
 class SparseState(GenerationState):
-    """Per-site `SiteState`s of the current generation (`data`: site path -> SiteState)."""
+    """`SiteState`s of the current generation (`data`: (site path, q's shape) -> SiteState)."""
 
-    def site(self, path: str, generation: int) -> SiteState:
-        return self.entry(path, generation, SiteState)
+    def site(self, path: str, generation: int, shape: tuple = ()) -> SiteState:
+        return self.entry((path, tuple(shape)), generation, SiteState)
 
     def summary(self) -> dict:
-        return {path: {"sparse_calls": s.sparse_calls, "dense_calls": s.dense_calls,
-                       "guard_errors": list(s.guard_errors), "dense_from_step": s.dense_from_step,
-                       "density": s.density}
-                for path, s in self.data.items()}
+        """Per site path: totals over the shapes it ran at, and "shapes": one summary per shape."""
+        out: dict = {}
+        for (path, shape), s in self.data.items():
+            total = out.setdefault(path, {"sparse_calls": 0, "dense_calls": 0, "guard_errors": [],
+                                          "dense_from_step": None, "density": None, "shapes": {}})
+            total["sparse_calls"] += s.sparse_calls
+            total["dense_calls"] += s.dense_calls
+            total["guard_errors"] += s.guard_errors
+            if s.dense_from_step is not None:
+                total["dense_from_step"] = min(s.dense_from_step, total["dense_from_step"] or s.dense_from_step)
+            if s.density is not None:
+                total["density"] = s.density
+            total["shapes"][shape_text(shape)] = s.summary()
+        return out
 
 
-__all__ = ["SiteState", "SparseState"]
+__all__ = ["SiteState", "SparseState", "shape_text"]

@@ -1,20 +1,31 @@
-"""Run-time state of one model instance across calls, and the step context of the call now running.
+"""Run-time state across calls: who owns it, who may share it, and the step context of a call.
 
-State is per model instance: a compiled graph can be shared by several instances of the same
-class, so states are keyed (weakly) by the first parameter tensor a call receives, never by
-the graph and never in a module-global singleton that a second model would share. A
-`ModelRuntime` has one typed slot per feature, each with a `reset()`; `new_generation` resets
-them all.
+Ownership. State belongs to the compiled callable that uses it (`runtime.wrapper.RuntimeTable`),
+one `ModelRuntime` per (model instance, caller):
 
-The current call's (StepInfo, ModelRuntime) is a context variable set by the wrapper around a
-compiled graph (`runtime.wrapper`) and read by the ops (sparse warm-up, fidelity guard) -- valid
+* a compiled graph can be shared by several instances of one class, so the instance is
+  identified by the first parameter a call receives (held weakly: the state goes with the model);
+* two compiled wrappers of one module, or a recompiled graph (new shapes, new options), have
+  their own callables and so their own state: nothing is inherited that was computed on another
+  graph, and state goes away with its callable (`torch._dynamo.reset()`);
+* a caller is a thread, or a `with ditcompile.request_scope():` block (one per request in an
+  asyncio server): concurrent callers never share a step tracker or cached tensors.
+
+`INDEX` finds every runtime of a model (weakly) for `new_generation`, `sparse_stats` and
+`cache_stats`. A `ModelRuntime` has one typed slot per feature, each with a `reset()`.
+
+Step context. The current call's (StepInfo, ModelRuntime) is a context variable set by the
+callable around the compiled code and read by the ops (sparse warm-up, fidelity guard) -- valid
 because the ops run synchronously inside the compiled call (no CUDA graphs with step-dependent
-plans).
+plans). A *parent* step context (`parent_scope`, set by `ditcompile.track_steps(model)` around
+the model's own forward) gives every compiled region inside one model call the step of that call
+(regional compilation: the blocks never see the timestep).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
@@ -26,10 +37,11 @@ from .sparse_state import SparseState
 from .steps import StepInfo, StepTracker
 
 
-@dataclass
+@dataclass(eq=False)
 class ModelRuntime:
-    """Everything one model instance carries across calls: one typed slot per feature, each with
-    a `reset()` (`new_generation` resets them all)."""
+    """Everything one model instance carries across the calls of one caller of one compiled
+    callable: one typed slot per feature, each with a `reset()` (`new_generation` resets them
+    all and releases the tensors they hold)."""
 
     tracker: StepTracker = field(default_factory=StepTracker)
     sparse: SparseState = field(default_factory=SparseState)            # sparse attention sites
@@ -41,45 +53,104 @@ class ModelRuntime:
         self.step_cache.reset()
 
 
-class RuntimeRegistry:
-    """Per-model runtimes, keyed by a parameter tensor of the model (by identity, held weakly).
-
-    Keys are `id(tensor)` checked against a weak reference: tensors cannot be keys of a
-    WeakKeyDictionary (their `==` is elementwise). An entry disappears with its tensor.
-    """
+class RuntimeIndex:
+    """Weak index: a model parameter -> every `ModelRuntime` created for it (any callable, any
+    caller), in creation order. Entries go with the parameter and with the runtimes."""
 
     def __init__(self) -> None:
-        self._states: dict[int, tuple[weakref.ref, ModelRuntime]] = {}
+        self._by_anchor: dict[int, tuple[weakref.ref, list[weakref.ref]]] = {}
+        self._lock = threading.Lock()
 
-    def _get(self, tensor: torch.Tensor) -> Optional[ModelRuntime]:
-        entry = self._states.get(id(tensor))
-        if entry is not None and entry[0]() is tensor:
-            return entry[1]
-        return None
-
-    def for_anchor(self, anchor: torch.Tensor) -> ModelRuntime:
-        state = self._get(anchor)
-        if state is None:
-            state = ModelRuntime()
-            key = id(anchor)
-            self._states[key] = (weakref.ref(anchor), state)
-            weakref.finalize(anchor, self._states.pop, key, None)
-        return state
+    def add(self, anchor: torch.Tensor, runtime: ModelRuntime) -> None:
+        key = id(anchor)
+        with self._lock:
+            entry = self._by_anchor.get(key)
+            if entry is None or entry[0]() is not anchor:
+                entry = (weakref.ref(anchor), [])
+                self._by_anchor[key] = entry
+                weakref.finalize(anchor, self._by_anchor.pop, key, None)
+            entry[1][:] = [r for r in entry[1] if r() is not None] + [weakref.ref(runtime)]
 
     def for_model(self, model: Any) -> list[ModelRuntime]:
         module = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
-        found, seen = [], set()
-        for param in module.parameters():
-            state = self._get(param)
-            if state is not None and id(state) not in seen:
-                seen.add(id(state))
-                found.append(state)
+        found: list[ModelRuntime] = []
+        with self._lock:
+            for param in module.parameters():
+                entry = self._by_anchor.get(id(param))
+                if entry is None or entry[0]() is not param:
+                    continue
+                for ref in entry[1]:
+                    runtime = ref()
+                    if runtime is not None and runtime not in found:
+                        found.append(runtime)
         return found
 
 
-REGISTRY = RuntimeRegistry()
+INDEX = RuntimeIndex()
+
+
+# ----------------------------------------------------------------------------- callers
+
+
+class Caller:
+    """Identity of a caller (a thread, or one `request_scope`); compared by identity."""
+
+    __slots__ = ("name", "__weakref__")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Caller({self.name})"
+
+
+_REQUEST: contextvars.ContextVar[Optional[Caller]] = contextvars.ContextVar("ditaccel_request", default=None)
+_THREAD = threading.local()
+_RUNTIMES_OF: "weakref.WeakKeyDictionary[Caller, list[weakref.ref]]" = weakref.WeakKeyDictionary()
+_CALLERS_LOCK = threading.Lock()
+
+
+def current_caller() -> Caller:
+    """The caller of the call now being made: the innermost `request_scope`, else this thread."""
+    caller = _REQUEST.get()
+    if caller is None:
+        caller = getattr(_THREAD, "caller", None)
+        if caller is None:
+            caller = _THREAD.caller = Caller(f"thread {threading.current_thread().name}")
+    return caller
+
+
+def remember(caller: Caller, runtime: ModelRuntime) -> None:
+    """Record that `runtime` serves `caller` (so that the end of a request scope can release it)."""
+    with _CALLERS_LOCK:
+        _RUNTIMES_OF.setdefault(caller, []).append(weakref.ref(runtime))
+
+
+@contextlib.contextmanager
+def request_scope(name: str = "request") -> Iterator[Caller]:
+    """`with ditcompile.request_scope():` -- the calls inside get their own step tracking and
+    caches (one generation per scope, as a request in a server), never shared with other threads
+    or scopes; at exit the tensors they cached are released (their summaries stay for the stats)."""
+    caller = Caller(name)
+    token = _REQUEST.set(caller)
+    try:
+        yield caller
+    finally:
+        _REQUEST.reset(token)
+        with _CALLERS_LOCK:
+            refs = _RUNTIMES_OF.pop(caller, [])
+        for ref in refs:
+            runtime = ref()
+            if runtime is not None:
+                runtime.new_generation()
+
+
+# ----------------------------------------------------------------------------- step context
+
+
 _CURRENT: contextvars.ContextVar[Optional[tuple[StepInfo, ModelRuntime]]] = contextvars.ContextVar(
     "ditaccel_call", default=None)
+_PARENT: contextvars.ContextVar[Optional[StepInfo]] = contextvars.ContextVar("ditaccel_parent_call", default=None)
 
 
 def current_step() -> Optional[StepInfo]:
@@ -103,15 +174,35 @@ def step_scope(info: StepInfo, runtime: ModelRuntime) -> Iterator[None]:
         _CURRENT.reset(token)
 
 
-def new_generation(model: Any) -> int:
-    """Restart step counting (and every feature's per-generation state) for `model`.
+def parent_step() -> Optional[StepInfo]:
+    """The step of the enclosing model call, when `track_steps` follows it (else None)."""
+    return _PARENT.get()
 
-    Returns how many runtime states were reset (0 if the model has not run through a
-    ditaccel graph that tracks steps yet; the next call then starts a generation anyway).
-    """
-    states = REGISTRY.for_model(model)
+
+def enter_parent(info: StepInfo) -> contextvars.Token:
+    """Make `info` the step of every compiled region called until `exit_parent(token)`."""
+    return _PARENT.set(info)
+
+
+def exit_parent(token: contextvars.Token) -> None:
+    _PARENT.reset(token)
+
+
+# ----------------------------------------------------------------------------- public functions
+
+
+def new_generation(model: Any) -> int:
+    """Restart step counting (and every feature's per-generation state) for `model`, for every
+    caller and every compiled callable, regional ones included; returns how many runtime states
+    were reset (0 if the model has not run through a ditaccel graph that tracks steps yet; the
+    next call then starts a generation anyway)."""
+    states = INDEX.for_model(model)
     for state in states:
         state.new_generation()
+    for module in (model, getattr(model, "_orig_mod", None)):
+        hooks = getattr(module, "_ditaccel_step_hooks", None)
+        if hooks is not None:
+            hooks.new_generation()
     return len(states)
 
 
@@ -127,16 +218,16 @@ def generation(model: Any) -> Iterator[None]:
 
 def sparse_stats(model: Any) -> list[dict]:
     """Per runtime state of `model` that ran sparse attention: per-site sparse/dense call counts,
-    guard results and density for the current generation ("current"), plus the summaries of
-    finished generations ("finished")."""
-    return [r.sparse.stats() for r in REGISTRY.for_model(model) if r.sparse.used]
+    guard results and density for the current generation ("current", with a per-shape breakdown),
+    plus the summaries of finished generations ("finished")."""
+    return [r.sparse.stats() for r in INDEX.for_model(model) if r.sparse.used]
 
 
 def cache_stats(model: Any) -> list[dict]:
     """Per runtime state of `model` that ran the step cache: the current generation's
-    computed/reused steps per CFG branch (with the per-call decision pattern, "current") and
-    the summaries of finished generations ("finished")."""
-    return [r.step_cache.stats() for r in REGISTRY.for_model(model) if r.step_cache.used]
+    computed/reused steps per CFG branch (with the per-call decision pattern and a per-shape
+    breakdown, "current") and the summaries of finished generations ("finished")."""
+    return [r.step_cache.stats() for r in INDEX.for_model(model) if r.step_cache.used]
 
 
 def cache_report(model: Any) -> str:
@@ -150,5 +241,6 @@ def cache_report(model: Any) -> str:
     return "\n".join(lines) or "no step-cache state (the model has not run through a cached ditaccel graph)"
 
 
-__all__ = ["ModelRuntime", "RuntimeRegistry", "REGISTRY", "current_step", "current_runtime", "step_scope",
+__all__ = ["ModelRuntime", "RuntimeIndex", "INDEX", "Caller", "current_caller", "remember", "request_scope",
+           "current_step", "current_runtime", "step_scope", "parent_step", "enter_parent", "exit_parent",
            "new_generation", "generation", "sparse_stats", "cache_stats", "cache_report"]

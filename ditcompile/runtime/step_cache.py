@@ -6,9 +6,11 @@
     tail(...) -> model outputs
 
 The decision is the policy's (`step_cache_policies.CACHE_POLICIES`), made outside every compiled
-region. State is per model instance (`ModelRuntime.step_cache`) and per CFG branch (the k-th call
-with the same timestep), reset when a new generation starts. The runner receives the pieces as
-plain data (`GraphSplit`, built by `passes.step_cache.split`); it never imports the passes.
+region. State belongs to this runner (`CallObserver`: per model instance and caller), and within
+it to one CFG branch and one input shape (a call at a new resolution starts fresh state); it
+restarts with each generation. When the step is unknown every call computes the body (the safe
+path). The runner receives the pieces as plain data (`GraphSplit`, built by
+`passes.step_cache.split`); it never imports the passes.
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ import torch.fx as fx
 
 from ..config import CacheConfig
 from ..step_cache_policies import CACHE_POLICIES, MODULATED_INPUT, BranchState, extrapolate
-from .cache_state import format_cache_stats
+from .cache_state import StepCacheState, format_cache_stats
 from .state import step_scope
-from .wrapper import StepObserver
+from .wrapper import CallObserver
 
 log = logging.getLogger("ditcompile")
 
@@ -76,24 +78,23 @@ def decide(cfg: CacheConfig, state: BranchState, signal: torch.Tensor, step: int
 class StepCacheRunner:
     """The callable handed to Dynamo for a graph split into head, body and tail."""
 
-    def __init__(self, split: GraphSplit, cfg: CacheConfig, compile_piece: Callable,
-                 timestep_index: Optional[int], anchor_index: Optional[int]):
+    def __init__(self, split: GraphSplit, cfg: CacheConfig, compile_piece: Callable, observer: CallObserver):
         self.split, self.cfg = split, cfg
         self.head = compile_piece(split.head.gm)
         self.body = compile_piece(split.body.gm)
         self.tail = compile_piece(split.tail.gm)
-        self.observer = StepObserver(timestep_index, anchor_index)
+        self.observer = observer
         blocks = len(split.head_blocks) + len(split.body_blocks) + len(split.tail_blocks)
         self.body_share = len(split.body_blocks) / blocks
         self.signal = CACHE_POLICIES[cfg.policy].signal
 
     def __call__(self, *args: Any) -> Any:
-        runtime, info = self.observer.observe(args)
+        runtime, info, shape = self.observer.observe(args)
         state = runtime.step_cache
         state.body_share = state.body_share or self.body_share
         if info.generation != state.generation and state.data:
             log.info("ditaccel step cache: generation %d: %s", state.generation, format_cache_stats(state.summary()))
-        branch = state.branch(info)
+        branch = state.branch(info, shape)
         split = self.split
         env = dict(zip(split.placeholders, args))
         with step_scope(info, runtime):
@@ -102,20 +103,20 @@ class StepCacheRunner:
                 signal = env[split.modulated_input]
             else:
                 signal = env[split.stream_after_head_blocks] - env[split.stream_before_blocks]
-            compute = decide(self.cfg, branch, signal, info.step)
+            # unknown step: the safe path computes every call and keeps no history
+            compute = info.step is None or decide(self.cfg, branch, signal, info.step)
             if compute:
                 env.update(zip(split.body.outputs, self.body(*[env[k] for k in split.body.inputs])))
-                residuals = [env[o] - env[i] for i, o in split.streams]
-                branch.history = (branch.history + [(info.step, residuals)])[-(self.cfg.taylor_order + 1):]
-                branch.computed += 1
+                if info.step is not None:
+                    residuals = [env[o] - env[i] for i, o in split.streams]
+                    branch.history = (branch.history + [(info.step, residuals)])[-(self.cfg.taylor_order + 1):]
                 branch.consecutive_cached = 0
             else:
                 residuals = extrapolate(branch.history, info.step, self.cfg.taylor_order)
                 for (i, o), r in zip(split.streams, residuals):
                     env[o] = env[i] + r
-                branch.reused += 1
                 branch.consecutive_cached += 1
-            branch.decisions.append(compute)
+            StepCacheState.record(branch, compute)
             return self.tail(*[env[k] for k in split.tail.inputs])
 
 

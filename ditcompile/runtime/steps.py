@@ -1,61 +1,157 @@
-"""Which denoising step a call belongs to, and the per-generation state base every feature uses.
+"""Which generation, denoising step and CFG branch a call belongs to, and the per-generation
+state base every feature uses.
 
-Diffusion pipelines call the transformer once per step (or once per classifier-free-guidance
-branch per step, e.g. Wan's pipeline calls it for the conditional and then the unconditional
-prediction with the same timestep). A `StepTracker` turns the sequence of timesteps it sees
-into (generation, step, branch):
+A call tells the tracker three things (`Observation`, built by `observe_call`): its timestep
+(one value for the whole call, or unknown), a fingerprint of its conditioning inputs (text
+embeddings, masks, guidance: what tells CFG branches apart and stays the same across steps), and
+the shape of its main input. `StepTracker.observe` turns the sequence into (generation, step,
+branch):
 
-    t: 999 999 966 966 ... 5 5 | 999 999 ...
-       s0b0 s0b1 s1b0 s1b1      | new generation (the timestep went up): s0b0 s0b1 ...
+    timestep higher than the previous call's      -> a new generation (a new sampling run)
+    timestep lower                                 -> the next step of this generation
+    same timestep, conditioning not yet seen at
+      this step                                    -> another CFG branch of the same step
+    same timestep, conditioning already seen at
+      this step, at the first step                 -> a new generation (a re-run from the start,
+                                                      a server, a 1-step model)
+      a later step                                 -> another evaluation of the same step (Heun
+                                                      and other second-order samplers repeat
+                                                      each timestep); more than MAX_EVALUATIONS
+                                                      -> a new generation
+    more than MAX_BRANCHES different conditionings -> a new generation
 
-A call with the same timestep as the previous one is the next CFG branch of the same step; a
-lower timestep starts the next step; a higher one starts a new generation.
-`ditcompile.new_generation(model)` (or `with ditcompile.generation(model):`) forces a restart,
-for schedules the rule cannot see (two generations that start at the same timestep).
+    t:    999 999 966 966 ... 5 5 | 999 999 ...       (cond, uncond each step)
+          s0b0 s0b1 s1b0 s1b1     | new generation: s0b0 s0b1 ...
+
+A branch keeps its index for the whole generation (keyed by its conditioning), so a warm-up call
+or a reordered CFG pair never swaps two branches' state. When a call has no single timestep (no
+timestep input, per-sample or per-token timesteps that differ) the step is *unknown*
+(`StepInfo.step is None`): step-dependent plans then take their safe path (dense attention,
+every step computed) and the caller says so once. `ditcompile.new_generation(model)` (or
+`with ditcompile.generation(model):`) forces a restart.
 """
 from __future__ import annotations
 
 import collections
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
+
+MAX_BRANCHES = 8      # different conditionings per generation before a new generation is assumed
+MAX_EVALUATIONS = 4   # calls of one branch at one step before a new generation is assumed
+SAMPLES = 16          # elements sampled from each conditioning tensor for its fingerprint
+
+# Argument names DiTs give their inputs (diffusers' and common research code's spellings).
+MAIN_INPUT_NAMES = ("hidden_states", "x", "latents", "latent", "sample", "video", "img", "inputs")
+TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time", "noise_level")
 
 
 @dataclass(frozen=True)
 class StepInfo:
-    generation: int   # 0 for the first generation this model runs, then 1, 2, ...
-    step: int         # denoising step within the generation, from 0
-    branch: int       # CFG branch within the step (order of the calls), from 0
+    generation: int        # 0 for the first generation this caller runs, then 1, 2, ...
+    step: Optional[int]    # denoising step within the generation, from 0; None: unknown
+    branch: int            # CFG branch within the generation (by conditioning), from 0
     timestep: Optional[float]
+    unknown_reason: Optional[str] = None  # why the step is unknown (None when it is known)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Observation:
+    """What one call says about its place in a sampling run (see the module docstring)."""
+
+    timestep: Optional[float]        # None: unknown (the reason says why)
+    condition: bytes = b""           # fingerprint of the conditioning inputs (b"": none)
+    shape: tuple = ()                # shape of the main input: state is kept per shape
+    unknown_reason: Optional[str] = None
+
+
 class StepTracker:
-    generation: int = -1
-    step: int = 0
-    branch: int = 0
-    last_timestep: Optional[float] = None
-    restart_requested: bool = True
+    """(generation, step, branch) from the sequence of a caller's `Observation`s."""
 
-    def observe(self, timestep: Optional[float]) -> StepInfo:
-        """Advance with the timestep of a new call; None (unknown) counts every call as a step."""
-        if self.restart_requested or (timestep is not None and self.last_timestep is not None
-                                      and timestep > self.last_timestep):
-            self.generation += 1
-            self.step, self.branch = 0, 0
-            self.restart_requested = False
-        elif timestep is not None and timestep == self.last_timestep:
-            self.branch += 1
-        else:
+    def __init__(self) -> None:
+        self.generation = -1
+        self.step = 0
+        self.last_timestep: Optional[float] = None
+        self.restart_requested = True
+        self._branches: dict[bytes, int] = {}   # conditioning -> branch index, this generation
+        self._at_step: dict[bytes, int] = {}     # conditioning -> calls at the current step
+
+    def observe(self, obs: Observation) -> StepInfo:
+        """Advance with a new call (see the module docstring for the rules)."""
+        if obs.timestep is None:
+            if self.restart_requested or self.generation < 0:
+                self._start_generation()
+            return StepInfo(self.generation, None, self._branch_of(obs.condition), None,
+                            obs.unknown_reason or "no timestep")
+        last = self.last_timestep
+        repeat = last is not None and obs.timestep == last and obs.condition in self._at_step
+        if (self.restart_requested or last is None or obs.timestep > last
+                or (repeat and (self.step == 0 or self._at_step[obs.condition] >= MAX_EVALUATIONS))
+                or (obs.condition not in self._branches and len(self._branches) >= MAX_BRANCHES)):
+            self._start_generation()
+        elif obs.timestep < last:
             self.step += 1
-            self.branch = 0
-        self.last_timestep = timestep
-        return StepInfo(self.generation, self.step, self.branch, timestep)
+            self._at_step = {}
+        self._at_step[obs.condition] = self._at_step.get(obs.condition, 0) + 1
+        self.last_timestep = obs.timestep
+        return StepInfo(self.generation, self.step, self._branch_of(obs.condition), obs.timestep)
+
+    def _branch_of(self, condition: bytes) -> int:
+        return self._branches.setdefault(condition, len(self._branches))
+
+    def _start_generation(self) -> None:
+        self.generation += 1
+        self.step = 0
+        self.last_timestep = None
+        self._branches, self._at_step = {}, {}
+        self.restart_requested = False
 
     def reset(self) -> None:
         """The next call starts a new generation (whatever its timestep)."""
         self.restart_requested = True
+
+
+def observe_call(timestep: Any, main: Any, conditions: Sequence[Any]) -> Observation:
+    """The `Observation` of a call from its timestep input (a number, a tensor of any shape, or
+    None when the graph has none), its main input (the latents) and its conditioning inputs.
+
+    Costs one small device-to-host copy per device (the timestep's min and max and a few
+    sampled elements of each conditioning tensor).
+    """
+    shape = tuple(main.shape) if isinstance(main, torch.Tensor) else ()
+    reason = None
+    values: dict[torch.device, list[torch.Tensor]] = collections.defaultdict(list)
+    if isinstance(timestep, torch.Tensor) and timestep.numel():
+        t = timestep.detach()
+        values[t.device].append(torch.stack([t.amin(), t.amax()]).float())
+    elif isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
+        pass
+    else:
+        reason = "no timestep input" if timestep is None else f"timestep of type {type(timestep).__name__}"
+    shapes = []
+    for c in conditions:
+        if isinstance(c, torch.Tensor):
+            flat = c.detach().reshape(-1)
+            values[flat.device].append(flat[:: max(1, flat.numel() // SAMPLES)][:SAMPLES].float())
+            shapes.append(tuple(c.shape))
+        elif isinstance(c, (int, float, bool)):
+            shapes.append(c)
+    host = {d: torch.cat(v).cpu() for d, v in values.items()}  # one sync per device
+    value: Optional[float] = None
+    digest = hashlib.blake2b(repr(shapes).encode(), digest_size=16)
+    for d, h in host.items():
+        if isinstance(timestep, torch.Tensor) and d == timestep.device and value is None and reason is None:
+            low, high, h = float(h[0]), float(h[1]), h[2:]
+            if low == high:
+                value = low
+            else:
+                reason = f"the timestep tensor {tuple(timestep.shape)} holds different values ({low:g} .. {high:g})"
+        digest.update(h.numpy().tobytes())
+    if isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
+        value = float(timestep)
+    return Observation(value, digest.digest(), shape, reason if value is None else None)
 
 
 class GenerationState:
@@ -104,13 +200,6 @@ class GenerationState:
         raise NotImplementedError
 
 
-def timestep_value(value: Any) -> Optional[float]:
-    """A call's timestep as a float (first element of a tensor; a host sync on GPU)."""
-    if isinstance(value, torch.Tensor):
-        return float(value.reshape(-1)[0].item()) if value.numel() else None
-    if isinstance(value, (int, float)):
-        return float(value)
-    return None
-
-
-__all__ = ["StepInfo", "StepTracker", "GenerationState", "timestep_value"]
+__all__ = ["StepInfo", "Observation", "StepTracker", "GenerationState", "observe_call", "MAX_BRANCHES",
+           "MAX_EVALUATIONS",
+           "MAIN_INPUT_NAMES", "TIMESTEP_NAMES"]

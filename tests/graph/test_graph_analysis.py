@@ -277,7 +277,7 @@ def test_attention_skip_option_keeps_matching_sites():
 def test_a_failing_pass_leaves_the_graph_unchanged_and_reports_it(monkeypatch, caplog):
     from ditcompile.passes import attention as attention_pass
 
-    def boom(graph, site, plan):
+    def boom(graph, site, plan, grid=None):
         raise RuntimeError("planner exploded")
 
     monkeypatch.setattr(attention_pass, "rewrite_site", boom)

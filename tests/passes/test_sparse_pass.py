@@ -92,7 +92,7 @@ def test_sparse_matches_dense_when_attention_lives_in_the_support_and_the_guard_
     runtime = ModelRuntime()
     with step_scope(StepInfo(0, 0, 0, 999.0), runtime):
         out = attention_op(q, k, v, "bhsd", None, False, spatial_plan.to_json())
-    site = runtime.sparse.data["test"]
+    site = runtime.sparse.site("test", 0, tuple(q.shape))  # this generation's state of the site at q's shape
     assert ((out - dense).norm() / dense.norm()) < 1e-3
     assert (site.choice.assignment == 0).all()  # every head classified spatial (pattern 0)
     assert site.guard_errors[0][1] < 1e-3 and site.dense_from_step is None
@@ -110,7 +110,7 @@ def test_sparse_matches_dense_when_attention_lives_in_the_support_and_the_guard_
     dense2 = attention_op(q2, k2, v, "bhsd", None, False, AttentionPlan().to_json())
     with step_scope(StepInfo(0, 3, 0, 500.0), runtime):
         out2 = attention_op(q2, k2, v, "bhsd", None, False, plan.to_json())
-    site = runtime.sparse.data["test"]
+    site = runtime.sparse.site("test", 0, tuple(q2.shape))
     assert site.guard_errors[0][1] > 0.3 and site.dense_from_step == 3
     torch.testing.assert_close(out2, dense2)  # the guard returned dense attention for this call
     with step_scope(StepInfo(0, 4, 0, 400.0), runtime):

@@ -186,7 +186,9 @@ def test_new_generation_restarts_the_step_count_explicitly():
     compiled = torch.compile(model, backend="ditaccel", options=cache_options(spec, threshold=0.15))
     with torch.no_grad():
         run_model(compiled, inputs)
-        run_model(compiled, inputs)  # same timestep: a second CFG branch of step 0
+        # same timestep, other conditioning: a second CFG branch of step 0 (the same call twice
+        # would be a new generation: a branch is told apart by its conditioning, issue 10)
+        run_model(compiled, {**inputs, **_branch_inputs(inputs, [0, 1])[1]})
         assert sorted(ditcompile.cache_stats(model)[0]["current"]) == [0, 1]
         assert ditcompile.new_generation(model) == 1
         with ditcompile.generation(model):

@@ -1,33 +1,37 @@
-"""Typed run-time state: one slot per feature, reset together, summarised per generation."""
+"""Typed run-time state: one slot per feature, reset together, summarised per generation and shape."""
+import gc
+
 import torch
 
 import ditcompile
-from ditcompile.runtime.state import REGISTRY, ModelRuntime, cache_stats, sparse_stats
-from ditcompile.runtime.steps import StepInfo
+from ditcompile.runtime.state import ModelRuntime, cache_stats, sparse_stats
+from ditcompile.runtime.steps import Observation
+from ditcompile.runtime.wrapper import RuntimeTable
+
+T999 = Observation(999.0, b"cond")
 
 
 def test_new_generation_resets_every_slot_and_keeps_the_finished_summaries():
     runtime = ModelRuntime()
-    info = runtime.tracker.observe(999.0)
+    info = runtime.tracker.observe(T999)
     assert (info.generation, info.step, info.branch) == (0, 0, 0)
-    site = runtime.sparse.site("blocks.0.attn1", info.generation)
+    site = runtime.sparse.site("blocks.0.attn1", info.generation, (1, 2, 8, 4))
     site.sparse_calls = 3
-    branch = runtime.step_cache.branch(info)
-    branch.computed = 1
+    runtime.step_cache.record(runtime.step_cache.branch(info, (1, 4)), True)
     runtime.new_generation()
-    again = runtime.tracker.observe(999.0)  # the same timestep: a restart, not a second CFG branch
+    again = runtime.tracker.observe(T999)  # the same timestep: a restart, not a second CFG branch
     assert (again.generation, again.step, again.branch) == (1, 0, 0)
-    assert runtime.sparse.site("blocks.0.attn1", again.generation).sparse_calls == 0
-    assert list(runtime.sparse.finished) == [{"blocks.0.attn1": {"sparse_calls": 3, "dense_calls": 0, "guard_errors": [],
-                                                           "dense_from_step": None, "density": None}}]
-    assert runtime.step_cache.branch(again).computed == 0
+    assert runtime.sparse.site("blocks.0.attn1", again.generation, (1, 2, 8, 4)).sparse_calls == 0
+    finished = list(runtime.sparse.finished)[0]["blocks.0.attn1"]
+    assert (finished["sparse_calls"], finished["shapes"]["1x2x8x4"]["sparse_calls"]) == (3, 3)
+    assert runtime.step_cache.branch(again, (1, 4)).computed == 0
     assert runtime.step_cache.finished[0][0]["computed"] == 1
 
 
 def test_reset_releases_tensors_and_finished_summaries_are_bounded():
     runtime = ModelRuntime()
     for generation in range(runtime.sparse.KEEP_FINISHED + 5):
-        info = runtime.tracker.observe(999.0)
+        info = runtime.tracker.observe(T999)
         site = runtime.sparse.site("s", info.generation)
         site.choice, site.sparse_calls = object(), generation
         branch = runtime.step_cache.branch(info)
@@ -39,12 +43,42 @@ def test_reset_releases_tensors_and_finished_summaries_are_bounded():
     assert runtime.sparse.finished[-1]["s"]["sparse_calls"] == runtime.sparse.KEEP_FINISHED + 3
 
 
+def test_state_per_shape_is_separate_and_summed_per_site():
+    runtime = ModelRuntime()
+    info = runtime.tracker.observe(T999)
+    runtime.sparse.site("s", info.generation, (1, 4, 288, 16)).sparse_calls = 2
+    runtime.sparse.site("s", info.generation, (1, 4, 1152, 16)).dense_calls = 5
+    summary = runtime.sparse.summary()["s"]
+    assert (summary["sparse_calls"], summary["dense_calls"]) == (2, 5)
+    assert summary["shapes"]["1x4x1152x16"]["dense_calls"] == 5 and summary["shapes"]["1x4x288x16"]["sparse_calls"] == 2
+    small, large = runtime.step_cache.branch(info, (1, 288)), runtime.step_cache.branch(info, (1, 1152))
+    assert small is not large
+    runtime.step_cache.record(small, True)
+    runtime.step_cache.record(large, True)
+    runtime.step_cache.record(small, False)
+    assert runtime.step_cache.summary()[0]["pattern"] == [True, True, False]  # call order across shapes
+
+
 def test_stats_list_only_the_slots_a_model_used():
     model = torch.nn.Linear(4, 4)
-    runtime = REGISTRY.for_anchor(model.weight)
+    table = RuntimeTable()
+    runtime = table.get(model.weight)
+    assert table.get(model.weight) is runtime
     assert sparse_stats(model) == [] and cache_stats(model) == []
-    runtime.sparse.site("s", StepInfo(0, 0, 0, 1.0).generation).dense_calls = 2
-    assert sparse_stats(model) == [{"current": {"s": {"sparse_calls": 0, "dense_calls": 2, "guard_errors": [],
-                                                       "dense_from_step": None, "density": None}}, "finished": []}]
+    runtime.sparse.site("s", runtime.tracker.observe(T999).generation).dense_calls = 2
+    stats = sparse_stats(model)
+    assert len(stats) == 1 and stats[0]["current"]["s"]["dense_calls"] == 2 and stats[0]["finished"] == []
     assert cache_stats(model) == []
     assert ditcompile.new_generation(model) == 1 and runtime.tracker.restart_requested
+
+
+def test_a_runtime_table_is_bounded_and_says_when_weights_keep_changing(caplog):
+    table = RuntimeTable(limit=8, name="graph t")
+    params = [torch.nn.Parameter(torch.ones(1)) for _ in range(RuntimeTable.CHURN + 2)]
+    with caplog.at_level("WARNING", logger="ditcompile"):
+        runtimes = [table.get(p) for p in params]  # one caller, new weights every call
+    assert len(table) == 8 and table.get(params[-1]) is runtimes[-1]
+    assert caplog.text.count("different model parameter tensors") == 1 and "graph t" in caplog.text
+    del params[-1], runtimes
+    gc.collect()
+    assert len(table) == 7  # an entry goes with its model's parameters

@@ -2,6 +2,7 @@
 
 Called by `ditaccel::attention` for plans with a `SparseSpec`:
 
+    step unknown (inside a compiled call)                         -> dense attention (the safe path)
     step < spec.dense_steps, or the guard switched the site off  -> dense attention
     otherwise:
         statics = policy.static_patterns(token layout, block, params)       (cached by the factories)
@@ -13,25 +14,27 @@ Called by `ditaccel::attention` for plans with a `SparseSpec`:
     relative L2 error above `guard_budget` turns the site dense for the rest of the generation
 
 The executor never names a policy: it reads `masks.POLICIES`. Per-site state (the last
-choice, guard results, counts) lives in `ModelRuntime.sparse` and restarts with each
-generation; `ditcompile.sparse_stats(model)` returns it.
+choice, guard results, counts) lives in `ModelRuntime.sparse`, per site and per q shape (a new
+resolution starts fresh), and restarts with each generation; `ditcompile.sparse_stats(model)`
+returns it. Called outside any compiled call (no step context), a plan runs as written, with no
+warm-up.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...geometry import heads_dim, seq_dim, to_bhsd
+from ...geometry import TokenLayout, heads_dim, seq_dim, to_bhsd
 from ...kernels.block_mask import BlockSparseMask
 from ...masks import ChoiceInputs, PatternChoice, SparsePattern, apply_permutation, get_policy, undo_permutation
 from ...plans import AttentionPlan, SparseSpec
 from ...runtime.sparse_state import SiteState
 from ...runtime.state import current_runtime, current_step
-from ..select import select_impl, warn_fallback
+from ..select import select_impl, warn_fallback, warn_once
 from .dense import run_kernel
 
 log = logging.getLogger("ditcompile")
@@ -40,19 +43,30 @@ Dense = Callable[[Tensor, Tensor, Tensor], Tensor]  # exact attention in the sam
 
 
 def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], plan: AttentionPlan,
-                     dense: Dense) -> Tensor:
+                     dense: Dense, grid: Optional[Sequence[int]] = None) -> Tensor:
     """q, k, v: [B, H, S, D] or [B, S, H, D] (`layout`), the site's joint sequence (S = video +
     text tokens). `dense(q, k, v)` computes exact attention (the warm-up path and the guard's
-    fallback). Returns q's shape, dtype and layout, contiguous."""
+    fallback). `grid`: the run-time (frames, height, width) when the plan's grid is dynamic.
+    Returns q's shape, dtype and layout, contiguous."""
     spec = plan.sparse
+    tokens = spec.layout(grid)
+    if tokens.total != q.shape[seq_dim(layout)]:  # the grid does not describe this call: exact attention
+        warn_once((plan.site_path, "grid"), "ditaccel: sparse attention at %s: the token grid %s (+%d text) gives "
+                  "%d tokens but q has %d; this call runs dense", plan.site_path,
+                  f"{tokens.frames}x{tokens.height}x{tokens.width}", tokens.text_len, tokens.total,
+                  q.shape[seq_dim(layout)])
+        return dense(q, k, v)
     info, runtime = current_step(), current_runtime()
-    site = runtime.sparse.site(plan.site_path, info.generation) if runtime is not None and info is not None else None
+    site = None
+    if runtime is not None and info is not None:
+        site = runtime.sparse.site(plan.site_path, info.generation, tuple(q.shape))
     step = info.step if info is not None else None
-    if (step is not None and step < spec.dense_steps) or (site is not None and site.dense_from_step is not None):
+    unknown = info is not None and step is None  # inside a compiled call whose step is unknown
+    if unknown or (step is not None and step < spec.dense_steps) or (site is not None and site.dense_from_step is not None):
         if site is not None:
             site.dense_calls += 1
         return dense(q, k, v)
-    choice = pattern_choice(q, k, v, layout, scale, spec, site, step)
+    choice = pattern_choice(q, k, v, layout, scale, spec, tokens, site, step)
     out = run_choice(q, k, v, layout, scale, choice, plan)
     if site is not None:
         site.density = choice.density
@@ -69,23 +83,22 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Option
 
 
 def pattern_choice(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], spec: SparseSpec,
-                   site: Optional[SiteState], step: Optional[int]) -> PatternChoice:
+                   tokens: TokenLayout, site: Optional[SiteState], step: Optional[int]) -> PatternChoice:
     """Which pattern each (batch, head) runs this call (see the module docstring).
 
     q, k, v: [B, H, S, D] or [B, S, H, D] (`layout`). A data-dependent policy's choice is kept in
     `site` and reused for `refresh_steps` steps while it fits [B, H]."""
     policy, params = get_policy(spec.policy), spec.policy_params
     if not policy.data_dependent:
-        return policy.static_choice(spec.token_layout, spec.block_size, params, q.device)
-    statics = policy.static_patterns(spec.token_layout, spec.block_size, params, q.device)
+        return policy.static_choice(tokens, spec.block_size, params, q.device)
+    statics = policy.static_patterns(tokens, spec.block_size, params, q.device)
     reuse = policy.refresh_steps(params)
     batch, heads = q.shape[0], q.shape[heads_dim(layout)]
     last = site.choice if site is not None else None
     if (last is not None and reuse > 0 and step is not None and site.choice_step >= 0
             and step - site.choice_step < reuse and last.fits(batch, heads)):
         return last
-    choice = policy.choose(ChoiceInputs(q, k, v, layout, scale, step), spec.token_layout, spec.block_size, params,
-                           statics)
+    choice = policy.choose(ChoiceInputs(q, k, v, layout, scale, step), tokens, spec.block_size, params, statics)
     if site is not None and reuse > 0:
         site.choice, site.choice_step = choice, step if step is not None else 0
     return choice

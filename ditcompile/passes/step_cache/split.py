@@ -16,19 +16,20 @@ The body's outputs must all be *streams*: tensors the tail reads whose value is 
 of the same shape plus what the body added (the residual stream of video tokens, and of text
 tokens in dual-stream models). Each is paired with its body input; the cache stores
 `output - input` per stream. A graph that does not fit (fewer blocks than Fn + Bn + 1,
-interleaved blocks, an in-place write across the split, a body output that is not a stream,
-symbolic shapes) is refused with the reason.
+interleaved blocks, an in-place write across the split, a body output that is not a stream)
+is refused with the reason. Symbolic sizes (a graph Dynamo compiled for dynamic shapes) are
+fine: shapes are compared by expression, and the runner compiles each piece per input shape.
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Optional
 
-import torch
 import torch.fx as fx
 
 from ...graph.blocks import BlockSpan, find_blocks
-from ...graph.fx_utils import call_name, same_size, shape_of
+from ...graph.fx_utils import call_name, same_size, shape_of, static_int
 from ...graph.module_path import block_of, module_path
 from ...runtime.step_cache import GraphSplit, Piece
 
@@ -46,8 +47,6 @@ def split_graph(gm: fx.GraphModule, compute_first: int, compute_last: int,
     graph = gm.graph
     nodes = list(graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
-    if any(isinstance(n.meta.get("example_value"), torch.SymInt) for n in nodes if n.op == "placeholder"):
-        raise SplitError("the graph has symbolic sizes (dynamic shapes)")
     layout = find_blocks(graph)
     if layout.problem:
         raise SplitError(layout.problem)
@@ -181,8 +180,10 @@ def _head_blocks_residual(nodes, index, last_head: BlockSpan, first: BlockSpan,
 
     def rank(n: fx.Node):
         shape = shape_of(n)
-        video = num_video_tokens is not None and num_video_tokens in [int(x) for x in shape]
-        return (not video, -int(torch.Size(shape).numel()))
+        sizes = [static_int(x) for x in shape]
+        video = num_video_tokens is not None and num_video_tokens in sizes
+        known = [x for x in sizes if x is not None]
+        return (not video, -math.prod(known) if len(known) == len(sizes) else 0)
 
     for out in sorted(outputs, key=rank):
         try:

@@ -65,8 +65,8 @@ class StepCachePass(DitPass):
         report.notes.append(
             f"step cache {policy} (threshold {cfg.threshold}, warm-up {cfg.warmup_steps}, "
             f"taylor order {cfg.taylor_order}): {split.describe()}")
-        ctx.runner_factory = lambda compile_piece: StepCacheRunner(
-            split, effective, compile_piece, analysis.timestep_input, analysis.anchor_input)
+        ctx.runner_factory = lambda compile_piece: StepCacheRunner(split, effective, compile_piece,
+                                                                   ctx.call_observer())
         return report
 
 

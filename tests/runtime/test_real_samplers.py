@@ -1,0 +1,350 @@
+"""Issue 10's calling patterns, as a user hits them with tiny diffusers models and the fidelity model:
+regional compilation, a resolution change inside a run, mixed-dtype attention, two threads, two
+requests in one thread, repeated timesteps, two wrappers of one module, dynamic shapes."""
+import asyncio
+import copy
+import gc
+import logging
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+
+import ditcompile
+from ditcompile.runtime.state import INDEX
+from tests.models.zoo import get_tiny_model, run_model
+
+WAN = get_tiny_model("wan2.1-tiny")
+SPARSE = {"preset": "wan2.1", "compiler": "eager", "strict": True, "sparse.enabled": True, "sparse.block_size": 16,
+          "sparse.dense_steps": 2, "sparse.dense_blocks": []}
+CACHE = {"preset": "wan2.1", "compiler": "eager", "strict": True, "cache.enabled": True, "cache.policy": "fbcache",
+         "cache.threshold": 0.5, "cache.warmup_steps": 0}
+TIMESTEPS = torch.linspace(999, 50, 5)
+
+
+def wan():
+    torch.manual_seed(0)
+    return WAN.build(), WAN.make_inputs(seed=1)
+
+
+def cfg_steps(call, inputs, timesteps=TIMESTEPS, seed=0, guidance=5.0):
+    """A CFG sampler calling the model twice per step; returns each step's prediction."""
+    x = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(seed))
+    uncond = {"encoder_hidden_states": torch.zeros_like(inputs["encoder_hidden_states"])}
+    preds = []
+    for t in timesteps:
+        kw = dict(inputs, hidden_states=x, timestep=t.reshape(1))
+        cond, unc = run_model(call, kw), run_model(call, {**kw, **uncond})
+        preds.append(unc + guidance * (cond - unc))
+        x = x - 0.1 * preds[-1]
+    return preds
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def counts(stats):
+    return {path: (s["sparse_calls"], s["dense_calls"]) for path, s in stats["current"].items()}
+
+
+# ---------------------------------------------------------------------- regional compilation
+
+
+def test_regional_blocks_without_a_step_take_the_safe_path_and_say_how_to_fix_it(caplog):
+    model, inputs = wan()
+    with torch.no_grad():
+        reference = cfg_steps(model, inputs)
+        blocks = copy.deepcopy(model)
+        blocks.compile_repeated_blocks(backend="ditaccel", options={**SPARSE, "graph.token_grid": [3, 8, 12]})
+        with caplog.at_level(logging.WARNING, logger="ditcompile"):
+            for _ in range(2):
+                for got, want in zip(cfg_steps(blocks, inputs), reference):
+                    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # dense at every step
+    assert "step of these calls is unknown (no timestep input)" in caplog.text
+    assert "ditcompile.track_steps(model)" in caplog.text
+    assert all(counts(s) == {"attn1": (0, 20)} for s in ditcompile.sparse_stats(blocks))
+
+
+def test_track_steps_gives_regional_blocks_the_step_of_each_model_call():
+    model, inputs = wan()
+    with torch.no_grad():
+        reference = cfg_steps(model, inputs)
+        blocks = copy.deepcopy(model)
+        blocks.compile_repeated_blocks(backend="ditaccel", options={**SPARSE, "graph.token_grid": [3, 8, 12]})
+        ditcompile.track_steps(blocks)
+        for generation in range(2):  # the second generation restarts its warm-up
+            got = cfg_steps(blocks, inputs)
+            for step in (0, 1):  # sparse.dense_steps = 2: exactly eager
+                torch.testing.assert_close(got[step], reference[step], rtol=1e-5, atol=1e-5)
+            assert all(rel(got[s], reference[s]) > 1e-4 for s in (2, 3, 4))  # sparse afterwards
+    stats = ditcompile.sparse_stats(blocks)
+    assert len(stats) == 2  # one state per block instance
+    # per block: 5 steps x 2 CFG branches = 10 calls, the first 2 steps dense; one generation finished
+    assert all(counts(s) == {"attn1": (6, 4)} and len(s["finished"]) == 1 for s in stats)
+
+
+# ---------------------------------------------------------------------- shapes
+
+
+def split_sampler(call, inputs, switch=3):
+    """Upscale the latents part-way through the run (a 'split sampler'); returns (input, output) per step."""
+    x = torch.randn(1, 4, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    record = []
+    for i, t in enumerate(torch.linspace(999, 50, 6)):
+        if i == switch:
+            x = torch.nn.functional.interpolate(x, scale_factor=(1, 2, 2))
+        out = run_model(call, dict(inputs, hidden_states=x, timestep=t.reshape(1)))
+        record.append((x, out))
+        x = x - 0.1 * out
+    return record
+
+
+@pytest.mark.parametrize("dynamic", [False, None])
+def test_a_resolution_change_inside_a_run_starts_fresh_cache_state_for_the_new_shape(dynamic):
+    model, inputs = wan()
+    compiled = torch.compile(model, backend="ditaccel", dynamic=dynamic, options=CACHE)
+    with torch.no_grad():
+        record = split_sampler(compiled, inputs)
+        x, out = record[3]  # the first call at the new resolution computes: the model's own output
+        eager = run_model(model, dict(inputs, hidden_states=x, timestep=torch.linspace(999, 50, 6)[3].reshape(1)))
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    shapes = {}
+    for state in ditcompile.cache_stats(model):
+        for branch in state["current"].values():
+            for shape, n in branch["shapes"].items():
+                shapes[shape] = (shapes.get(shape, (0, 0))[0] + n["computed"], shapes.get(shape, (0, 0))[1] + n["reused"])
+    # each resolution: computed once, then reused (the cache stays on after the switch)
+    assert shapes == {"1x4x3x16x24": (1, 2), "1x4x3x32x48": (1, 2)}
+
+
+def test_sparse_attention_stays_on_after_dynamo_recompiles_for_dynamic_shapes():
+    model, inputs = wan()
+    options = {**SPARSE, "sparse.dense_steps": 0}
+    big = dict(inputs, hidden_states=torch.randn(1, 4, 3, 32, 48, generator=torch.Generator().manual_seed(3)))
+    compiled = torch.compile(model, backend="ditaccel", options=options)  # dynamic=None: recompiles dynamic
+    with torch.no_grad():
+        outs = [run_model(compiled, x) for x in (inputs, big, inputs)]
+        static = torch.compile(copy.deepcopy(model), backend="ditaccel", dynamic=False, options=options)
+        for x, out in zip((inputs, big), outs):
+            torch.testing.assert_close(out, run_model(static, x), rtol=1e-6, atol=1e-6)  # the same sparse masks
+            assert rel(out, run_model(model, x)) > 1e-4  # and sparse, not dense
+    dynamic_graph = ditcompile.sparse_stats(model)[-1]["current"]["blocks.0.attn1"]
+    assert dynamic_graph["sparse_calls"] == 1 and dynamic_graph["dense_calls"] == 0  # the last call: small
+    assert set(ditcompile.sparse_stats(model)[-1]["finished"][-1]["blocks.0.attn1"]["shapes"]) == {"1x1152x4x16"}
+
+
+@pytest.mark.inductor
+def test_dynamic_grid_sparse_through_inductor_matches_the_static_graph():
+    model, inputs = wan()
+    options = {**SPARSE, "compiler": "inductor", "sparse.dense_steps": 0}
+    big = dict(inputs, hidden_states=torch.randn(1, 4, 3, 32, 48, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        dynamic = torch.compile(model, backend="ditaccel", dynamic=True, options=options)
+        static = torch.compile(copy.deepcopy(model), backend="ditaccel", dynamic=False, options=options)
+        for x in (inputs, big):
+            torch.testing.assert_close(run_model(dynamic, x), run_model(static, x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- dtypes
+
+
+class UpcastAttention(nn.Module):
+    """A bf16 attention that upcasts q and k to fp32 for the softmax and keeps v in bf16."""
+
+    def __init__(self, dim=32, heads=2):
+        super().__init__()
+        self.q, self.k, self.v, self.heads = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim), heads
+
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = (p(x).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        probs = torch.softmax(q.float() @ k.float().transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1).to(v.dtype)
+        return (probs @ v).transpose(1, 2).reshape(b, s, d)
+
+
+@pytest.mark.parametrize("compiler", ["eager", pytest.param("inductor", marks=pytest.mark.inductor)])
+def test_mixed_dtype_attention_is_kept_with_the_reason_and_equals_eager(compiler):
+    torch.manual_seed(0)
+    model, x = UpcastAttention().to(torch.bfloat16).eval(), torch.randn(2, 24, 32, dtype=torch.bfloat16)
+    report = ditcompile.explain(model, x, strict=True)
+    row = report.graphs[0].rows()[0]
+    assert row["plan"] == "original" and "different dtypes (float32, float32, bfloat16)" in row["note"]
+    compiled = torch.compile(model, backend="ditaccel", options={"compiler": compiler, "strict": True})
+    with torch.no_grad():
+        got = compiled(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, model(x))
+
+
+def test_same_dtype_sites_keep_their_dtype_in_every_precision():
+    model, inputs = wan()
+    for dtype in (torch.float16, torch.bfloat16):
+        m = copy.deepcopy(model).to(dtype)
+        x = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() and k != "timestep" else v
+             for k, v in inputs.items()}
+        report = ditcompile.explain(m, **x, options={"compiler": "eager"}, strict=True)
+        assert report.rewritten == 4
+        torch._dynamo.reset()
+        with torch.no_grad():
+            got = run_model(torch.compile(m, backend="ditaccel", options={"compiler": "eager"}), x)
+            assert got.dtype == dtype
+            torch.testing.assert_close(got, run_model(m, x))
+
+
+# ---------------------------------------------------------------------- callers
+
+
+def test_two_threads_run_one_compiled_model_without_sharing_state():
+    model, inputs = wan()
+    compiled = torch.compile(model, backend="ditaccel", options=SPARSE)
+    seeds = (0, 1)
+    with torch.no_grad():
+        alone = {}
+        for seed in seeds:  # each generation alone, one after the other
+            ditcompile.new_generation(model)
+            alone[seed] = cfg_steps(compiled, inputs, seed=seed)
+    barrier, results, errors = threading.Barrier(2), {}, []
+
+    def generate(seed):
+        try:
+            with torch.no_grad():
+                ditcompile.new_generation(model)
+                barrier.wait()
+                results[seed] = cfg_steps(_Lockstep(compiled, barrier), inputs, seed=seed)
+        except Exception as err:  # noqa: BLE001 -- reported below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=generate, args=(seed,)) for seed in seeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    for seed in seeds:  # interleaved call by call, each thread got its own generation
+        for got, want in zip(results[seed], alone[seed]):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+class _Lockstep:
+    """Calls `fn` with the other thread in lockstep (both threads call, then both continue)."""
+
+    def __init__(self, fn, barrier):
+        self.fn, self.barrier = fn, barrier
+
+    def __call__(self, **kwargs):
+        self.barrier.wait()
+        return self.fn(**kwargs)
+
+
+def test_request_scopes_keep_two_interleaved_requests_in_one_thread_apart():
+    model, inputs = wan()
+    compiled = torch.compile(model, backend="ditaccel", options=CACHE)
+    with torch.no_grad():
+        alone = {}
+        for seed in (0, 1):
+            with ditcompile.request_scope():
+                alone[seed] = cfg_steps(compiled, inputs, seed=seed)
+
+        async def request(seed):
+            with ditcompile.request_scope(f"request {seed}"):
+                return await _async_steps(compiled, inputs, seed)
+
+        together = asyncio.run(_gather(request(0), request(1)))
+    for seed, got in zip((0, 1), together):
+        for a, b in zip(got, alone[seed]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+async def _gather(*coros):
+    return await asyncio.gather(*coros)
+
+
+async def _async_steps(call, inputs, seed):
+    """cfg_steps, yielding to the other request between calls."""
+    x = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(seed))
+    uncond = {"encoder_hidden_states": torch.zeros_like(inputs["encoder_hidden_states"])}
+    preds = []
+    for t in TIMESTEPS:
+        kw = dict(inputs, hidden_states=x, timestep=t.reshape(1))
+        cond = run_model(call, kw)
+        await asyncio.sleep(0)
+        unc = run_model(call, {**kw, **uncond})
+        await asyncio.sleep(0)
+        preds.append(unc + 5.0 * (cond - unc))
+        x = x - 0.1 * preds[-1]
+    return preds
+
+
+def test_many_calls_at_one_timestep_keep_bounded_state():
+    model, inputs = wan()
+    compiled = torch.compile(model, backend="ditaccel", options=CACHE)
+    with torch.no_grad():
+        for _ in range(200):  # a 1-step model, or a server answering at one timestep
+            run_model(compiled, inputs)
+    (runtime,) = INDEX.for_model(model)
+    assert runtime.tracker.generation == 199  # each repeat is a new generation, not a new branch
+    assert len(runtime.step_cache.data) == 1 and len(runtime.step_cache.finished) == 64
+    held = [t for b in runtime.step_cache.data.values() for _, r in b.history for t in r]
+    assert len(held) <= 1  # one residual per stream of the current generation, nothing older
+
+
+def test_two_wrappers_of_one_module_keep_separate_state_and_a_new_wrapper_starts_clean():
+    model, inputs = wan()
+    options_b = {**CACHE, "cache.threshold": 0.05}
+    with torch.no_grad():
+        alone = []
+        for options in (CACHE, options_b):
+            torch._dynamo.reset()
+            alone.append(cfg_steps(torch.compile(model, backend="ditaccel", options=options), inputs))
+        torch._dynamo.reset()
+        gc.collect()
+        wrappers = [torch.compile(model, backend="ditaccel", options=o) for o in (CACHE, options_b)]
+        latents = [torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(0))] * 2
+        uncond = {"encoder_hidden_states": torch.zeros_like(inputs["encoder_hidden_states"])}
+        for step, t in enumerate(TIMESTEPS):  # A and B stepped in turns
+            for i, wrapper in enumerate(wrappers):
+                kw = dict(inputs, hidden_states=latents[i], timestep=t.reshape(1))
+                cond, unc = run_model(wrapper, kw), run_model(wrapper, {**kw, **uncond})
+                pred = unc + 5.0 * (cond - unc)
+                torch.testing.assert_close(pred, alone[i][step], rtol=1e-5, atol=1e-5)
+                latents[i] = latents[i] - 0.1 * pred
+    assert len(ditcompile.cache_stats(model)) == 2
+    del wrappers
+    torch._dynamo.reset()
+    gc.collect()
+    assert ditcompile.cache_stats(model) == []  # the old wrappers' state went with them
+    with torch.no_grad():
+        run_model(torch.compile(model, backend="ditaccel", options=CACHE), inputs)
+    (fresh,) = ditcompile.cache_stats(model)
+    assert fresh["finished"] == [] and fresh["current"][0]["computed"] == 1
+
+
+# ---------------------------------------------------------------------- the fidelity model
+
+
+def test_fidelity_sampler_steps_and_generations_are_counted_as_run():
+    from ditcompile.fidelity.model import load_fidelity_model, sample
+
+    model = load_fidelity_model()
+    options = {"compiler": "eager", "strict": True, "sparse.enabled": True, "sparse.block_size": 16,
+               "sparse.dense_steps": 2, "sparse.dense_blocks": [], "graph.text_position": "none"}
+    compiled = torch.compile(model, backend="ditaccel", options=options)
+
+    def two_calls(hidden_states, timestep, encoder_hidden_states):  # CFG as two calls of half the batch
+        half = hidden_states.shape[0] // 2
+        return torch.cat([run_model(compiled, dict(hidden_states=h, timestep=t, encoder_hidden_states=e))
+                          for h, t, e in zip(hidden_states.split(half), timestep.split(half),
+                                             encoder_hidden_states.split(half))])
+
+    with torch.no_grad():
+        for _ in range(2):  # two generations, CFG in one batch of 2
+            sample(model, labels=[0], steps=5, transformer_call=compiled, guidance_scale=3.0)
+        for _ in range(2):  # two generations, CFG as two calls of batch 1 (a second graph: batch 1)
+            sample(model, labels=[0], steps=5, transformer_call=two_calls, guidance_scale=3.0)
+    one_batch, two_calls_stats = ditcompile.sparse_stats(model)
+    assert set(counts(one_batch).values()) == {(3, 2)}          # 5 steps, the first 2 dense
+    assert set(counts(two_calls_stats).values()) == {(6, 4)}    # 5 steps x 2 branches
+    assert len(one_batch["finished"]) == len(two_calls_stats["finished"]) == 1
