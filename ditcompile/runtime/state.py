@@ -93,12 +93,13 @@ INDEX = RuntimeIndex()
 
 
 class Caller:
-    """Identity of a caller (a thread, or one `request_scope`); compared by identity."""
+    """Identity of a caller (a thread, or one `request_scope`: `request` True); compared by identity."""
 
-    __slots__ = ("name", "__weakref__")
+    __slots__ = ("name", "request", "__weakref__")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, request: bool = False) -> None:
         self.name = name
+        self.request = request
 
     def __repr__(self) -> str:
         return f"Caller({self.name})"
@@ -106,6 +107,7 @@ class Caller:
 
 _REQUEST: contextvars.ContextVar[Optional[Caller]] = contextvars.ContextVar("ditaccel_request", default=None)
 _THREAD = threading.local()
+# request scope -> its runtimes (weakly), released when the scope ends
 _RUNTIMES_OF: "weakref.WeakKeyDictionary[Caller, list[weakref.ref]]" = weakref.WeakKeyDictionary()
 _CALLERS_LOCK = threading.Lock()
 
@@ -121,7 +123,10 @@ def current_caller() -> Caller:
 
 
 def remember(caller: Caller, runtime: ModelRuntime) -> None:
-    """Record that `runtime` serves `caller` (so that the end of a request scope can release it)."""
+    """Record that `runtime` serves the request scope `caller` (released when the scope ends).
+    A thread's runtimes are not recorded: they live as long as their tables keep them."""
+    if not caller.request:
+        return
     with _CALLERS_LOCK:
         _RUNTIMES_OF.setdefault(caller, []).append(weakref.ref(runtime))
 
@@ -130,8 +135,9 @@ def remember(caller: Caller, runtime: ModelRuntime) -> None:
 def request_scope(name: str = "request") -> Iterator[Caller]:
     """`with ditcompile.request_scope():` -- the calls inside get their own step tracking and
     caches (one generation per scope, as a request in a server), never shared with other threads
-    or scopes; at exit the tensors they cached are released (their summaries stay for the stats)."""
-    caller = Caller(name)
+    or scopes; at exit the tensors they cached are released (the summaries stay for the stats, in
+    the compiled callables' bounded tables)."""
+    caller = Caller(name, request=True)
     token = _REQUEST.set(caller)
     try:
         yield caller
@@ -142,7 +148,7 @@ def request_scope(name: str = "request") -> Iterator[Caller]:
         for ref in refs:
             runtime = ref()
             if runtime is not None:
-                runtime.new_generation()
+                runtime.new_generation()  # its tensors are released; its summaries stay for the stats
 
 
 # ----------------------------------------------------------------------------- step context

@@ -82,3 +82,16 @@ def test_a_runtime_table_is_bounded_and_says_when_weights_keep_changing(caplog):
     del params[-1], runtimes
     gc.collect()
     assert len(table) == 7  # an entry goes with its model's parameters
+
+
+def test_a_request_scope_has_its_own_runtime_and_releases_its_tensors_at_exit():
+    table, param = RuntimeTable(), torch.nn.Parameter(torch.ones(1))
+    outside = table.get(param)
+    with ditcompile.request_scope("r1"):
+        inside = table.get(param)
+        assert inside is not outside and table.get(param) is inside
+        branch = inside.step_cache.branch(inside.tracker.observe(T999), (1, 4))
+        branch.history = [(0, [torch.ones(3)])]
+        inside.step_cache.record(branch, True)
+    assert branch.history == [] and list(inside.step_cache.finished) == [] and inside.step_cache.data  # summary kept
+    assert table.get(param) is outside
