@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import functools
 import logging
 import traceback
-from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -100,35 +100,21 @@ def _graph_id() -> str:
     return str(compile_id) if compile_id is not None else "-"
 
 
-class _LazyInductor:
-    """Compiles a graph piece with Inductor on its first call, from that call's real inputs
-    (the step cache's pieces have no Dynamo example inputs of their own), once per input
-    signature (shapes, dtypes, devices, int values): a piece of a dynamic-shape graph runs at
-    several resolutions, each with its own static compile (at most MAX_VARIANTS, least recently
-    used first out)."""
-
-    MAX_VARIANTS = 8
-
-    def __init__(self, gm: fx.GraphModule, config: DitConfig, mode: Optional[str], no_cudagraphs: bool):
-        self.gm, self.config, self.mode, self.no_cudagraphs = gm, config, mode, no_cudagraphs
-        self.compiled: "OrderedDict[tuple, Callable]" = OrderedDict()
-
-    def __call__(self, *args: Any) -> Any:
-        key = tuple((tuple(a.shape), a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
-        compiled = self.compiled.get(key)
-        if compiled is None:
-            compiled = _inductor(self.gm, list(args), self.config, self.mode, self.no_cudagraphs)
-            self.compiled[key] = compiled
-            if len(self.compiled) > self.MAX_VARIANTS:
-                self.compiled.popitem(last=False)
-        self.compiled.move_to_end(key)
-        # compile_fx of a GraphModule built outside Dynamo is called with positional arguments
-        # (it marks itself `_boxed_call`, but unpacks `*args` itself).
-        return compiled(*args)
-
-
 def _compile_piece(gm: fx.GraphModule, config: DitConfig, mode: Optional[str], no_cudagraphs: bool) -> Callable:
-    return gm.forward if config.compiler == "eager" else _LazyInductor(gm, config, mode, no_cudagraphs)
+    """A step-cache piece as a callable: as it is (compiler "eager"), or compiled by Dynamo +
+    Inductor on its first call. The piece has no Dynamo example inputs of its own, so it goes
+    through `torch.compile` again: Dynamo guards its inputs and recompiles for new shapes (a
+    dynamic-shape graph's pieces run at several resolutions), and values a dynamic graph reads
+    with `.item()` are handled as in any compiled model."""
+    if config.compiler == "eager":
+        return gm.forward
+    return torch.compile(gm, backend=functools.partial(_piece_backend, config=config, mode=mode,
+                                                        no_cudagraphs=no_cudagraphs))
+
+
+def _piece_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, config: DitConfig, mode: Optional[str],
+                   no_cudagraphs: bool) -> Callable:
+    return _inductor(gm, example_inputs, config, mode, no_cudagraphs)
 
 
 def _inductor_patches(config: DitConfig, mode: Optional[str]) -> dict:

@@ -195,6 +195,11 @@ class TokenLayout:
         return idx // hw, (idx % hw) // self.width, idx % self.width
 
 
+# Argument names DiTs give their inputs (diffusers' and common research code's spellings).
+MAIN_INPUT_NAMES = ("hidden_states", "x", "latents", "latent", "sample", "video", "img", "inputs")
+TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time", "noise_level")
+
+
 def device_key(device: torch.device | str | None) -> str:
     """A hashable, canonical device name for cache keys ("cpu", "cuda:0", ...)."""
     dev = torch.device("cpu" if device is None else device)
@@ -211,5 +216,5 @@ def cdiv(a: int, b: int) -> int:
 __all__ = [
     "BHSD", "BSHD", "TENSOR_LAYOUTS", "check_tensor_layout", "seq_dim", "heads_dim", "to_bhsd", "from_bhsd",
     "tensor_layout_dims", "TokenGrid", "TextSegment", "TEXT_POSITIONS", "GridLike", "TokenLayout", "device_key",
-    "cdiv",
+    "cdiv", "MAIN_INPUT_NAMES", "TIMESTEP_NAMES",
 ]

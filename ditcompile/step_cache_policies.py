@@ -138,7 +138,10 @@ def extrapolate(history: list, step: int, order: int) -> list:
     """Residuals at `step` from the last computed ones: order 0 reuses the newest; 1 and 2
     extrapolate the polynomial through the newest order+1 points (TaylorSeer's finite-difference
     expansion in the step index)."""
-    points = history[-(order + 1):]
+    latest = {}
+    for s, r in history:  # one point per step (the newest), in step order
+        latest[s] = r
+    points = sorted(latest.items())[-(order + 1):]
     if order == 0 or len(points) == 1:
         return points[-1][1]
     steps = [float(s) for s, _ in points]

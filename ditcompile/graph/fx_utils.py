@@ -37,6 +37,16 @@ def dim_text(value: Any) -> str:
     return "?"
 
 
+def example_of(arg: Any) -> Any:
+    """An argument's example value: a node's fake tensor or SymInt, lists element by element,
+    constants as they are (None for a node without one)."""
+    if isinstance(arg, fx.Node):
+        return arg.meta.get("example_value", arg.meta.get("val"))
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(example_of(a) for a in arg)
+    return arg
+
+
 def example_value(node: Any) -> Optional[torch.Tensor]:
     """The (fake) tensor a node produces, if the node is an FX node producing one tensor."""
     if not isinstance(node, fx.Node):

@@ -23,12 +23,10 @@ import torch.nn.functional as F
 from .fx_utils import dim_text, is_function, shape_of, static_shape, tensor_inputs, walk_back
 from .module_path import module_path
 from .sites import DynamicGrid
-from ..geometry import TokenGrid
-from ..runtime.steps import MAIN_INPUT_NAMES, TIMESTEP_NAMES
+from ..geometry import MAIN_INPUT_NAMES, TIMESTEP_NAMES, TokenGrid
 
 CONV3D = {F.conv3d, torch.conv3d}
 CONV2D = {F.conv2d, torch.conv2d}
-_MAIN_INPUT_NAMES = MAIN_INPUT_NAMES
 _NOT_MAIN = re.compile(r"encoder|text|context|prompt|caption|_buffers_|_parameters_|timestep|pooled|guidance|ids|mask|freqs|rotary")
 
 
@@ -48,27 +46,30 @@ def find_main_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[fx.No
         if value.dim() < 3 or _NOT_MAIN.search(node.name):
             continue
         name = _input_name(node)
-        rank = _MAIN_INPUT_NAMES.index(name) if name in _MAIN_INPUT_NAMES else len(_MAIN_INPUT_NAMES)
+        rank = MAIN_INPUT_NAMES.index(name) if name in MAIN_INPUT_NAMES else len(MAIN_INPUT_NAMES)
         candidates.append((rank, i, node))
     return min(candidates)[2] if candidates else None
 
 
-_TIMESTEP_NAMES = TIMESTEP_NAMES
 
 
 def find_timestep_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[int]:
-    """Index (into example_inputs) of the placeholder carrying the diffusion timestep."""
+    """Index (into example_inputs) of the placeholder carrying the diffusion timestep: a number,
+    or a tensor of shape [], [B] or [B, S] (per-token timesteps, e.g. image-to-video models)."""
     for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
         value = example_inputs[i] if i < len(example_inputs) else None
         if isinstance(value, torch.nn.Parameter):
             continue
-        if _input_name(node) in _TIMESTEP_NAMES and (isinstance(value, (int, float)) or (
-                isinstance(value, torch.Tensor) and value.dim() <= 1)):
+        if _input_name(node) in TIMESTEP_NAMES and (isinstance(value, (int, float)) or (
+                isinstance(value, torch.Tensor) and value.dim() <= 2)):
             return i
     return None
 
 
-_NOT_CONDITION = re.compile(r"_buffers_|_parameters_|freqs|rotary|rope|_ids_?$|^l_self_")
+# Inputs that do not tell CFG branches apart: parameters, buffers and positional tables (constant),
+# and ControlNet-style residuals, which change at every step.
+_NOT_CONDITION = re.compile(r"_buffers_|_parameters_|freqs|rotary|rope|(img|txt|position|pos)_ids|^l_self_"
+                            r"|controlnet|block_samples|residual")
 
 
 def find_condition_inputs(graph: fx.Graph, example_inputs: Sequence, exclude: Sequence[Optional[int]]) -> tuple[int, ...]:

@@ -92,5 +92,6 @@ attention.register_autograd(_backward, setup_context=_setup_context)
 attention_op = torch.ops.ditaccel.attention.default
 """The op overload passes rewrite to and later passes find nodes by (never by a name string)."""
 PLAN_ARG = 6  # position of `plan` in the op's arguments (q, k, v, layout, scale, is_causal, plan, grid)
+GRID_ARG = 7  # position of `grid` (the run-time token grid of a dynamic-shape graph, or absent)
 
-__all__ = ["attention", "attention_op", "run_plan", "PLAN_ARG"]
+__all__ = ["attention", "attention_op", "run_plan", "PLAN_ARG", "GRID_ARG"]

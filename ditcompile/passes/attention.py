@@ -29,7 +29,7 @@ from typing import Optional
 import torch.fx as fx
 
 from ..geometry import BSHD
-from ..graph.fx_utils import erase_if_unused, example_value, is_seq_head_swap
+from ..graph.fx_utils import erase_if_unused, example_of, example_value, is_seq_head_swap
 from ..graph.sites import JOINT, SELF, AttentionSite, DynamicGrid
 from ..ops import attention_op
 from ..plans import AttentionPlan
@@ -100,15 +100,6 @@ def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode)
         user.replace_input_with(old, bhsd_view)
 
 
-def _example(arg):
-    """An argument's example value: a node's fake tensor or SymInt; lists element by element."""
-    if isinstance(arg, fx.Node):
-        return arg.meta.get("example_value", arg.meta.get("val"))
-    if isinstance(arg, (list, tuple)):
-        return type(arg)(_example(a) for a in arg)
-    return arg
-
-
 def _add_node(graph: fx.Graph, like: fx.Node, op: str, target, args: tuple, fake_mode) -> fx.Node:
     """A new node with `like`'s module stack (later passes read it) and a fake example value."""
     node = graph.create_node(op, target, args)
@@ -116,7 +107,7 @@ def _add_node(graph: fx.Graph, like: fx.Node, op: str, target, args: tuple, fake
         if key in like.meta:
             node.meta[key] = like.meta[key]
     if fake_mode is not None:
-        values = [_example(a) for a in args]
+        values = [example_of(a) for a in args]
         if all(v is not None for v in values):
             with fake_mode:
                 if op == "call_method":

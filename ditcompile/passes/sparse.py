@@ -28,7 +28,7 @@ from ..graph.sites import JOINT, SELF, AttentionSite, GraphAnalysis
 from ..kernels.attention.flash_fwd import MAX_HEAD_DIM
 from ..masks import get_policy, params_json
 from ..plans import SparseSpec
-from ..ops.attention import PLAN_ARG
+from ..ops.attention import GRID_ARG
 from .base import PLANNED, DitPass, PassContext, PassReport, SiteDecision, attention_nodes, set_plan
 
 
@@ -45,7 +45,7 @@ class SparseAttentionPass(DitPass):
         cfg = self.config.sparse
         for node, index, plan in attention_nodes(gm):
             site = ctx.analysis.site(index)
-            grid_args = len(node.args) > PLAN_ARG + 1 and node.args[PLAN_ARG + 1] is not None
+            grid_args = len(node.args) > GRID_ARG and node.args[GRID_ARG] is not None
             why_not = sparse_ineligible(site, ctx.analysis, cfg, grid_args)
             if why_not is not None:
                 report.decisions.append(SiteDecision(index, site.module_path, PLANNED, plan=plan.describe(),

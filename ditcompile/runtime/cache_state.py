@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 
 from ..step_cache_policies import BranchState
-from .sparse_state import shape_text
-from .steps import GenerationState, StepInfo
+from .steps import GenerationState, StepInfo, shape_text
 
 _ORDER = itertools.count()  # call order across the branch states of a generation
 
@@ -40,7 +39,7 @@ class StepCacheState(GenerationState):
         """Per branch: computed/reused calls, the decision per call in order ("pattern"), the
         estimated saving, and "shapes": computed/reused per input shape."""
         out: dict = {}
-        for (branch, shape), s in sorted(self.data.items(), key=lambda kv: (kv[0][0], kv[1].decisions[:1])):
+        for (branch, shape), s in sorted(list(self.data.items()), key=lambda kv: (kv[0][0], kv[1].decisions[:1])):
             total = out.setdefault(branch, {"computed": 0, "reused": 0, "_calls": [], "shapes": {}})
             total["computed"] += s.computed
             total["reused"] += s.reused

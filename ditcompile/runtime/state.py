@@ -46,6 +46,7 @@ class ModelRuntime:
     tracker: StepTracker = field(default_factory=StepTracker)
     sparse: SparseState = field(default_factory=SparseState)            # sparse attention sites
     step_cache: StepCacheState = field(default_factory=StepCacheState)  # step-cache branches
+    caller: Optional[weakref.ref] = None                                # the caller it serves (weakly)
 
     def new_generation(self) -> None:
         self.tracker.reset()
@@ -197,24 +198,36 @@ def exit_parent(token: contextvars.Token) -> None:
 # ----------------------------------------------------------------------------- public functions
 
 
-def new_generation(model: Any) -> int:
-    """Restart step counting (and every feature's per-generation state) for `model`, for every
-    caller and every compiled callable, regional ones included; returns how many runtime states
-    were reset (0 if the model has not run through a ditaccel graph that tracks steps yet; the
-    next call then starts a generation anyway)."""
-    states = INDEX.for_model(model)
+_GENERATION_LISTENERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def on_new_generation(module: Any, callback: Any) -> None:
+    """Call `callback(caller or None)` when `new_generation(module)` runs (`track_steps` uses it)."""
+    _GENERATION_LISTENERS[module] = callback
+
+
+def new_generation(model: Any, all_callers: bool = False) -> int:
+    """Restart step counting (and every feature's per-generation state, releasing its cached
+    tensors) for `model` and the current caller (this thread or request scope) -- or every
+    caller with `all_callers=True` -- in every compiled callable, regional ones included.
+
+    Returns how many runtime states were reset (0 if the model has not run through a ditaccel
+    graph that tracks steps yet: the next call then starts a generation anyway).
+    """
+    caller = None if all_callers else current_caller()
+    states = [s for s in INDEX.for_model(model) if caller is None or (s.caller is not None and s.caller() is caller)]
     for state in states:
         state.new_generation()
     for module in (model, getattr(model, "_orig_mod", None)):
-        hooks = getattr(module, "_ditaccel_step_hooks", None)
-        if hooks is not None:
-            hooks.new_generation()
+        callback = _GENERATION_LISTENERS.get(module) if module is not None else None
+        if callback is not None:
+            callback(caller)
     return len(states)
 
 
 @contextlib.contextmanager
 def generation(model: Any) -> Iterator[None]:
-    """`with ditcompile.generation(model): pipe(...)` runs exactly one generation."""
+    """`with ditcompile.generation(model): pipe(...)` runs exactly one generation (for this caller)."""
     new_generation(model)
     try:
         yield

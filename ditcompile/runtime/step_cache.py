@@ -92,7 +92,8 @@ class StepCacheRunner:
         runtime, info, shape = self.observer.observe(args)
         state = runtime.step_cache
         state.body_share = state.body_share or self.body_share
-        if info.generation != state.generation and state.data:
+        if info.generation != state.generation and state.data and state.generation >= 0 and log.isEnabledFor(
+                logging.INFO):
             log.info("ditaccel step cache: generation %d: %s", state.generation, format_cache_stats(state.summary()))
         branch = state.branch(info, shape)
         split = self.split
@@ -104,15 +105,18 @@ class StepCacheRunner:
             else:
                 signal = env[split.stream_after_head_blocks] - env[split.stream_before_blocks]
             # unknown step: the safe path computes every call and keeps no history
-            compute = info.step is None or decide(self.cfg, branch, signal, info.step)
+            history = list(branch.history)  # this call's view, whatever a reset elsewhere does
+            compute = info.step is None or decide(self.cfg, branch, signal, info.step) or not history
             if compute:
                 env.update(zip(split.body.outputs, self.body(*[env[k] for k in split.body.inputs])))
                 if info.step is not None:
                     residuals = [env[o] - env[i] for i, o in split.streams]
-                    branch.history = (branch.history + [(info.step, residuals)])[-(self.cfg.taylor_order + 1):]
+                    # a second evaluation of a step (Heun) replaces that step's residuals
+                    kept = [(s, r) for s, r in history if s != info.step]
+                    branch.history = (kept + [(info.step, residuals)])[-(self.cfg.taylor_order + 1):]
                 branch.consecutive_cached = 0
             else:
-                residuals = extrapolate(branch.history, info.step, self.cfg.taylor_order)
+                residuals = extrapolate(history, info.step, self.cfg.taylor_order)
                 for (i, o), r in zip(split.streams, residuals):
                     env[o] = env[i] + r
                 branch.consecutive_cached += 1

@@ -5,10 +5,11 @@ A call tells the tracker three things (`Observation`, built by `observe_call`): 
 (one value for the whole call, or unknown), a fingerprint of its conditioning inputs (text
 embeddings, masks, guidance: what tells CFG branches apart and stays the same across steps), and
 the shape of its main input. `StepTracker.observe` turns the sequence into (generation, step,
-branch):
+branch). Timesteps usually fall from step to step; the rules below are for that direction, and a
+tracker that sees timesteps rise step after step (e.g. Lumina-2's 1 - t) learns the other one:
 
-    timestep higher than the previous call's      -> a new generation (a new sampling run)
-    timestep lower                                 -> the next step of this generation
+    timestep moves against the direction (higher)  -> a new generation (a new sampling run)
+    timestep moves along it (lower)                -> the next step of this generation
     same timestep, conditioning not yet seen at
       this step                                    -> another CFG branch of the same step
     same timestep, conditioning already seen at
@@ -18,21 +19,24 @@ branch):
                                                       and other second-order samplers repeat
                                                       each timestep); more than MAX_EVALUATIONS
                                                       -> a new generation
-    more than MAX_BRANCHES different conditionings -> a new generation
+    more than MAX_BRANCHES different conditionings -> a new generation (said once: conditioning
+                                                      that changes every step defeats tracking)
 
     t:    999 999 966 966 ... 5 5 | 999 999 ...       (cond, uncond each step)
           s0b0 s0b1 s1b0 s1b1     | new generation: s0b0 s0b1 ...
 
 A branch keeps its index for the whole generation (keyed by its conditioning), so a warm-up call
 or a reordered CFG pair never swaps two branches' state. When a call has no single timestep (no
-timestep input, per-sample or per-token timesteps that differ) the step is *unknown*
-(`StepInfo.step is None`): step-dependent plans then take their safe path (dense attention,
-every step computed) and the caller says so once. `ditcompile.new_generation(model)` (or
-`with ditcompile.generation(model):`) forces a restart.
+timestep input, per-sample or per-token timesteps that differ, other than clean conditioning
+tokens at 0) the step is *unknown* (`StepInfo.step is None`): step-dependent plans then take their
+safe path (dense attention, every step computed) and the caller says so once. Samplers that
+evaluate the model at several timesteps per step (DPM-Solver-2, SDE variants) count each as a
+step. `ditcompile.new_generation(model)` (or `with ditcompile.generation(model):`) forces a restart.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -41,11 +45,6 @@ import torch
 
 MAX_BRANCHES = 8      # different conditionings per generation before a new generation is assumed
 MAX_EVALUATIONS = 4   # calls of one branch at one step before a new generation is assumed
-SAMPLES = 16          # elements sampled from each conditioning tensor for its fingerprint
-
-# Argument names DiTs give their inputs (diffusers' and common research code's spellings).
-MAIN_INPUT_NAMES = ("hidden_states", "x", "latents", "latent", "sample", "video", "img", "inputs")
-TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time", "noise_level")
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,7 @@ class StepInfo:
     branch: int            # CFG branch within the generation (by conditioning), from 0
     timestep: Optional[float]
     unknown_reason: Optional[str] = None  # why the step is unknown (None when it is known)
+    note: Optional[str] = None            # a rule that fired and is worth saying once (branch cap, direction)
 
 
 @dataclass(frozen=True)
@@ -75,31 +75,49 @@ class StepTracker:
         self.step = 0
         self.last_timestep: Optional[float] = None
         self.restart_requested = True
+        self.direction = -1                      # -1: timesteps fall from step to step; +1: they rise
+        self._reversals = 0                      # one-step generations ended by a move against it
         self._branches: dict[bytes, int] = {}   # conditioning -> branch index, this generation
         self._at_step: dict[bytes, int] = {}     # conditioning -> calls at the current step
 
     def observe(self, obs: Observation) -> StepInfo:
         """Advance with a new call (see the module docstring for the rules)."""
+        if self.restart_requested or self.generation < 0:
+            self._start_generation()
         if obs.timestep is None:
-            if self.restart_requested or self.generation < 0:
-                self._start_generation()
             return StepInfo(self.generation, None, self._branch_of(obs.condition), None,
                             obs.unknown_reason or "no timestep")
-        last = self.last_timestep
-        repeat = last is not None and obs.timestep == last and obs.condition in self._at_step
-        if (self.restart_requested or last is None or obs.timestep > last
-                or (repeat and (self.step == 0 or self._at_step[obs.condition] >= MAX_EVALUATIONS))
-                or (obs.condition not in self._branches and len(self._branches) >= MAX_BRANCHES)):
+        t, last, note = obs.timestep, self.last_timestep, None
+        if last is None:
+            pass  # the generation's first known step
+        elif t != last and (t - last) * self.direction < 0:  # against the direction
+            continues = self.step == 0 and obs.condition in self._branches  # the same prompt, one step later
+            if continues and self._reversals >= 1:  # three one-step "generations" in a row: learn it
+                self.direction, self._reversals = -self.direction, 0
+                note = f"timesteps {'rise' if self.direction > 0 else 'fall'} from step to step: tracking them so"
+                self._next_step()
+            else:
+                self._reversals = self._reversals + 1 if continues else 0
+                self._start_generation()
+        elif t != last:
+            self._next_step()
+            self._reversals = 0
+        elif obs.condition in self._at_step and (self.step == 0 or self._at_step[obs.condition] >= MAX_EVALUATIONS):
+            self._start_generation()  # the same call again: a new run
+        if obs.condition not in self._branches and len(self._branches) >= MAX_BRANCHES:
+            note = (f"more than {MAX_BRANCHES} different conditionings in one generation (conditioning inputs "
+                    "that change every step?): a new generation starts, step-dependent plans restart")
             self._start_generation()
-        elif obs.timestep < last:
-            self.step += 1
-            self._at_step = {}
         self._at_step[obs.condition] = self._at_step.get(obs.condition, 0) + 1
-        self.last_timestep = obs.timestep
-        return StepInfo(self.generation, self.step, self._branch_of(obs.condition), obs.timestep)
+        self.last_timestep = t
+        return StepInfo(self.generation, self.step, self._branch_of(obs.condition), t, note=note)
 
     def _branch_of(self, condition: bytes) -> int:
         return self._branches.setdefault(condition, len(self._branches))
+
+    def _next_step(self) -> None:
+        self.step += 1
+        self._at_step = {}
 
     def _start_generation(self) -> None:
         self.generation += 1
@@ -113,45 +131,59 @@ class StepTracker:
         self.restart_requested = True
 
 
+@functools.lru_cache(maxsize=32)
+def _projection(numel: int, device: str) -> torch.Tensor:
+    """Fixed pseudo-random weights in [-1, 1] (float64) for fingerprinting tensors of `numel` elements."""
+    generator = torch.Generator().manual_seed(numel)
+    return (torch.rand(numel, generator=generator, dtype=torch.float64) * 2 - 1).to(device)
+
+
 def observe_call(timestep: Any, main: Any, conditions: Sequence[Any]) -> Observation:
     """The `Observation` of a call from its timestep input (a number, a tensor of any shape, or
     None when the graph has none), its main input (the latents) and its conditioning inputs.
 
-    Costs one small device-to-host copy per device (the timestep's min and max and a few
-    sampled elements of each conditioning tensor).
+    The timestep tensor gives one value when all its elements are equal, or when they are 0 and
+    one other value (clean conditioning tokens and noisy ones, as image-to-video models pass per
+    token); else the step is unknown. Each conditioning tensor is fingerprinted by its shape,
+    dtype and a float64 projection on fixed random weights plus its sum (every element counts).
+    Costs one small device-to-host copy per device.
     """
     shape = tuple(main.shape) if isinstance(main, torch.Tensor) else ()
     reason = None
     values: dict[torch.device, list[torch.Tensor]] = collections.defaultdict(list)
     if isinstance(timestep, torch.Tensor) and timestep.numel():
         t = timestep.detach()
-        values[t.device].append(torch.stack([t.amin(), t.amax()]).float())
-    elif isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
-        pass
-    else:
+        values[t.device].append(torch.stack([t.amin(), t.amax()]).double())
+    elif not isinstance(timestep, (int, float)) or isinstance(timestep, bool):
         reason = "no timestep input" if timestep is None else f"timestep of type {type(timestep).__name__}"
-    shapes = []
+    meta = []
     for c in conditions:
         if isinstance(c, torch.Tensor):
-            flat = c.detach().reshape(-1)
-            values[flat.device].append(flat[:: max(1, flat.numel() // SAMPLES)][:SAMPLES].float())
-            shapes.append(tuple(c.shape))
+            flat = c.detach().reshape(-1).double()
+            values[flat.device].append(torch.stack([flat @ _projection(flat.numel(), str(flat.device)),
+                                                    flat.sum()]))
+            meta.append((tuple(c.shape), str(c.dtype)))
         elif isinstance(c, (int, float, bool)):
-            shapes.append(c)
+            meta.append(c)
     host = {d: torch.cat(v).cpu() for d, v in values.items()}  # one sync per device
     value: Optional[float] = None
-    digest = hashlib.blake2b(repr(shapes).encode(), digest_size=16)
+    digest = hashlib.blake2b(repr(meta).encode(), digest_size=16)
     for d, h in host.items():
         if isinstance(timestep, torch.Tensor) and d == timestep.device and value is None and reason is None:
             low, high, h = float(h[0]), float(h[1]), h[2:]
-            if low == high:
-                value = low
+            if low == high or low == 0.0:
+                value = high
             else:
                 reason = f"the timestep tensor {tuple(timestep.shape)} holds different values ({low:g} .. {high:g})"
         digest.update(h.numpy().tobytes())
     if isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
         value = float(timestep)
     return Observation(value, digest.digest(), shape, reason if value is None else None)
+
+
+def shape_text(shape: tuple) -> str:
+    """`(2, 12, 288, 64)` -> "2x12x288x64" (the key of per-shape summaries)."""
+    return "x".join(str(s) for s in shape) or "-"
 
 
 class GenerationState:
@@ -200,6 +232,5 @@ class GenerationState:
         raise NotImplementedError
 
 
-__all__ = ["StepInfo", "Observation", "StepTracker", "GenerationState", "observe_call", "MAX_BRANCHES",
-           "MAX_EVALUATIONS",
-           "MAIN_INPUT_NAMES", "TIMESTEP_NAMES"]
+__all__ = ["StepInfo", "Observation", "StepTracker", "GenerationState", "observe_call", "shape_text",
+           "MAX_BRANCHES", "MAX_EVALUATIONS"]

@@ -46,58 +46,74 @@ class CallRoles:
 
 
 class RuntimeTable:
-    """The runtimes of one compiled callable: one per (model instance, caller), at most `limit`
-    (least recently used first out, their tensors released). An entry goes with its model.
+    """The runtimes of one compiled callable: per caller (held weakly: a finished thread or request
+    scope takes its state with it), one per model instance, at most `limit` instances per caller
+    (least recently used first out). An entry goes with its model instance.
 
-    A model instance is recognised by its first parameter tensor. When one caller keeps bringing
-    new parameter tensors (weights replaced between calls, e.g. by sequential CPU offloading),
+    A model instance is recognised by its first parameter tensor. When a caller's instances keep
+    dying and being replaced (weights replaced between calls, e.g. by sequential CPU offloading),
     each starts fresh state -- the safe path, said once (`name`)."""
 
-    CHURN = 16  # new instances for one caller before the warning
+    CHURN = 16  # replacements for one caller before the warning
 
-    def __init__(self, limit: int = 64, name: str = "graph") -> None:
+    def __init__(self, limit: int = 256, name: str = "graph") -> None:
         self.limit = limit
         self.name = name
-        self._runtimes: OrderedDict[tuple, tuple[Optional[weakref.ref], ModelRuntime]] = OrderedDict()
-        self._created: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+        self._by_caller: "weakref.WeakKeyDictionary[Any, OrderedDict]" = weakref.WeakKeyDictionary()
+        self._watched: set[int] = set()                    # anchors with a finalizer
+        self._replaced: "weakref.WeakKeyDictionary[Any, list]" = weakref.WeakKeyDictionary()  # [died?, count]
         self._warned = False
         self._lock = threading.Lock()
 
     def get(self, anchor: Optional[torch.Tensor]) -> ModelRuntime:
         caller = current_caller()
-        key = (id(anchor) if anchor is not None else None, caller)
+        key = id(anchor) if anchor is not None else None
+        churn = 0
         with self._lock:
-            entry = self._runtimes.get(key)
+            table = self._by_caller.get(caller)
+            if table is None:
+                table = self._by_caller[caller] = OrderedDict()
+            entry = table.get(key)
             if entry is not None and (entry[0] is None or entry[0]() is anchor):
-                self._runtimes.move_to_end(key)
+                table.move_to_end(key)
                 return entry[1]
-            runtime = ModelRuntime()
-            self._runtimes[key] = (weakref.ref(anchor) if anchor is not None else None, runtime)
-            while len(self._runtimes) > self.limit:
-                _, (_, evicted) = self._runtimes.popitem(last=False)
-                evicted.new_generation()  # releases its tensors
-            created = self._created[caller] = self._created.get(caller, 0) + 1
-            churn = created > self.CHURN and not self._warned
-            self._warned |= churn
-        if churn:
-            log.warning("ditaccel: %s: one caller has called it with %d different model parameter tensors (weights "
-                        "replaced between calls, e.g. sequential CPU offloading?); each starts fresh step tracking "
-                        "and caches, so step-dependent plans keep taking their safe path", self.name, created)
+            runtime = ModelRuntime(caller=weakref.ref(caller))
+            table[key] = (weakref.ref(anchor) if anchor is not None else None, runtime)
+            while len(table) > self.limit:
+                table.popitem(last=False)  # not released: a call in flight may still hold it
+            replaced = self._replaced.setdefault(caller, [False, 0])
+            if replaced[0]:  # an instance of this caller died since its last new instance
+                replaced[0], replaced[1] = False, replaced[1] + 1
+                if replaced[1] > self.CHURN and not self._warned:
+                    self._warned, churn = True, replaced[1]
+            watch = anchor is not None and key not in self._watched
+            if watch:
+                self._watched.add(key)
+        if watch:
+            weakref.finalize(anchor, _anchor_died, weakref.ref(self), key)
         if anchor is not None:
             INDEX.add(anchor, runtime)
-            weakref.finalize(anchor, _drop_entry, weakref.ref(self), key)
         remember(caller, runtime)
+        if churn:
+            log.warning("ditaccel: %s: one caller's model weights were replaced %d times between calls (e.g. "
+                        "sequential CPU offloading?); each replacement starts fresh step tracking and caches, so "
+                        "step-dependent plans keep taking their safe path", self.name, churn)
         return runtime
 
     def __len__(self) -> int:
-        return len(self._runtimes)
+        return sum(len(t) for t in list(self._by_caller.values()))
 
 
-def _drop_entry(table_ref: weakref.ref, key: tuple) -> None:
+def _anchor_died(table_ref: weakref.ref, key: int) -> None:
+    """A model instance went away: drop its runtimes (every caller) and note the replacement."""
     table = table_ref()
-    if table is not None:
-        with table._lock:
-            table._runtimes.pop(key, None)
+    if table is None:
+        return
+    with table._lock:
+        table._watched.discard(key)
+        for caller, runtimes in list(table._by_caller.items()):
+            if runtimes.pop(key, None) is not None:
+                table._replaced.setdefault(caller, [False, 0])[0] = True
 
 
 class CallObserver:
@@ -123,16 +139,22 @@ class CallObserver:
         info = runtime.tracker.observe(obs)
         if info.step is None:
             self._warn_unknown(info.unknown_reason or "unknown")
+        if info.note is not None:
+            self._warn_once(info.note, "ditaccel: %s: %s", self.name, info.note)
         return runtime, info, obs.shape
 
+    def _warn_once(self, text: str, message: str, *args: Any) -> None:
+        """Log once per kind of message (the text before any parenthesised values)."""
+        kind = text.split(" (")[0]
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning(message, *args)
+
     def _warn_unknown(self, reason: str) -> None:
-        if reason in self._warned:
-            return
-        self._warned.add(reason)
         hint = (" -- if this is a regionally compiled block, call ditcompile.track_steps(model) on the model so "
                 "that its blocks share the step of each model call" if reason == "no timestep input" else "")
-        log.warning("ditaccel: %s: the denoising step of these calls is unknown (%s); step-dependent plans take "
-                    "their safe path (dense attention, every step computed)%s", self.name, reason, hint)
+        self._warn_once(reason, "ditaccel: %s: the denoising step of these calls is unknown (%s); step-dependent "
+                        "plans take their safe path (dense attention, every step computed)%s", self.name, reason, hint)
 
 
 class StepTrackingCall:

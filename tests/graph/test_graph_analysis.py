@@ -307,3 +307,42 @@ def test_block_of_path():
     ref = block_of("single_transformer_blocks.12.attn.to_q")
     assert (ref.container, ref.index, ref.path) == ("single_transformer_blocks", 12, "single_transformer_blocks.12")
     assert block_of("proj_out") is None
+
+
+class ControlledDiT(nn.Module):
+    """A DiT forward with the inputs real pipelines pass: per-token timesteps [B, S], text, a pooled
+    projection, ControlNet residuals (they change every step), token ids and rotary tables."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.proj, self.attn = nn.Linear(dim, dim), SDPA(dim, heads=2)
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, pooled_projections,
+                controlnet_block_samples, img_ids, image_rotary_emb):
+        x = self.proj(hidden_states) + timestep[..., None] * 1e-3 + pooled_projections[:, None]
+        x = x + controlnet_block_samples[0] + img_ids.sum() * 0 + image_rotary_emb.mean()
+        return self.attn(x, encoder_hidden_states)
+
+
+def test_graph_inputs_are_given_their_roles_by_name_and_shape():
+    from ditcompile.graph.analysis import analyze_graph
+
+    captured = []
+
+    def capture(gm, example_inputs):
+        captured.append((gm, example_inputs))
+        return gm.forward
+
+    b, s, d = 2, 12, 16
+    args = (torch.randn(b, s, d), torch.full((b, s), 500.0), torch.randn(b, 5, d), torch.randn(b, d),
+            [torch.randn(b, s, d)], torch.zeros(s, 3), torch.randn(s, 4))
+    torch._dynamo.reset()
+    torch.compile(ControlledDiT(d), backend=capture)(*args)
+    (gm, example_inputs), = captured
+    analysis = analyze_graph(gm, example_inputs)
+    names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    assert "timestep" in names[analysis.timestep_input]  # a [B, S] per-token timestep
+    assert "hidden_states" in names[analysis.main_input_index]
+    conditions = sorted(names[i] for i in analysis.condition_inputs)
+    assert [c for c in conditions if "encoder_hidden_states" in c or "pooled_projections" in c] == conditions
+    assert len(conditions) == 2  # not the ControlNet residuals, token ids, rotary tables or parameters

@@ -119,6 +119,20 @@ def test_a_resolution_change_inside_a_run_starts_fresh_cache_state_for_the_new_s
     assert shapes == {"1x4x3x16x24": (1, 2), "1x4x3x32x48": (1, 2)}
 
 
+@pytest.mark.inductor
+def test_step_cache_with_dynamic_shapes_through_inductor_matches_the_static_graph():
+    model, inputs = wan()
+    options = {**CACHE, "compiler": "inductor"}
+    with torch.no_grad():
+        dynamic = split_sampler(torch.compile(model, backend="ditaccel", dynamic=True, options=options), inputs)
+        static = split_sampler(torch.compile(copy.deepcopy(model), backend="ditaccel", dynamic=False,
+                                             options=options), inputs)
+    for (x_dyn, out_dyn), (x_static, out_static) in zip(dynamic, static):
+        torch.testing.assert_close(out_dyn, out_static, rtol=1e-4, atol=1e-4)
+    patterns = [s["current"][0]["pattern"] for s in ditcompile.cache_stats(model)]
+    assert patterns == [[True, False, False, True, False, False]]  # one dynamic graph, both resolutions
+
+
 def test_sparse_attention_stays_on_after_dynamo_recompiles_for_dynamic_shapes():
     model, inputs = wan()
     options = {**SPARSE, "sparse.dense_steps": 0}
@@ -348,3 +362,104 @@ def test_fidelity_sampler_steps_and_generations_are_counted_as_run():
     assert set(counts(one_batch).values()) == {(3, 2)}          # 5 steps, the first 2 dense
     assert set(counts(two_calls_stats).values()) == {(6, 4)}    # 5 steps x 2 branches
     assert len(one_batch["finished"]) == len(two_calls_stats["finished"]) == 1
+
+
+# ---------------------------------------------------------------------- Heun with TaylorSeer
+
+HEUN_TIMESTEPS = [999.0, 800.0, 800.0, 600.0, 600.0, 400.0, 400.0, 200.0, 200.0]  # diffusers' Heun order
+HEUN_STEPS = [0, 1, 1, 2, 2, 3, 3, 4, 4]
+# warm-up 2 steps, then every reuse is followed by a compute (max_cached_steps=1, threshold: always reuse)
+HEUN_PATTERN = [True, True, True, False, True, False, True, False, True]
+
+
+def newton_extrapolate(points, step):
+    """Reference: the interpolating polynomial through (step, residual) points in Newton's divided
+    differences, evaluated at `step` (TaylorSeer's finite-difference expansion)."""
+    xs, coef = [float(s) for s, _ in points], [r for _, r in points]
+    for level in range(1, len(xs)):
+        for i in range(len(xs) - 1, level - 1, -1):
+            coef[i] = (coef[i] - coef[i - 1]) / (xs[i] - xs[i - level])
+    out, basis = coef[0].clone(), 1.0
+    for i in range(1, len(xs)):
+        basis = basis * (step - xs[i - 1])
+        out = out + basis * coef[i]
+    return out
+
+
+def heun_reference(model, inputs, order):
+    """The eager model, with block 1 (fbcache's body) replaced on reused calls by its input plus the
+    residual extrapolated from the newest order+1 computed steps (a Heun step computed twice keeps its
+    second residual)."""
+    body, state = model.blocks[1], {}
+    computed = {}  # step -> residual of its newest computed evaluation
+
+    def pre(module, args):
+        state["in"] = args[0]
+
+    def post(module, args, out):
+        if state["compute"]:
+            computed[state["step"]] = out - state["in"]
+            return out
+        points = sorted(computed.items())[-(order + 1):]
+        return state["in"] + newton_extrapolate(points, state["step"])
+
+    handles = [body.register_forward_pre_hook(pre), body.register_forward_hook(post)]
+    try:
+        return heun_calls(model, inputs, state)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def heun_calls(call, inputs, state=None):
+    x = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for t, step, compute in zip(HEUN_TIMESTEPS, HEUN_STEPS, HEUN_PATTERN):
+        if state is not None:
+            state.update(step=step, compute=compute)
+        outs.append(run_model(call, dict(inputs, hidden_states=x, timestep=torch.tensor([t]))))
+        x = x - 0.05 * outs[-1]
+    return outs
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_heun_evaluations_share_their_step_and_taylorseer_extrapolates_one_point_per_step(order):
+    model, inputs = wan()
+    options = {**CACHE, "cache.threshold": 1e9, "cache.warmup_steps": 2, "cache.max_cached_steps": 1,
+               "cache.taylor_order": order}
+    compiled = torch.compile(model, backend="ditaccel", options=options)
+    with torch.no_grad():
+        got = heun_calls(compiled, inputs)
+        want = heun_reference(model, inputs, order)
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    (stats,) = ditcompile.cache_stats(model)
+    assert stats["current"][0]["pattern"] == HEUN_PATTERN
+    (runtime,) = INDEX.for_model(model)
+    (branch,) = runtime.step_cache.data.values()
+    steps = [s for s, _ in branch.history]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # one point per step, the newest kept
+
+
+# ---------------------------------------------------------------------- CFG branches in sparse attention
+
+
+@pytest.mark.parametrize("policy", ["spatial_temporal", "antidiagonal"])
+def test_each_cfg_branch_makes_its_own_sparse_choices_and_has_its_own_guard(policy):
+    model, inputs = wan()
+    options = {**SPARSE, "sparse.policy": policy, "sparse.guard_every": 1, "sparse.guard_budget": 10.0}
+    uncond = dict(inputs, encoder_hidden_states=torch.zeros_like(inputs["encoder_hidden_states"]))
+    x = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(0))
+    shared = torch.compile(model, backend="ditaccel", options=options)
+    alone = [torch.compile(copy.deepcopy(model), backend="ditaccel", options=options) for _ in range(2)]
+    with torch.no_grad():
+        for t in TIMESTEPS:  # one sampler with CFG as two calls; each branch also runs on its own model
+            for branch, kw in enumerate((inputs, uncond)):
+                kw = dict(kw, hidden_states=x, timestep=t.reshape(1))
+                torch.testing.assert_close(run_model(shared, kw), run_model(alone[branch], kw), rtol=1e-6, atol=1e-6)
+            x = x - 0.1 * run_model(model, dict(inputs, hidden_states=x, timestep=t.reshape(1)))
+    (stats,) = ditcompile.sparse_stats(model)
+    site = stats["current"]["blocks.0.attn1"]
+    assert site["branches"] == {0: {"sparse_calls": 3, "dense_calls": 2}, 1: {"sparse_calls": 3, "dense_calls": 2}}
+    assert sorted(branch for _, _, branch in site["guard_errors"]) == [0, 0, 0, 1, 1, 1]

@@ -101,3 +101,51 @@ def test_conditioning_fingerprints_tell_branches_apart_and_ignore_the_latents():
     d = observe_call(torch.tensor(1.0), torch.randn(2, 4), [text[:, :70]])
     assert a.condition == b.condition  # same conditioning, other latents: the same branch
     assert len({a.condition, c.condition, d.condition}) == 3  # other values or another length
+
+
+def test_timesteps_that_rise_from_step_to_step_are_learned():
+    rising = [(t, c) for t in (0.1, 0.2, 0.3, 0.4, 0.5) for c in (COND, UNCOND)]  # e.g. Lumina-2's 1 - t
+    tracker = StepTracker()
+    out = track(rising, tracker)
+    assert tracker.direction == 1
+    # the first two steps look like one-step runs until the third confirms the direction
+    assert out[4:] == [(1, 1, 0), (1, 1, 1), (1, 2, 0), (1, 2, 1), (1, 3, 0), (1, 3, 1)]
+    assert track([(0.1, COND)], tracker) == [(2, 0, 0)]  # a fall now starts a new run
+
+
+def test_low_precision_timesteps_that_round_to_one_value_never_merge_two_runs():
+    bf16 = [float(torch.tensor(t, dtype=torch.bfloat16)) for t in (1000.0, 993.0, 991.0, 980.0)]
+    assert bf16[1] == bf16[2]  # two real steps, one bf16 value
+    out = track([(t, c) for t in bf16 for c in (COND, UNCOND)])
+    assert {g for g, _, _ in out} == {0} and [s for _, s, _ in out] == [0, 0, 1, 1, 1, 1, 2, 2]
+
+
+def test_per_token_timesteps_with_clean_conditioning_tokens_give_the_noisy_tokens_step():
+    tokens = torch.full((1, 24), 700.0)
+    tokens[:, :6] = 0.0  # the first frame is the clean image (image-to-video)
+    assert observe_call(tokens, None, []).timestep == 700.0
+
+
+def test_an_unknown_call_then_a_known_one_is_one_generation():
+    tracker = StepTracker()
+    infos = [tracker.observe(o) for o in (Observation(None, COND, unknown_reason="x"), Observation(999, COND),
+                                           Observation(500, COND))]
+    assert [(i.generation, i.step) for i in infos] == [(0, None), (0, 0), (0, 1)]
+
+
+def test_the_branch_cap_is_noted():
+    tracker = StepTracker()
+    infos = [tracker.observe(Observation(999 - i, bytes([i]))) for i in range(MAX_BRANCHES + 1)]
+    assert infos[-1].note is not None and "more than 8 different conditionings" in infos[-1].note
+    assert infos[-1].generation == 1
+
+
+def test_a_difference_far_from_any_sample_point_still_tells_branches_apart():
+    text = torch.randn(1, 512 + 17, 64)
+    uncond = text.clone()
+    uncond[:, 512:] = 0  # only the appended image tokens differ
+    assert observe_call(1.0, None, [text]).condition != observe_call(1.0, None, [uncond]).condition
+    nudged = text.clone()
+    nudged[0, 300, 7] += 1e-3  # a tiny change in one element
+    assert observe_call(1.0, None, [text]).condition != observe_call(1.0, None, [nudged]).condition
+    assert observe_call(1.0, None, [text]).condition == observe_call(1.0, None, [text.clone()]).condition

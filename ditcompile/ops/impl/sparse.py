@@ -59,7 +59,7 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Option
     info, runtime = current_step(), current_runtime()
     site = None
     if runtime is not None and info is not None:
-        site = runtime.sparse.site(plan.site_path, info.generation, tuple(q.shape))
+        site = runtime.sparse.site(plan.site_path, info.generation, tuple(q.shape), info.branch)
     step = info.step if info is not None else None
     unknown = info is not None and step is None  # inside a compiled call whose step is unknown
     if unknown or (step is not None and step < spec.dense_steps) or (site is not None and site.dense_from_step is not None):
@@ -73,7 +73,7 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Option
         site.sparse_calls += 1
         if spec.guard_every and (site.sparse_calls - 1) % spec.guard_every == 0:
             error = guard_error(q, k, v, out, layout, scale, spec.guard_rows, seed=step or 0)
-            site.guard_errors.append((step, error))
+            site.guard_errors.append((step, error, info.branch))
             if error > spec.guard_budget:
                 site.dense_from_step = step
                 log.info("ditaccel sparse guard: %s error %.3g > budget %.3g at step %s; dense for the rest "
