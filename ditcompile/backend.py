@@ -55,6 +55,8 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
             "triton.cudagraphs"):
         report.notes.append("CUDA graphs off: the plans depend on the denoising step, which a replayed graph "
                             "would not see")
+    for warning in features_off(report, config, ctx):
+        log.warning("ditaccel %s: %s", report.graph_id, warning)
     if config.report:
         log.info("%s", report.format())
     sink = _REPORT_SINK.get()
@@ -67,6 +69,24 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
     if needs_step:
         return StepTrackingCall(compiled, ctx.call_observer())
     return compiled
+
+
+def features_off(report: GraphReport, config: DitConfig, ctx: Optional[PassContext]) -> list[str]:
+    """What the user enabled that this graph does not do, with the reasons (said at WARNING level:
+    a feature that is silently off looks like a slow model). Graphs without attention are not
+    considered (a model's small helper graphs)."""
+    if ctx is None or not report.analysis.attention:
+        return []
+    out = []
+    if config.attention.enabled and config.sparse.enabled:
+        rows = report.rows()
+        if not any(r["plan"].startswith("sparse") for r in rows):
+            reasons = list(dict.fromkeys(r["note"] for r in rows if r["note"]))
+            out.append("sparse.enabled, but no attention site of this graph runs sparse: " + "; ".join(reasons[:3]))
+    if config.cache.enabled and ctx.runner_factory is None:
+        notes = [n for p in report.passes if p.name == "step_cache" for n in p.notes] or ["no reason given"]
+        out.append("cache.enabled, but this graph runs every step: " + "; ".join(notes))
+    return out
 
 
 def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig

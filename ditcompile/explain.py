@@ -10,6 +10,7 @@ forward plus a Dynamo trace, and needs no GPU.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import torch
@@ -17,6 +18,9 @@ import torch
 from .backend import _REPORT_SINK, ditaccel_backend
 from .config import resolve_config
 from .report import Explanation
+from .runtime.state import request_scope
+
+log = logging.getLogger("ditcompile")
 
 
 def explain(model: Any, *args: Any, options: Any = None, strict: bool = False, fullgraph: bool = False,
@@ -25,11 +29,31 @@ def explain(model: Any, *args: Any, options: Any = None, strict: bool = False, f
     config = dataclasses.replace(config, compiler="eager", report=False, strict=strict or config.strict)
     reports: list = []
     sink_token = _REPORT_SINK.set(reports)
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        return ditaccel_backend(gm, example_inputs, options=config)
+
     try:
-        compiled = torch.compile(model, backend=lambda gm, ex: ditaccel_backend(gm, ex, options=config),
-                                 fullgraph=fullgraph, dynamic=dynamic)
-        with torch.no_grad():
+        compiled = torch.compile(model, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
+        with torch.no_grad(), request_scope("explain"):  # its run-time state goes with the scope
             compiled(*args, **kwargs)
     finally:
         _REPORT_SINK.reset(sink_token)
+        _drop_compiled_code(backend)
     return Explanation(reports)
+
+
+def _drop_compiled_code(backend: Any) -> None:
+    """Remove what `explain` compiled from Dynamo's code cache: each call compiles with a new
+    backend, and the entries would otherwise pile up on the model's code until Dynamo's
+    recompile limit sends the user's own `torch.compile` of that code to eager. Only code whose
+    entries all came from this `explain` call is reset (never the user's compiled entries)."""
+    try:
+        from torch._dynamo import convert_frame, eval_frame
+        for ref in list(convert_frame.input_codes.seen):
+            code = ref()
+            entries = eval_frame._debug_get_cache_entry_list(code) if code is not None else []
+            if entries and all(getattr(e.backend, "compiler_fn", e.backend) is backend for e in entries):
+                eval_frame.reset_code(code)
+    except Exception as err:  # noqa: BLE001 -- a cleanup that Dynamo internals may not offer
+        log.debug("ditaccel explain: could not drop its compiled code (%s)", err)

@@ -23,6 +23,7 @@ Two different "layouts" appear everywhere in a DiT backend; this module names bo
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -196,6 +197,29 @@ class TokenLayout:
 
 
 # Argument names DiTs give their inputs (diffusers' and common research code's spellings).
+_BLOCK = re.compile(r"^(?P<container>(?:[A-Za-z_]\w*\.)*?[A-Za-z_]\w*)\.(?P<index>\d+)(?:\.|$)")
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """A repeated block: `transformer_blocks.3` is container 'transformer_blocks', index 3."""
+
+    container: str
+    index: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.container}.{self.index}"
+
+
+def block_of(path: str) -> Optional[BlockRef]:
+    """The outermost `<container>.<int>` prefix of a module path, e.g. blocks.3.attn1 -> blocks.3."""
+    match = _BLOCK.match(path)
+    if not match:
+        return None
+    return BlockRef(match.group("container"), int(match.group("index")))
+
+
 MAIN_INPUT_NAMES = ("hidden_states", "x", "latents", "latent", "sample", "video", "img", "inputs")
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas", "time", "noise_level")
 

@@ -164,3 +164,40 @@ def test_cuda_graphs_are_turned_off_when_plans_depend_on_the_step(monkeypatch, c
             run_model(torch.compile(model, backend="ditaccel", options=options), inputs)
     assert seen[0]["triton.cudagraphs"] is True and seen[1]["triton.cudagraphs"] is False
     assert "CUDA graphs off" in caplog.text
+
+
+def test_explain_leaves_no_state_and_no_compiled_code_behind():
+    spec = get_tiny_model("wan2.1-tiny")
+    torch.manual_seed(0)
+    model, inputs = spec.build(), spec.make_inputs(seed=1)
+    options = {"preset": "wan2.1", "compiler": "eager", "cache.enabled": True}
+    for _ in range(torch._dynamo.config.recompile_limit + 2):  # more explains than Dynamo's recompile limit
+        assert ditcompile.explain(model, **inputs, options=options).rewritten == 4
+    assert ditcompile.cache_stats(model) == []  # explain's run-time state went with it
+    with torch.no_grad():
+        got = run_model(torch.compile(model, backend="ditaccel", options=options), inputs)
+    (stats,) = ditcompile.cache_stats(model)  # the user's compile still runs ditaccel, not eager
+    assert stats["current"][0]["computed"] == 1
+    torch.testing.assert_close(got, run_model(model, inputs))
+
+
+def test_an_enabled_feature_that_a_graph_cannot_use_is_said_at_warning_level(caplog):
+    import logging
+
+    spec = get_tiny_model("flux-tiny")
+    torch.manual_seed(0)
+    model, inputs = spec.build(), spec.make_inputs(seed=1)
+    with caplog.at_level(logging.WARNING, logger="ditcompile"), torch.no_grad():
+        run_model(torch.compile(model, backend="ditaccel", options={"preset": "flux", "compiler": "eager",
+                                                                   "sparse.enabled": True}), inputs)
+    assert "sparse.enabled, but no attention site of this graph runs sparse: dense: token grid unknown" in caplog.text
+    caplog.clear()
+    wan = get_tiny_model("wan2.1-tiny")
+    torch.manual_seed(0)
+    model, inputs = wan.build(), wan.make_inputs(seed=1)
+    model.compile_repeated_blocks(backend="ditaccel", options={"preset": "wan2.1", "compiler": "eager",
+                                                               "cache.enabled": True})
+    with caplog.at_level(logging.WARNING, logger="ditcompile"), torch.no_grad():
+        run_model(model, inputs)
+    assert "cache.enabled, but this graph runs every step" in caplog.text
+    assert "the step cache needs the whole model in one compiled graph" in caplog.text

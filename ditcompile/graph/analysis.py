@@ -20,7 +20,7 @@ from ..geometry import TextSegment, TokenGrid
 from .sites import CROSS, JOINT, SELF, SPATIAL, TEMPORAL, AttentionSite, GraphAnalysis
 from .token_grid import (
     discover_dynamic_grid, discover_grid, discover_rope_grid, find_anchor_input, find_condition_inputs, find_main_input,
-    find_timestep_input, placeholder_index, tokens_of_main_input,
+    find_main_output, find_timestep_input, placeholder_index, tokens_expr_of_main_input, tokens_of_main_input,
 )
 
 
@@ -64,20 +64,22 @@ def analyze_graph(
                      "set graph.token_grid = [frames, height, width] to enable grid-based passes")
 
     dynamic_grid = discover_dynamic_grid(graph, main) if grid is None and num_tokens is None else None
-    tokens_expr = str(num_tokens) if num_tokens else (dynamic_grid.tokens_expr if dynamic_grid else None)
+    tokens_expr = str(num_tokens) if num_tokens else (
+        dynamic_grid.tokens_expr if dynamic_grid else tokens_expr_of_main_input(main))
     sites = tuple(_classify(site, grid, num_tokens, tokens_expr, batch, text_position)
                   for site in find_attention_sites(graph))
     if not sites:
         notes.append("no attention found in this graph")
     timestep = find_timestep_input(graph, example_inputs)
     main_index = placeholder_index(graph, main)
+    output_index, view = find_main_output(graph, main)
     return GraphAnalysis(
         attention=sites, linear=tuple(find_linear_sites(graph, example_inputs)), grid=grid,
         num_video_tokens=num_tokens, batch=batch, main_input=main.name if main is not None else None,
         notes=tuple(notes), dynamic=dynamic, timestep_input=timestep,
         anchor_input=find_anchor_input(example_inputs), main_input_index=main_index,
         condition_inputs=find_condition_inputs(graph, example_inputs, (main_index, timestep)),
-        dynamic_grid=dynamic_grid,
+        dynamic_grid=dynamic_grid, main_output_index=output_index, latent_view=view,
     )
 
 

@@ -1,10 +1,11 @@
 """The repeated transformer blocks of a graph, in execution order, with their node ranges.
 
-A block is a `<container>.<index>` module path prefix where the container sits at the model's
-top level (`blocks.3`, `transformer_blocks.0`, `single_transformer_blocks.12`) and whose blocks
-compute attention; nested containers such as HunyuanVideo's
-`context_embedder.token_refiner.refiner_blocks` are parts of the embedding, and top-level
-`nn.Sequential`s such as a final `out_modulation.0/1` are not transformer blocks. Dynamo traces blocks one after the other, so each
+A block is a `<container>.<index>` module path prefix whose container's blocks compute attention
+and sit at the shallowest depth of all such containers: the trunk (`blocks.3`,
+`transformer_blocks.0`, `single_transformer_blocks.12`; `inner.blocks.3` for a model wrapped in
+another module). Deeper containers such as HunyuanVideo's
+`context_embedder.token_refiner.refiner_blocks` are parts of the embedding, and containers without
+attention (an `nn.Sequential` such as a final `out_modulation.0/1`) are not transformer blocks. Dynamo traces blocks one after the other, so each
 block's nodes form one contiguous range of the graph (checked: a block whose nodes interleave
 with another block's is reported, and passes that split the graph refuse such graphs).
 """
@@ -53,7 +54,7 @@ def find_blocks(graph: fx.Graph) -> BlockLayout:
         if node.op not in ("call_function", "call_method", "call_module"):
             continue
         ref = block_of(module_path(node))
-        if ref is None or "." in ref.container:
+        if ref is None:
             continue
         key = ref.path
         refs[key] = ref
@@ -61,7 +62,10 @@ def find_blocks(graph: fx.Graph) -> BlockLayout:
         span[1] = i
         if _computes_attention(node):
             attending.add(ref.container)
-    spans = {k: v for k, v in spans.items() if refs[k].container in attending}
+    # the trunk: the shallowest containers with attention (a wrapper's `inner.blocks` too)
+    depth = min((c.count(".") for c in attending), default=0)
+    trunk = {c for c in attending if c.count(".") == depth}
+    spans = {k: v for k, v in spans.items() if refs[k].container in trunk}
     ordered = sorted(spans.items(), key=lambda kv: kv[1][0])
     blocks = tuple(BlockSpan(refs[k], n, s[0], s[1]) for n, (k, s) in enumerate(ordered))
     for a, b in zip(blocks, blocks[1:]):

@@ -11,10 +11,10 @@ Dynamo spells the same submodule differently across releases:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Optional
 
 import torch.fx as fx
+
+from ..geometry import BlockRef, block_of
 
 _ROOT = re.compile(r"^[LG]\[['\"][^'\"]+['\"]\]")  # L['self'], L['fn'], G['model']: the compiled object
 _GETATTR = re.compile(r"getattr\(([^()]*), ['\"]([^'\"]+)['\"]\)")
@@ -63,24 +63,6 @@ def module_class(node: fx.Node) -> str:
     return stack[-1][1] if stack else ""
 
 
-_BLOCK = re.compile(r"^(?P<container>(?:[A-Za-z_]\w*\.)*?[A-Za-z_]\w*)\.(?P<index>\d+)(?:\.|$)")
 
 
-@dataclass(frozen=True)
-class BlockRef:
-    """A repeated block: `transformer_blocks.3` is container 'transformer_blocks', index 3."""
-
-    container: str
-    index: int
-
-    @property
-    def path(self) -> str:
-        return f"{self.container}.{self.index}"
-
-
-def block_of(path: str) -> Optional[BlockRef]:
-    """The outermost `<container>.<int>` prefix of a module path, e.g. blocks.3.attn1 -> blocks.3."""
-    match = _BLOCK.match(path)
-    if not match:
-        return None
-    return BlockRef(match.group("container"), int(match.group("index")))
+__all__ = ["module_stack", "module_path", "module_class", "normalize_module_path", "BlockRef", "block_of"]

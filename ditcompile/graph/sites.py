@@ -13,6 +13,7 @@ from typing import Optional
 import torch.fx as fx
 
 from ..geometry import TENSOR_LAYOUTS, TextSegment, TokenGrid
+from ..runtime.continuity import LatentView
 
 # Attention kinds.
 SELF = "self"          # all tokens of one stream attend each other (video, image or text)
@@ -134,6 +135,9 @@ class GraphAnalysis:
     main_input_index: Optional[int] = None        # index of the main input (the latents)
     condition_inputs: tuple[int, ...] = ()        # indices of the conditioning inputs (CFG branches)
     dynamic_grid: Optional[DynamicGrid] = None    # the grid of a dynamic-shape graph (grid is None then)
+    main_output_index: Optional[int] = None       # index of the graph output the model predicts (same
+                                                  # shape as the main input, up to one dimension)
+    latent_view: Optional[LatentView] = None      # how that output relates to the main input
 
     @classmethod
     def empty(cls) -> "GraphAnalysis":

@@ -24,6 +24,7 @@ from .fx_utils import dim_text, is_function, shape_of, static_shape, tensor_inpu
 from .module_path import module_path
 from .sites import DynamicGrid
 from ..geometry import MAIN_INPUT_NAMES, TIMESTEP_NAMES, TokenGrid
+from ..runtime.continuity import LatentView, latent_view
 
 CONV3D = {F.conv3d, torch.conv3d}
 CONV2D = {F.conv2d, torch.conv2d}
@@ -54,14 +55,14 @@ def find_main_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[fx.No
 
 
 def find_timestep_input(graph: fx.Graph, example_inputs: Sequence) -> Optional[int]:
-    """Index (into example_inputs) of the placeholder carrying the diffusion timestep: a number,
-    or a tensor of shape [], [B] or [B, S] (per-token timesteps, e.g. image-to-video models)."""
+    """Index (into example_inputs) of the placeholder carrying the diffusion timestep: a number
+    (a SymInt / SymFloat once Dynamo made it dynamic), or a tensor of shape [], [B] or [B, S] (per-token timesteps, e.g. image-to-video models)."""
     for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
         value = example_inputs[i] if i < len(example_inputs) else None
         if isinstance(value, torch.nn.Parameter):
             continue
-        if _input_name(node) in TIMESTEP_NAMES and (isinstance(value, (int, float)) or (
-                isinstance(value, torch.Tensor) and value.dim() <= 2)):
+        number = isinstance(value, (int, float, torch.SymInt, torch.SymFloat)) and not isinstance(value, bool)
+        if _input_name(node) in TIMESTEP_NAMES and (number or (isinstance(value, torch.Tensor) and value.dim() <= 2)):
             return i
     return None
 
@@ -86,6 +87,22 @@ def find_condition_inputs(graph: fx.Graph, example_inputs: Sequence, exclude: Se
             continue
         found.append(i)
     return tuple(found)
+
+
+def find_main_output(graph: fx.Graph, main_input: Optional[fx.Node]) -> tuple[Optional[int], Optional[LatentView]]:
+    """(index, view) of the first graph output comparable with the main input: the model's
+    prediction (same rank and batch, at most one other size different -- image-conditioning
+    channels in the input, learned variance in the output). (None, None) when there is none."""
+    in_shape = static_shape(main_input) if main_input is not None else None
+    if in_shape is None:
+        return None, None
+    outputs = graph.output_node().args[0]
+    for i, node in enumerate(outputs if isinstance(outputs, (list, tuple)) else (outputs,)):
+        out_shape = static_shape(node)
+        view = latent_view(in_shape, out_shape) if out_shape is not None else None
+        if view is not None:
+            return i, view
+    return None, None
 
 
 def placeholder_index(graph: fx.Graph, node: Optional[fx.Node]) -> Optional[int]:
@@ -178,6 +195,13 @@ def tokens_of_main_input(main_input: Optional[fx.Node]) -> Optional[int]:
     return shape[1] if shape is not None and len(shape) == 3 else None
 
 
+def tokens_expr_of_main_input(main_input: Optional[fx.Node]) -> Optional[str]:
+    """The printed sequence length ('s2' when symbolic) of a main input [B, S, C] (a regionally
+    compiled block's hidden states), or None."""
+    shape = shape_of(main_input) if main_input is not None else None
+    return dim_text(shape[1]) if shape is not None and len(shape) == 3 else None
+
+
 __all__ = ["find_main_input", "find_timestep_input", "find_condition_inputs", "find_anchor_input",
            "placeholder_index", "discover_grid", "discover_dynamic_grid", "discover_rope_grid",
-           "tokens_of_main_input"]
+           "tokens_of_main_input", "tokens_expr_of_main_input", "find_main_output"]

@@ -75,8 +75,8 @@ class PassContext:
     def call_observer(self) -> CallObserver:
         """The step observer (and state owner) of the callable compiled from this graph."""
         a = self.analysis
-        return CallObserver(CallRoles(a.timestep_input, a.main_input_index, a.condition_inputs, a.anchor_input),
-                            self.name)
+        return CallObserver(CallRoles(a.timestep_input, a.main_input_index, a.condition_inputs, a.anchor_input,
+                                      a.main_output_index, a.latent_view), self.name)
 
 
 class DitPass(abc.ABC):

@@ -57,7 +57,13 @@ class SparseAttentionPass(DitPass):
                 density = plan_density(plan.sparse)
             except ValueError as err:  # the policy cannot build a pattern for these settings
                 raise ConfigError(f"sparse.{cfg.policy} at {site.module_path}: {err}") from err
-            unknown = "density known at run time (dynamic grid)" if plan.sparse.dynamic_grid else "density data-dependent"
+            if from_parent_call(ctx.analysis):
+                unknown = ("step, token grid and block from the model call at run time (needs "
+                           "ditcompile.track_steps(model); dense without it)")
+            elif plan.sparse.dynamic_grid:
+                unknown = "density known at run time (dynamic grid)"
+            else:
+                unknown = "density data-dependent"
             report.decisions.append(SiteDecision(
                 index, site.module_path, PLANNED, plan=plan.describe(),
                 reason=f"density {density:.3f}" if density is not None else unknown))
@@ -71,7 +77,7 @@ def sparse_ineligible(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseC
     grid, dynamic = analysis.grid, analysis.dynamic_grid
     if site.kind not in (SELF, JOINT) or site.tokens not in ("video", "video+text"):
         return f"{site.kind} attention over {site.tokens} tokens (sparse plans cover video self/joint attention)"
-    if grid is None and not (dynamic is not None and grid_args):
+    if grid is None and not (dynamic is not None and grid_args) and not from_parent_call(analysis):
         return "token grid unknown (set graph.token_grid)"
     if site.is_causal:
         return "causal attention"
@@ -92,6 +98,13 @@ def sparse_ineligible(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseC
     return None
 
 
+def from_parent_call(analysis: GraphAnalysis) -> bool:
+    """True for a graph that takes its step and token grid from the enclosing model call at run
+    time: no timestep input and no latents input (a regionally compiled block, followed by
+    `ditcompile.track_steps(model)`; without it the step is unknown and the site runs dense)."""
+    return analysis.timestep_input is None and analysis.dynamic_grid is None and analysis.grid is None
+
+
 def sparse_spec(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseConfig) -> SparseSpec:
     """The site's sparse spec under `cfg` (an eligible site: see `sparse_ineligible`); without a
     static grid, the grid is read at run time (`dynamic_grid`)."""
@@ -104,6 +117,7 @@ def sparse_spec(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseConfig)
             text_length=site.text.length if site.text is not None else 0,
             block_size=cfg.block_size, dense_steps=cfg.dense_steps, guard_every=cfg.guard_every,
             guard_budget=cfg.guard_budget, guard_rows=cfg.guard_rows,
+            dense_blocks=cfg.dense_blocks if site.block_index is None and from_parent_call(analysis) else (),
         )
     except ValueError as err:
         raise ConfigError(str(err)) from err
@@ -118,4 +132,4 @@ def plan_density(spec: SparseSpec) -> Optional[float]:
     return policy.static_choice(spec.token_layout, spec.block_size, spec.policy_params, "cpu").density
 
 
-__all__ = ["SparseAttentionPass", "sparse_ineligible", "sparse_spec", "plan_density"]
+__all__ = ["SparseAttentionPass", "sparse_ineligible", "from_parent_call", "sparse_spec", "plan_density"]

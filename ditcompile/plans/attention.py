@@ -43,6 +43,9 @@ class SparseSpec:
     of 16. dense_steps: denoising steps run dense at the start of a generation. guard_every:
     the fidelity guard checks every N sparse calls (0: off), switching the site to dense for the
     rest of the generation above guard_budget (relative L2 error) on guard_rows sampled rows.
+    dense_blocks: block indices that run dense, for a site whose block is known only at run time
+    (a regionally compiled block: `ModelRuntime.block`); a dynamic_grid site without a grid
+    argument takes the grid of the enclosing model call (`runtime.state.parent_grid`).
 
     Derived on construction (attributes, not fields: they are not part of the JSON):
     token_layout, where video and text tokens sit in the site's sequence (`geometry.TokenLayout`;
@@ -61,11 +64,13 @@ class SparseSpec:
     guard_budget: float = 0.05
     guard_rows: int = 64
     dynamic_grid: bool = False
+    dense_blocks: tuple = ()
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"sparse attention plan policy {self.policy!r} is not one of {tuple(POLICIES)}")
         object.__setattr__(self, "grid", tuple(self.grid))
+        object.__setattr__(self, "dense_blocks", tuple(int(b) for b in self.dense_blocks))
         if len(self.grid) != (0 if self.dynamic_grid else 3):
             raise ValueError(f"sparse attention plan needs a 3-D grid (or none with dynamic_grid), got "
                              f"grid={self.grid}, dynamic_grid={self.dynamic_grid}")

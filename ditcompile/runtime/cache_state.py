@@ -53,8 +53,13 @@ class StepCacheState(GenerationState):
 
 
 def format_cache_stats(stats: dict) -> str:
-    """One generation's summary as text: computed/reused steps and the compute saved per branch."""
-    return "; ".join(f"branch {b}: {s['computed']} computed, {s['reused']} reused, "
+    """One generation's summary as text: computed/reused steps and the compute saved per branch
+    (computed/reused per input shape when there are several)."""
+    def shapes(s: dict) -> str:
+        if len(s.get("shapes", {})) < 2:
+            return ""
+        return " (" + ", ".join(f"{shape}: {n['computed']}/{n['reused']}" for shape, n in s["shapes"].items()) + ")"
+    return "; ".join(f"branch {b}: {s['computed']} computed, {s['reused']} reused{shapes(s)}, "
                      f"~{100 * s['estimated_saving']:.0f}% of the transformer's compute saved"
                      for b, s in stats.items())
 

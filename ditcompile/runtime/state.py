@@ -32,9 +32,31 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from ..geometry import BlockRef, block_of
 from .cache_state import StepCacheState, format_cache_stats
 from .sparse_state import SparseState
 from .steps import StepInfo, StepTracker
+
+
+_PARAMETER_NAMES: dict[int, tuple[weakref.ref, str]] = {}  # id(param) -> (param, qualified name)
+
+
+def name_parameters(model: torch.nn.Module) -> None:
+    """Remember the qualified name of each parameter of `model` (`track_steps` does it), so that a
+    regionally compiled block knows which block it is (`ModelRuntime.block`). An entry goes with
+    its parameter."""
+    for name, param in model.named_parameters():
+        key = id(param)
+        entry = _PARAMETER_NAMES.get(key)
+        if entry is None or entry[0]() is not param:
+            weakref.finalize(param, _PARAMETER_NAMES.pop, key, None)
+        _PARAMETER_NAMES[key] = (weakref.ref(param), name)
+
+
+def parameter_name(param: Any) -> Optional[str]:
+    """The qualified name recorded by `name_parameters` (None if none)."""
+    entry = _PARAMETER_NAMES.get(id(param))
+    return entry[1] if entry is not None and entry[0]() is param else None
 
 
 @dataclass(eq=False)
@@ -47,6 +69,14 @@ class ModelRuntime:
     sparse: SparseState = field(default_factory=SparseState)            # sparse attention sites
     step_cache: StepCacheState = field(default_factory=StepCacheState)  # step-cache branches
     caller: Optional[weakref.ref] = None                                # the caller it serves (weakly)
+    anchor: Optional[weakref.ref] = None                                # its model's first parameter
+
+    def block(self) -> Optional[BlockRef]:
+        """The transformer block this runtime's model instance is, when it is a block of a model
+        followed by `track_steps` (regional compilation), else None."""
+        param = self.anchor() if self.anchor is not None else None
+        name = parameter_name(param) if param is not None else None
+        return block_of(name) if name else None
 
     def new_generation(self) -> None:
         self.tracker.reset()
@@ -136,8 +166,8 @@ def remember(caller: Caller, runtime: ModelRuntime) -> None:
 def request_scope(name: str = "request") -> Iterator[Caller]:
     """`with ditcompile.request_scope():` -- the calls inside get their own step tracking and
     caches (one generation per scope, as a request in a server), never shared with other threads
-    or scopes; at exit the tensors they cached are released (the summaries stay for the stats, in
-    the compiled callables' bounded tables)."""
+    or scopes; at exit the tensors they cached are released, and the scope's state goes away with
+    the scope (read `cache_stats` / `sparse_stats` inside it)."""
     caller = Caller(name, request=True)
     token = _REQUEST.set(caller)
     try:
@@ -157,7 +187,8 @@ def request_scope(name: str = "request") -> Iterator[Caller]:
 
 _CURRENT: contextvars.ContextVar[Optional[tuple[StepInfo, ModelRuntime]]] = contextvars.ContextVar(
     "ditaccel_call", default=None)
-_PARENT: contextvars.ContextVar[Optional[StepInfo]] = contextvars.ContextVar("ditaccel_parent_call", default=None)
+_PARENT: contextvars.ContextVar[Optional[tuple[StepInfo, Optional[tuple]]]] = contextvars.ContextVar(
+    "ditaccel_parent_call", default=None)
 
 
 def current_step() -> Optional[StepInfo]:
@@ -183,12 +214,21 @@ def step_scope(info: StepInfo, runtime: ModelRuntime) -> Iterator[None]:
 
 def parent_step() -> Optional[StepInfo]:
     """The step of the enclosing model call, when `track_steps` follows it (else None)."""
-    return _PARENT.get()
+    parent = _PARENT.get()
+    return parent[0] if parent is not None else None
 
 
-def enter_parent(info: StepInfo) -> contextvars.Token:
-    """Make `info` the step of every compiled region called until `exit_parent(token)`."""
-    return _PARENT.set(info)
+def parent_grid() -> Optional[tuple]:
+    """The token grid (frames, height, width) of the enclosing model call, when `track_steps`
+    follows it and found the model's patch embedding (else None)."""
+    parent = _PARENT.get()
+    return parent[1] if parent is not None else None
+
+
+def enter_parent(info: StepInfo, grid: Optional[tuple] = None) -> contextvars.Token:
+    """Make `info` (and `grid`) the step (and token grid) of every compiled region called until
+    `exit_parent(token)`."""
+    return _PARENT.set((info, grid))
 
 
 def exit_parent(token: contextvars.Token) -> None:
@@ -225,41 +265,66 @@ def new_generation(model: Any, all_callers: bool = False) -> int:
     return len(states)
 
 
+_DECLARED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("ditaccel_declared", default=frozenset())
+
+
+def is_declared(anchor: Any) -> bool:
+    """True inside `generation(model)` for a parameter `anchor` of that model."""
+    return anchor is not None and id(anchor) in _DECLARED.get()
+
+
 @contextlib.contextmanager
 def generation(model: Any) -> Iterator[None]:
-    """`with ditcompile.generation(model): pipe(...)` runs exactly one generation (for this caller)."""
+    """`with ditcompile.generation(model): pipe(...)` declares one generation (for this caller):
+    step counting restarts at entry and exit, and inside, the model's calls belong to this
+    generation whatever their latents do -- each new timestep is the next step, a repeated one
+    another evaluation or CFG branch. Use it for one sampling run; it is what makes stochastic
+    samplers (SDE, ancestral), whose latents do not continue from step to step, keep their
+    step-dependent plans."""
     new_generation(model)
+    params = frozenset(id(p) for m in (model, getattr(model, "_orig_mod", None)) if isinstance(m, torch.nn.Module)
+                       for p in m.parameters())
+    token = _DECLARED.set(_DECLARED.get() | params)
     try:
         yield
     finally:
+        _DECLARED.reset(token)
         new_generation(model)
 
 
 def sparse_stats(model: Any) -> list[dict]:
     """Per runtime state of `model` that ran sparse attention: per-site sparse/dense call counts,
     guard results and density for the current generation ("current", with a per-shape breakdown),
-    plus the summaries of finished generations ("finished")."""
-    return [r.sparse.stats() for r in INDEX.for_model(model) if r.sparse.used]
+    plus the summaries of finished generations ("finished") and the step tracking ("tracking":
+    the current generation and why generations started or steps were unknown, with counts)."""
+    return [{**r.sparse.stats(), "tracking": r.tracker.summary()} for r in INDEX.for_model(model) if r.sparse.used]
 
 
 def cache_stats(model: Any) -> list[dict]:
     """Per runtime state of `model` that ran the step cache: the current generation's
     computed/reused steps per CFG branch (with the per-call decision pattern and a per-shape
-    breakdown, "current") and the summaries of finished generations ("finished")."""
-    return [r.step_cache.stats() for r in INDEX.for_model(model) if r.step_cache.used]
+    breakdown, "current"), the summaries of finished generations ("finished") and the step
+    tracking ("tracking", as in `sparse_stats`)."""
+    return [{**r.step_cache.stats(), "tracking": r.tracker.summary()} for r in INDEX.for_model(model)
+            if r.step_cache.used]
 
 
 def cache_report(model: Any) -> str:
-    """One line per CFG branch of the current generation (and one per finished generation)."""
+    """One line for the current generation and one per finished generation (per CFG branch:
+    computed/reused steps, per shape when there are several), then one line of step tracking
+    events (why generations started, calls whose step was unknown)."""
     lines = []
     for state in cache_stats(model):
         if state["current"]:
             lines.append("current generation: " + format_cache_stats(state["current"]))
         for i, finished in enumerate(state["finished"]):
             lines.append(f"finished generation {i}: " + format_cache_stats(finished))
+        events = state["tracking"]["events"]
+        if events:
+            lines.append("step tracking: " + ", ".join(f"{why} x{n}" for why, n in sorted(events.items())))
     return "\n".join(lines) or "no step-cache state (the model has not run through a cached ditaccel graph)"
 
 
-__all__ = ["ModelRuntime", "RuntimeIndex", "INDEX", "Caller", "current_caller", "remember", "request_scope",
-           "current_step", "current_runtime", "step_scope", "parent_step", "enter_parent", "exit_parent",
-           "new_generation", "generation", "sparse_stats", "cache_stats", "cache_report"]
+__all__ = ["ModelRuntime", "name_parameters", "parameter_name", "RuntimeIndex", "INDEX", "Caller", "current_caller", "remember", "request_scope",
+           "current_step", "current_runtime", "step_scope", "parent_step", "parent_grid", "enter_parent", "exit_parent",
+           "new_generation", "generation", "is_declared", "sparse_stats", "cache_stats", "cache_report"]

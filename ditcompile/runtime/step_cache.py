@@ -121,7 +121,9 @@ class StepCacheRunner:
                     env[o] = env[i] + r
                 branch.consecutive_cached += 1
             StepCacheState.record(branch, compute)
-            return self.tail(*[env[k] for k in split.tail.inputs])
+            outputs = self.tail(*[env[k] for k in split.tail.inputs])
+        self.observer.record_output(runtime, info, outputs)
+        return outputs
 
 
 __all__ = ["GraphSplit", "Piece", "StepCacheRunner", "decide"]

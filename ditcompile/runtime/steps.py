@@ -1,37 +1,51 @@
 """Which generation, denoising step and CFG branch a call belongs to, and the per-generation
 state base every feature uses.
 
-A call tells the tracker three things (`Observation`, built by `observe_call`): its timestep
+A call tells the tracker four things (`Observation`, built by `observe_call`): its timestep
 (one value for the whole call, or unknown), a fingerprint of its conditioning inputs (text
-embeddings, masks, guidance: what tells CFG branches apart and stays the same across steps), and
-the shape of its main input. `StepTracker.observe` turns the sequence into (generation, step,
-branch). Timesteps usually fall from step to step; the rules below are for that direction, and a
-tracker that sees timesteps rise step after step (e.g. Lumina-2's 1 - t) learns the other one:
+embeddings, masks, guidance, image-conditioning channels: what tells CFG branches apart and stays
+the same across steps), the shape of its main input, and a sample of its latents. After the
+call, a sample of its output is recorded (`StepTracker.record_output`). `StepTracker.observe`
+turns the sequence into (generation, step, branch). Timesteps usually fall from step to step; the
+rules below are for that direction, and a tracker learns the other one (e.g. Lumina-2's 1 - t)
+after three one-step "generations" in a row with the same conditioning:
 
-    timestep moves against the direction (higher)  -> a new generation (a new sampling run)
-    timestep moves along it (lower)                -> the next step of this generation
-    same timestep, conditioning not yet seen at
-      this step                                    -> another CFG branch of the same step
-    same timestep, conditioning already seen at
-      this step, at the first step                 -> a new generation (a re-run from the start,
-                                                      a server, a 1-step model)
-      a later step                                 -> another evaluation of the same step (Heun
-                                                      and other second-order samplers repeat
-                                                      each timestep); more than MAX_EVALUATIONS
-                                                      -> a new generation
-    more than MAX_BRANCHES different conditionings -> a new generation (said once: conditioning
-                                                      that changes every step defeats tracking)
+    timestep moves against the direction            -> a new generation (a new sampling run; the
+                                                       latents cannot tell: a re-run from the same
+                                                       noise starts close to the old run)
+    timestep moves along it, latents continue       -> the next step of this generation
+                          latents do not continue   -> a new generation (a new run that starts
+                                                       lower: img2img, an interrupted run followed
+                                                       by another; or a stochastic sampler)
+    same timestep, conditioning not yet seen here   -> another CFG branch of the same step
+    same timestep, conditioning already seen here:
+      the same latents (the same call again)        -> at the first step a new generation (a
+                                                       re-run, a server, a 1-step model); later
+                                                       another evaluation of the step
+      latents that continue the run                 -> another evaluation of the step (Heun,
+                                                       DPM-2 and other second-order samplers)
+      latents that do not                           -> a new generation (another seed; two runs
+                                                       interleaved in one caller)
+    more than MAX_EVALUATIONS evaluations or
+    MAX_BRANCHES conditionings                      -> a new generation (said once)
 
     t:    999 999 966 966 ... 5 5 | 999 999 ...       (cond, uncond each step)
           s0b0 s0b1 s1b0 s1b1     | new generation: s0b0 s0b1 ...
 
-A branch keeps its index for the whole generation (keyed by its conditioning), so a warm-up call
-or a reordered CFG pair never swaps two branches' state. When a call has no single timestep (no
-timestep input, per-sample or per-token timesteps that differ, other than clean conditioning
-tokens at 0) the step is *unknown* (`StepInfo.step is None`): step-dependent plans then take their
-safe path (dense attention, every step computed) and the caller says so once. Samplers that
-evaluate the model at several timesteps per step (DPM-Solver-2, SDE variants) count each as a
-step. `ditcompile.new_generation(model)` (or `with ditcompile.generation(model):`) forces a restart.
+"Latents continue" is `continuity.continues`: the call's latents are a linear combination of the
+run's recent latents and model outputs, as every deterministic sampler makes them. When the test
+cannot tell (no latents input, an output that is not comparable, a new shape), the rules fall
+back to the timestep alone. A branch keeps its index for the whole generation (keyed by its
+conditioning), so a warm-up call or a reordered CFG pair never swaps two branches' state.
+
+When a call has no single timestep (no timestep input, per-sample or per-token timesteps that
+differ, other than clean conditioning tokens at 0) the step is *unknown* (`StepInfo.step is
+None`): step-dependent plans then take their safe path (dense attention, every step computed) and
+the caller says so once. Samplers that evaluate the model at intermediate timesteps (DPM-2) count
+each as a step. A *declared* generation (`with ditcompile.generation(model):`) skips the
+heuristics: every call in it belongs to that generation, each new timestep is the next step and
+a repeated one another evaluation -- the way to run stochastic samplers with step-dependent
+plans. `ditcompile.new_generation(model)` forces a restart.
 """
 from __future__ import annotations
 
@@ -43,8 +57,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from .continuity import HISTORY_STEPS, WHOLE, LatentView, continues, extra_part, latent_sample, tolerance_for
+
 MAX_BRANCHES = 8      # different conditionings per generation before a new generation is assumed
 MAX_EVALUATIONS = 4   # calls of one branch at one step before a new generation is assumed
+DISCONTINUITY_NOTE_AFTER = 2  # one-step generations in a row, ended by latents that do not continue
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,7 @@ class StepInfo:
     note: Optional[str] = None            # a rule that fired and is worth saying once (branch cap, direction)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Observation:
     """What one call says about its place in a sampling run (see the module docstring)."""
 
@@ -65,6 +82,9 @@ class Observation:
     condition: bytes = b""           # fingerprint of the conditioning inputs (b"": none)
     shape: tuple = ()                # shape of the main input: state is kept per shape
     unknown_reason: Optional[str] = None
+    latents: Optional[torch.Tensor] = None          # [B, k] float64 (host): sampled latents
+    tolerance: float = 1e-3                         # of the latents test, for the latents' dtype
+    previous_output: Optional[torch.Tensor] = None  # [B, k] float64 (host): the previous call's output
 
 
 class StepTracker:
@@ -76,41 +96,139 @@ class StepTracker:
         self.last_timestep: Optional[float] = None
         self.restart_requested = True
         self.direction = -1                      # -1: timesteps fall from step to step; +1: they rise
+        self.events: collections.Counter = collections.Counter()  # why generations started, unknown steps
+        self.pending_output: Optional[tuple] = None  # (generation, step, [B, k] device tensor, main shape)
+        self._last_shape: tuple = ()
         self._reversals = 0                      # one-step generations ended by a move against it
+        self._cut_short = 0                      # one-step generations ended by latents that do not continue
         self._branches: dict[bytes, int] = {}   # conditioning -> branch index, this generation
-        self._at_step: dict[bytes, int] = {}     # conditioning -> calls at the current step
+        self._at_step: dict[bytes, list] = {}    # conditioning -> latents samples of its calls at this step
+        self._history: collections.deque = collections.deque(maxlen=HISTORY_STEPS)  # [(step, [vectors])]
 
-    def observe(self, obs: Observation) -> StepInfo:
-        """Advance with a new call (see the module docstring for the rules)."""
+    # ------------------------------------------------------------------ observing
+
+    def observe(self, obs: Observation, declared: bool = False) -> StepInfo:
+        """Advance with a new call (see the module docstring for the rules). `declared`: the call
+        is inside `ditcompile.generation(model)` (no heuristics)."""
+        self._take_output(obs.previous_output)
         if self.restart_requested or self.generation < 0:
-            self._start_generation()
+            self._start_generation("restart" if self.generation >= 0 else "first call")
         if obs.timestep is None:
+            self.events["unknown step: " + (obs.unknown_reason or "no timestep").split(" (")[0]] += 1  # by kind
             return StepInfo(self.generation, None, self._branch_of(obs.condition), None,
                             obs.unknown_reason or "no timestep")
+        if declared:
+            return self._observe_declared(obs)
         t, last, note = obs.timestep, self.last_timestep, None
         if last is None:
             pass  # the generation's first known step
         elif t != last and (t - last) * self.direction < 0:  # against the direction
-            continues = self.step == 0 and obs.condition in self._branches  # the same prompt, one step later
-            if continues and self._reversals >= 1:  # three one-step "generations" in a row: learn it
+            # (not the latents: a re-run from the same noise is close to the old run's first steps)
+            repeated = self.step == 0 and obs.condition in self._branches  # the same prompt, one step later
+            if repeated and self._reversals >= 1:  # three one-step "generations" in a row: learn it
                 self.direction, self._reversals = -self.direction, 0
                 note = f"timesteps {'rise' if self.direction > 0 else 'fall'} from step to step: tracking them so"
                 self._next_step()
             else:
-                self._reversals = self._reversals + 1 if continues else 0
-                self._start_generation()
+                self._reversals = self._reversals + 1 if repeated else 0
+                self._start_generation("timestep moved back")
         elif t != last:
-            self._next_step()
-            self._reversals = 0
-        elif obs.condition in self._at_step and (self.step == 0 or self._at_step[obs.condition] >= MAX_EVALUATIONS):
-            self._start_generation()  # the same call again: a new run
+            if self._continues(obs) is False:
+                note = self._cut("the timestep moved on")
+            else:
+                self._next_step()
+                self._reversals = self._cut_short = 0
+        elif obs.condition in self._at_step:
+            seen = self._at_step[obs.condition]
+            if obs.latents is None or any(torch.equal(obs.latents, s) for s in seen if s is not None):
+                if self.step == 0 or len(seen) >= MAX_EVALUATIONS:
+                    self._start_generation("the same call again")
+            else:
+                joined = self._continues(obs)
+                if joined is False:
+                    self._start_generation("latents do not continue the run")
+                elif (joined is None and self.step == 0) or len(seen) >= MAX_EVALUATIONS:
+                    self._start_generation("the same call again")
         if obs.condition not in self._branches and len(self._branches) >= MAX_BRANCHES:
             note = (f"more than {MAX_BRANCHES} different conditionings in one generation (conditioning inputs "
                     "that change every step?): a new generation starts, step-dependent plans restart")
-            self._start_generation()
-        self._at_step[obs.condition] = self._at_step.get(obs.condition, 0) + 1
-        self.last_timestep = t
+            self._start_generation("branch cap")
+        self._record(obs)
         return StepInfo(self.generation, self.step, self._branch_of(obs.condition), t, note=note)
+
+    def _observe_declared(self, obs: Observation) -> StepInfo:
+        if self.last_timestep is not None and obs.timestep != self.last_timestep:
+            self._next_step()
+        if obs.condition not in self._branches and len(self._branches) >= MAX_BRANCHES:
+            reason = f"more than {MAX_BRANCHES} different conditionings in one declared generation"
+            self.events["unknown step: " + reason] += 1
+            return StepInfo(self.generation, None, 0, obs.timestep, reason)
+        self._record(obs)
+        return StepInfo(self.generation, self.step, self._branch_of(obs.condition), obs.timestep)
+
+    def _cut(self, how: str) -> Optional[str]:
+        """A call that would be the next step does not continue the run: a new generation."""
+        self._cut_short = self._cut_short + 1 if self.step == 0 else 1
+        self._start_generation("latents do not continue the run")
+        if self._cut_short < DISCONTINUITY_NOTE_AFTER:
+            return None
+        return (f"{how} but the latents do not continue the run (they are not a combination of the last steps' "
+                "latents and model outputs) in several steps in a row, so each starts a new generation and "
+                "step-dependent plans keep taking their safe path -- a stochastic sampler (SDE, ancestral, LCM)? "
+                "declare each run with `with ditcompile.generation(model):`; two runs interleaved in one thread? "
+                "give each its own `ditcompile.request_scope()`")
+
+    # ------------------------------------------------------------------ latents and outputs
+
+    def record_output(self, info: StepInfo, sample: Optional[torch.Tensor]) -> None:
+        """After a call: its output sampled ([B, k], device; copied to the host with the next
+        call). Several samples of one call are kept together (`track_steps` also records the
+        call's latents this way when it learns the output's layout only after the call)."""
+        if info.step is None or info.generation != self.generation or sample is None:
+            return
+        pending = self.pending_output
+        if (pending is not None and pending[:2] == (info.generation, info.step) and pending[2].device == sample.device
+                and pending[2].shape[1:] == sample.shape[1:]):
+            sample = torch.cat([pending[2], sample])
+        self.pending_output = (info.generation, info.step, sample, self._last_shape)
+
+    def take_pending(self) -> Optional[torch.Tensor]:
+        """The pending output samples for `observe_call` to copy (None if none)."""
+        return self.pending_output[2] if self.pending_output is not None else None
+
+    def _take_output(self, host: Optional[torch.Tensor]) -> None:
+        pending, self.pending_output = self.pending_output, None
+        if pending is not None and host is not None and pending[0] == self.generation:
+            self._add_vectors(pending[1], host, pending[3])
+
+    def _record(self, obs: Observation) -> None:
+        self.last_timestep = obs.timestep
+        self._last_shape = obs.shape
+        self._at_step.setdefault(obs.condition, []).append(obs.latents)
+        if obs.latents is not None:
+            self._add_vectors(self.step, obs.latents, obs.shape)
+
+    def _add_vectors(self, step: int, rows: torch.Tensor, shape: tuple) -> None:
+        """Keep `rows` (samples of latents or outputs of calls whose main input had `shape`) in the
+        history of `step`: the basis of the latents test for calls of the same shape."""
+        if not self._history or self._history[-1][0] != step:
+            if self._history and self._history[-1][0] > step:
+                return  # an output of an older step arriving late: not needed
+            self._history.append((step, []))
+        group = self._history[-1][1]
+        for row in rows:
+            if row.shape and not any(key == shape and torch.equal(v, row) for key, v in group):
+                group.append((shape, row))
+
+    def _continues(self, obs: Observation) -> Optional[bool]:
+        """The latents test against this generation's recent steps at the call's shape (None: no
+        latents, or nothing yet at this shape -- a new resolution is not a new run)."""
+        if obs.latents is None:
+            return None
+        basis = [v for _, group in self._history for key, v in group if key == obs.shape]
+        return continues(obs.latents, basis, obs.tolerance)
+
+    # ------------------------------------------------------------------ bookkeeping
 
     def _branch_of(self, condition: bytes) -> int:
         return self._branches.setdefault(condition, len(self._branches))
@@ -119,16 +237,24 @@ class StepTracker:
         self.step += 1
         self._at_step = {}
 
-    def _start_generation(self) -> None:
+    def _start_generation(self, why: str) -> None:
+        self.events["generation: " + why] += 1
         self.generation += 1
         self.step = 0
         self.last_timestep = None
         self._branches, self._at_step = {}, {}
+        self._history.clear()
         self.restart_requested = False
 
     def reset(self) -> None:
-        """The next call starts a new generation (whatever its timestep)."""
+        """The next call starts a new generation (whatever its timestep); drops the samples held."""
         self.restart_requested = True
+        self.pending_output = None
+        self._history.clear()
+
+    def summary(self) -> dict:
+        """{"generation": the current one, "events": {why generations started / steps were unknown: count}}."""
+        return {"generation": self.generation, "events": dict(self.events)}
 
 
 @functools.lru_cache(maxsize=32)
@@ -138,13 +264,17 @@ def _projection(numel: int, device: str) -> torch.Tensor:
     return (torch.rand(numel, generator=generator, dtype=torch.float64) * 2 - 1).to(device)
 
 
-def observe_call(timestep: Any, main: Any, conditions: Sequence[Any]) -> Observation:
+def observe_call(timestep: Any, main: Any, conditions: Sequence[Any], view: Optional[LatentView] = WHOLE,
+                 pending_output: Optional[torch.Tensor] = None) -> Observation:
     """The `Observation` of a call from its timestep input (a number, a tensor of any shape, or
-    None when the graph has none), its main input (the latents) and its conditioning inputs.
+    None when the graph has none), its main input (the latents), its conditioning inputs, the
+    `LatentView` relating the main input to the model's output (None: not comparable, no latents
+    test) and the previous call's pending output sample (copied to the host here).
 
     The timestep tensor gives one value when all its elements are equal, or when they are 0 and
     one other value (clean conditioning tokens and noisy ones, as image-to-video models pass per
-    token); else the step is unknown. Each conditioning tensor is fingerprinted by its shape,
+    token); else the step is unknown. Each conditioning tensor (and the main input's part the
+    output does not predict, e.g. image-conditioning channels) is fingerprinted by its shape,
     dtype and a float64 projection on fixed random weights plus its sum (every element counts).
     Costs one small device-to-host copy per device.
     """
@@ -154,10 +284,13 @@ def observe_call(timestep: Any, main: Any, conditions: Sequence[Any]) -> Observa
     if isinstance(timestep, torch.Tensor) and timestep.numel():
         t = timestep.detach()
         values[t.device].append(torch.stack([t.amin(), t.amax()]).double())
+    elif isinstance(timestep, torch.SymInt) or isinstance(timestep, torch.SymFloat):
+        timestep = float(timestep)
     elif not isinstance(timestep, (int, float)) or isinstance(timestep, bool):
         reason = "no timestep input" if timestep is None else f"timestep of type {type(timestep).__name__}"
+    extra = extra_part(main, view) if view is not None else None
     meta = []
-    for c in conditions:
+    for c in list(conditions) + ([extra] if extra is not None else []):
         if isinstance(c, torch.Tensor):
             flat = c.detach().reshape(-1).double()
             values[flat.device].append(torch.stack([flat @ _projection(flat.numel(), str(flat.device)),
@@ -165,10 +298,23 @@ def observe_call(timestep: Any, main: Any, conditions: Sequence[Any]) -> Observa
             meta.append((tuple(c.shape), str(c.dtype)))
         elif isinstance(c, (int, float, bool)):
             meta.append(c)
+    samples = {}  # name -> (device, rows, numel)
+    for name, tensor in (("latents", latent_sample(main, view) if view is not None else None),
+                         ("output", pending_output)):
+        if tensor is not None:
+            samples[name] = (tensor.device, tensor.shape, len(values[tensor.device]))
+            values[tensor.device].append(tensor.reshape(-1).double())
     host = {d: torch.cat(v).cpu() for d, v in values.items()}  # one sync per device
     value: Optional[float] = None
     digest = hashlib.blake2b(repr(meta).encode(), digest_size=16)
+    fetched = {}
     for d, h in host.items():
+        parts = list(torch.split(h, [v.numel() for v in values[d]]))
+        for name, (device, rows, index) in samples.items():
+            if device == d:
+                fetched[name] = parts[index].reshape(rows)
+        parts = [p for i, p in enumerate(parts) if not any(s[0] == d and s[2] == i for s in samples.values())]
+        h = torch.cat(parts) if parts else h.new_zeros(0)
         if isinstance(timestep, torch.Tensor) and d == timestep.device and value is None and reason is None:
             low, high, h = float(h[0]), float(h[1]), h[2:]
             if low == high or low == 0.0:
@@ -178,7 +324,9 @@ def observe_call(timestep: Any, main: Any, conditions: Sequence[Any]) -> Observa
         digest.update(h.numpy().tobytes())
     if isinstance(timestep, (int, float)) and not isinstance(timestep, bool):
         value = float(timestep)
-    return Observation(value, digest.digest(), shape, reason if value is None else None)
+    return Observation(value, digest.digest(), shape, reason if value is None else None,
+                       latents=fetched.get("latents"), previous_output=fetched.get("output"),
+                       tolerance=tolerance_for(main.dtype) if isinstance(main, torch.Tensor) else 1e-3)
 
 
 def shape_text(shape: tuple) -> str:

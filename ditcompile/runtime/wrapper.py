@@ -24,7 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .state import INDEX, ModelRuntime, current_caller, parent_step, remember, step_scope
+from .continuity import LatentView, latent_sample
+from .state import INDEX, ModelRuntime, current_caller, is_declared, parent_step, remember, step_scope
 from .steps import StepInfo, observe_call
 
 log = logging.getLogger("ditcompile")
@@ -36,13 +37,16 @@ class CallRoles:
 
     timestep: the diffusion timestep; main: the latents (its shape keys per-shape state);
     conditions: the conditioning inputs that tell CFG branches apart (text embeddings, masks,
-    guidance); anchor: the first parameter (identifies the model instance).
+    guidance); anchor: the first parameter (identifies the model instance); output and view:
+    the model's prediction among the graph's outputs, for the latents test (`continuity`).
     """
 
     timestep: Optional[int]
     main: Optional[int]
     conditions: tuple[int, ...]
     anchor: Optional[int]
+    output: Optional[int] = None          # the graph output the model predicts (None: none)
+    view: Optional[LatentView] = None     # how it relates to the main input (None: not comparable)
 
 
 class RuntimeTable:
@@ -77,7 +81,8 @@ class RuntimeTable:
             if entry is not None and (entry[0] is None or entry[0]() is anchor):
                 table.move_to_end(key)
                 return entry[1]
-            runtime = ModelRuntime(caller=weakref.ref(caller))
+            runtime = ModelRuntime(caller=weakref.ref(caller),
+                                   anchor=weakref.ref(anchor) if anchor is not None else None)
             table[key] = (weakref.ref(anchor) if anchor is not None else None, runtime)
             while len(table) > self.limit:
                 table.popitem(last=False)  # not released: a call in flight may still hold it
@@ -128,20 +133,30 @@ class CallObserver:
     def observe(self, args: Sequence[Any]) -> tuple[ModelRuntime, StepInfo, tuple]:
         """(this caller's runtime, the call's step, the main input's shape)."""
         roles = self.roles
-        runtime = self.runtimes.get(args[roles.anchor] if roles.anchor is not None else None)
+        anchor = args[roles.anchor] if roles.anchor is not None else None
+        runtime = self.runtimes.get(anchor)
         main = args[roles.main] if roles.main is not None else None
         shape = tuple(main.shape) if isinstance(main, torch.Tensor) else ()
         parent = parent_step()
         if parent is not None:
             return runtime, parent, shape
         timestep = args[roles.timestep] if roles.timestep is not None else None
-        obs = observe_call(timestep, main, [args[i] for i in roles.conditions])
-        info = runtime.tracker.observe(obs)
+        view = roles.view if roles.output is not None else None
+        obs = observe_call(timestep, main, [args[i] for i in roles.conditions], view, runtime.tracker.take_pending())
+        info = runtime.tracker.observe(obs, declared=is_declared(anchor))
         if info.step is None:
             self._warn_unknown(info.unknown_reason or "unknown")
         if info.note is not None:
             self._warn_once(info.note, "ditaccel: %s: %s", self.name, info.note)
         return runtime, info, obs.shape
+
+    def record_output(self, runtime: ModelRuntime, info: StepInfo, outputs: Sequence[Any]) -> None:
+        """After a call that observed its own step: sample the model's prediction for the latents test."""
+        roles = self.roles
+        if roles.output is None or roles.view is None or parent_step() is not None or info.step is None:
+            return
+        if roles.output < len(outputs):
+            runtime.tracker.record_output(info, latent_sample(outputs[roles.output], roles.view))
 
     def _warn_once(self, text: str, message: str, *args: Any) -> None:
         """Log once per kind of message (the text before any parenthesised values)."""
@@ -169,7 +184,9 @@ class StepTrackingCall:
         flat = args[0] if boxed else list(args)
         runtime, info, _ = self.observer.observe(flat)
         with step_scope(info, runtime):
-            return self.compiled(*flat)
+            outputs = self.compiled(*flat)
+        self.observer.record_output(runtime, info, outputs)
+        return outputs
 
 
 __all__ = ["CallRoles", "RuntimeTable", "CallObserver", "StepTrackingCall"]

@@ -2,6 +2,7 @@
 regional compilation, a resolution change inside a run, mixed-dtype attention, two threads, two
 requests in one thread, repeated timesteps, two wrappers of one module, dynamic shapes."""
 import asyncio
+import contextlib
 import copy
 import gc
 import logging
@@ -80,9 +81,33 @@ def test_track_steps_gives_regional_blocks_the_step_of_each_model_call():
                 torch.testing.assert_close(got[step], reference[step], rtol=1e-5, atol=1e-5)
             assert all(rel(got[s], reference[s]) > 1e-4 for s in (2, 3, 4))  # sparse afterwards
     stats = ditcompile.sparse_stats(blocks)
-    assert len(stats) == 2  # one state per block instance
-    # per block: 5 steps x 2 CFG branches = 10 calls, the first 2 steps dense; one generation finished
-    assert all(counts(s) == {"attn1": (6, 4)} and len(s["finished"]) == 1 for s in stats)
+    # one state per block instance, named by the model's parameter names; per block: 5 steps x 2 CFG
+    # branches = 10 calls, the first 2 steps dense; one generation finished
+    assert sorted(tuple(counts(s).items()) for s in stats) == [(("blocks.0.attn1", (6, 4)),),
+                                                                (("blocks.1.attn1", (6, 4)),)]
+    assert all(len(s["finished"]) == 1 for s in stats)
+
+
+def test_regional_blocks_take_the_grid_and_their_block_index_from_the_model_call():
+    model, inputs = wan()
+    options = {"preset": "wan2.1", "compiler": "eager", "strict": True, "sparse.enabled": True,
+               "sparse.block_size": 16, "sparse.dense_steps": 1}  # the preset keeps block 0 dense
+    big = dict(inputs, hidden_states=torch.randn(1, 4, 3, 32, 48, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        whole = torch.compile(copy.deepcopy(model), backend="ditaccel", dynamic=False, options=options)
+        regional = copy.deepcopy(model)
+        regional.compile_repeated_blocks(backend="ditaccel", options=options)  # no graph.token_grid
+        ditcompile.track_steps(regional)
+        for latents in (inputs, big, inputs):  # the grid follows the call's resolution
+            with ditcompile.generation(regional), ditcompile.generation(whole):
+                got, want = cfg_steps(regional, latents), cfg_steps(whole, latents)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            assert rel(got[-1], cfg_steps(model, latents)[-1]) > 1e-4  # sparse, not dense
+    stats = {path: n for s in ditcompile.sparse_stats(regional) for path, n in counts(s).items()}
+    # per block (3 resolutions x 5 steps x 2 branches; the last generation is current): block 0 in
+    # sparse.dense_blocks, block 1 sparse after its dense step
+    assert stats == {"blocks.0.attn1": (0, 10), "blocks.1.attn1": (8, 2)}
 
 
 # ---------------------------------------------------------------------- shapes
@@ -453,13 +478,167 @@ def test_each_cfg_branch_makes_its_own_sparse_choices_and_has_its_own_guard(poli
     x = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(0))
     shared = torch.compile(model, backend="ditaccel", options=options)
     alone = [torch.compile(copy.deepcopy(model), backend="ditaccel", options=options) for _ in range(2)]
-    with torch.no_grad():
-        for t in TIMESTEPS:  # one sampler with CFG as two calls; each branch also runs on its own model
+    with torch.no_grad(), ditcompile.generation(alone[0]), ditcompile.generation(alone[1]):
+        # one sampler with CFG as two calls; each branch also runs on its own model, in a declared
+        # generation (its latents follow outputs it does not see)
+        for t in TIMESTEPS:
+            outs = []
             for branch, kw in enumerate((inputs, uncond)):
                 kw = dict(kw, hidden_states=x, timestep=t.reshape(1))
-                torch.testing.assert_close(run_model(shared, kw), run_model(alone[branch], kw), rtol=1e-6, atol=1e-6)
-            x = x - 0.1 * run_model(model, dict(inputs, hidden_states=x, timestep=t.reshape(1)))
+                outs.append(run_model(shared, kw))
+                torch.testing.assert_close(outs[-1], run_model(alone[branch], kw), rtol=1e-6, atol=1e-6)
+            x = x - 0.1 * (outs[1] + 5.0 * (outs[0] - outs[1]))
     (stats,) = ditcompile.sparse_stats(model)
     site = stats["current"]["blocks.0.attn1"]
     assert site["branches"] == {0: {"sparse_calls": 3, "dense_calls": 2}, 1: {"sparse_calls": 3, "dense_calls": 2}}
     assert sorted(branch for _, _, branch in site["guard_errors"]) == [0, 0, 0, 1, 1, 1]
+
+
+# ---------------------------------------------------------------------- runs the latents tell apart
+
+
+def cfg_run(call, inputs, timesteps, seed, x=None):
+    """cfg_steps from given latents (or fresh noise from `seed`); returns (predictions, final latents)."""
+    x = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(seed)) if x is None else x
+    uncond = {"encoder_hidden_states": torch.zeros_like(inputs["encoder_hidden_states"])}
+    preds = []
+    for t in timesteps:
+        kw = dict(inputs, hidden_states=x, timestep=torch.tensor([float(t)]))
+        cond, unc = run_model(call, kw), run_model(call, {**kw, **uncond})
+        preds.append(unc + 5.0 * (cond - unc))
+        x = x - 0.1 * preds[-1]
+    return preds, x
+
+
+@pytest.mark.parametrize("first, second", [
+    ([999, 700, 400, 100], [100, 80, 60, 40]),   # the second run starts where the first ended
+    ([999, 800], [600, 400, 200]),               # an interrupted run, then an img2img run lower down
+])
+@pytest.mark.parametrize("options", [CACHE, {**SPARSE, "sparse.dense_steps": 1}], ids=["cache", "sparse"])
+def test_a_new_run_that_starts_below_the_last_timestep_is_a_new_generation(first, second, options):
+    model, inputs = wan()
+    compiled = torch.compile(model, backend="ditaccel", options=options)
+    with torch.no_grad():
+        alone, _ = cfg_run(compiled, inputs, second, seed=3)
+        ditcompile.new_generation(model)
+        cfg_run(compiled, inputs, first, seed=0)
+        after, _ = cfg_run(compiled, inputs, second, seed=3)  # no new_generation: the latents tell
+    for a, b in zip(after, alone):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    stats = (ditcompile.cache_stats if options is CACHE else ditcompile.sparse_stats)(model)
+    assert stats[0]["tracking"]["events"]["generation: latents do not continue the run"] == 1
+
+
+def test_two_runs_interleaved_in_one_thread_take_the_safe_path_and_are_told_how_to_fix_it(caplog):
+    model, inputs = wan()
+    a = torch.compile(model, backend="ditaccel", options=CACHE)
+    b = torch.compile(model, backend="ditaccel", options=dict(CACHE))  # equal options: one Dynamo graph
+    uncond = {"encoder_hidden_states": torch.zeros_like(inputs["encoder_hidden_states"])}
+    xs = [torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="ditcompile"):
+        for t in TIMESTEPS:
+            for i, wrapper in enumerate((a, b)):  # a and b stepped in turns
+                kw = dict(inputs, hidden_states=xs[i], timestep=t.reshape(1))
+                cond, unc = run_model(wrapper, kw), run_model(wrapper, {**kw, **uncond})
+                torch.testing.assert_close(cond, run_model(model, kw), rtol=1e-5, atol=1e-5)  # computed
+                torch.testing.assert_close(unc, run_model(model, {**kw, **uncond}), rtol=1e-5, atol=1e-5)
+                xs[i] = xs[i] - 0.1 * (unc + 5.0 * (cond - unc))
+    assert "request_scope" in caplog.text and "latents do not continue the run" in caplog.text
+
+
+class ImageConditioned(nn.Module):
+    """A Wan model whose input concatenates 4 image-conditioning channels to the 4 latent channels
+    (image-to-video / InstructPix2Pix style); it predicts the 4 latent channels."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inner = type(WAN.build())(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16,
+                                       in_channels=8, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=128,
+                                       num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                       eps=1e-6, rope_max_seq_len=32)
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states):
+        return self.inner(hidden_states, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+def test_cfg_branches_that_differ_only_in_image_channels_are_separate_branches():
+    model, inputs = ImageConditioned().eval(), WAN.make_inputs(seed=1)
+    text = inputs["encoder_hidden_states"]
+    assert text.shape[-1] == 32
+    image = torch.randn(1, 4, 3, 16, 24, generator=torch.Generator().manual_seed(5))
+    branches = [(image, text), (image, torch.zeros_like(text)), (torch.zeros_like(image), torch.zeros_like(text))]
+    shared = torch.compile(model, backend="ditaccel", options=CACHE)
+    alone = [torch.compile(copy.deepcopy(model), backend="ditaccel", options=CACHE) for _ in branches]
+    x = torch.randn(1, 4, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        for m in alone:  # each branch on its own model: a declared generation
+            stack.enter_context(ditcompile.generation(m))
+        for t in TIMESTEPS:
+            outs = []
+            for (img, txt), own in zip(branches, alone):
+                kw = dict(hidden_states=torch.cat([x, img], dim=1), timestep=t.reshape(1), encoder_hidden_states=txt)
+                outs.append(shared(**kw))
+                torch.testing.assert_close(outs[-1], own(**kw), rtol=1e-5, atol=1e-5)
+            x = x - 0.1 * (outs[2] + 1.5 * (outs[1] - outs[2]) + 5.0 * (outs[0] - outs[1]))  # 3-way CFG
+    (stats,) = ditcompile.cache_stats(model)
+    assert sorted(stats["current"]) == [0, 1, 2] and stats["finished"] == []
+    assert set(stats["tracking"]["events"]) == {"generation: first call"}
+
+
+def ancestral_run(call, inputs, seed=0):
+    """An ancestral (stochastic) sampler: fresh noise is added at every step."""
+    x = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(seed))
+    noise = torch.Generator().manual_seed(seed + 100)
+    outs = []
+    for t in TIMESTEPS:
+        outs.append(run_model(call, dict(inputs, hidden_states=x, timestep=t.reshape(1))))
+        x = x - 0.1 * outs[-1] + 0.05 * torch.randn(x.shape, generator=noise)
+    return outs
+
+
+def test_a_stochastic_sampler_takes_the_safe_path_unless_its_run_is_declared(caplog):
+    model, inputs = wan()
+    compiled = torch.compile(model, backend="ditaccel", options=SPARSE)
+    with torch.no_grad():
+        eager = ancestral_run(model, inputs)
+        with caplog.at_level(logging.WARNING, logger="ditcompile"):
+            for got, want in zip(ancestral_run(compiled, inputs), eager):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # every step dense
+        assert "ditcompile.generation(model)" in caplog.text
+        for _ in range(2):
+            with ditcompile.generation(compiled):
+                declared = ancestral_run(compiled, inputs)
+            for step in (0, 1):  # sparse.dense_steps = 2
+                torch.testing.assert_close(declared[step], eager[step], rtol=1e-5, atol=1e-5)
+            assert all(rel(declared[s], eager[s]) > 1e-4 for s in (2, 3, 4))
+    (stats,) = ditcompile.sparse_stats(model)
+    assert counts(stats) == {"blocks.0.attn1": (3, 2), "blocks.1.attn1": (3, 2)}  # the declared run: 5 steps
+
+
+class IntTimestep(nn.Module):
+    """A wrapper whose forward takes the timestep as a Python int (Dynamo makes it a SymInt)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, hidden_states, timestep: int, encoder_hidden_states):
+        t = torch.full((hidden_states.shape[0],), timestep, dtype=torch.float32)
+        return self.inner(hidden_states, t, encoder_hidden_states, return_dict=False)[0]
+
+
+def test_python_int_timesteps_are_tracked_once_dynamo_makes_them_symbolic(caplog):
+    model, inputs = wan()
+    wrapper = IntTimestep(model)
+    compiled = torch.compile(wrapper, backend="ditaccel", options={**SPARSE, "sparse.dense_steps": 1})
+    steps = [999, 800, 600, 400, 200, 100]
+    x = inputs["hidden_states"]
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="ditcompile"):
+        for t in steps:
+            out = compiled(x, t, inputs["encoder_hidden_states"])
+            x = x - 0.1 * out
+    # the first call's graph has 999 baked in (no timestep input: dense, said); the next calls run
+    # the graph with a symbolic timestep, whose steps are known: its first call dense, then sparse
+    symbolic = [s for s in ditcompile.sparse_stats(wrapper) if s["current"]["inner.blocks.0.attn1"]["sparse_calls"]]
+    assert len(symbolic) == 1 and counts(symbolic[0])["inner.blocks.0.attn1"] == (len(steps) - 2, 1)

@@ -3,6 +3,7 @@
 Called by `ditaccel::attention` for plans with a `SparseSpec`:
 
     step unknown (inside a compiled call)                         -> dense attention (the safe path)
+    a block in spec.dense_blocks (a regional block, at run time)  -> dense attention
     step < spec.dense_steps, or the guard switched the site off  -> dense attention
     otherwise:
         statics = policy.static_patterns(token layout, block, params)       (cached by the factories)
@@ -28,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...geometry import TokenLayout, heads_dim, seq_dim, to_bhsd
+from ...geometry import TokenLayout, block_of, heads_dim, seq_dim, to_bhsd
 from ...kernels.block_mask import BlockSparseMask
 from ...masks import ChoiceInputs, PatternChoice, SparsePattern, apply_permutation, get_policy, undo_permutation
 from ...plans import AttentionPlan, SparseSpec
 from ...runtime.sparse_state import SiteState
-from ...runtime.state import current_runtime, current_step
+from ...runtime.state import current_runtime, current_step, parent_grid
 from ..select import select_impl, warn_fallback, warn_once
 from .dense import run_kernel
 
@@ -49,6 +50,13 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Option
     fallback). `grid`: the run-time (frames, height, width) when the plan's grid is dynamic.
     Returns q's shape, dtype and layout, contiguous."""
     spec = plan.sparse
+    if spec.dynamic_grid and grid is None:
+        grid = parent_grid()  # a regionally compiled block: the grid of the model call (track_steps)
+        if grid is None:
+            warn_once((plan.site_path, "no grid"), "ditaccel: sparse attention at %s: the token grid of this call is "
+                      "unknown (a regionally compiled block needs ditcompile.track_steps(model), and a model whose "
+                      "patch embedding is a Conv2d/Conv3d -- or set graph.token_grid); it runs dense", plan.site_path)
+            return dense(q, k, v)
     tokens = spec.layout(grid)
     if tokens.total != q.shape[seq_dim(layout)]:  # the grid does not describe this call: exact attention
         warn_once((plan.site_path, "grid"), "ditaccel: sparse attention at %s: the token grid %s (+%d text) gives "
@@ -57,12 +65,16 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Option
                   q.shape[seq_dim(layout)])
         return dense(q, k, v)
     info, runtime = current_step(), current_runtime()
-    site = None
+    site, path, block = None, plan.site_path, runtime.block() if runtime is not None else None
+    if block is not None and block_of(path) is None:
+        path = f"{block.path}.{path}"  # a regionally compiled block's site: name it in the model
     if runtime is not None and info is not None:
-        site = runtime.sparse.site(plan.site_path, info.generation, tuple(q.shape), info.branch)
+        site = runtime.sparse.site(path, info.generation, tuple(q.shape), info.branch)
     step = info.step if info is not None else None
     unknown = info is not None and step is None  # inside a compiled call whose step is unknown
-    if unknown or (step is not None and step < spec.dense_steps) or (site is not None and site.dense_from_step is not None):
+    dense_block = bool(spec.dense_blocks) and (block is None or block.index in spec.dense_blocks)
+    if (unknown or dense_block or (step is not None and step < spec.dense_steps)
+            or (site is not None and site.dense_from_step is not None)):
         if site is not None:
             site.dense_calls += 1
         return dense(q, k, v)
@@ -77,7 +89,7 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Option
             if error > spec.guard_budget:
                 site.dense_from_step = step
                 log.info("ditaccel sparse guard: %s error %.3g > budget %.3g at step %s; dense for the rest "
-                         "of this generation", plan.site_path, error, spec.guard_budget, step)
+                         "of this generation", path, error, spec.guard_budget, step)
                 return dense(q, k, v)
     return out
 

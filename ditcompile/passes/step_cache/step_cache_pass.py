@@ -39,7 +39,9 @@ class StepCachePass(DitPass):
         cfg = self.config.cache
         analysis = ctx.analysis
         if analysis.timestep_input is None:
-            report.notes.append("step cache off: no timestep input found (needed to count steps)")
+            report.notes.append("step cache off: no timestep input found (needed to count steps; a regionally "
+                                "compiled block has none: the step cache needs the whole model in one compiled "
+                                "graph)")
             return report
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         timestep_node = placeholders[analysis.timestep_input].name
