@@ -56,7 +56,8 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
         report.notes.append("CUDA graphs off: the plans depend on the denoising step, which a replayed graph "
                             "would not see")
     for warning in features_off(report, config, ctx):
-        log.warning("ditaccel %s: %s", report.graph_id, warning)
+        level = logging.WARNING if _first_time(warning) else logging.INFO  # once per frame, not per recompile
+        log.log(level, "ditaccel %s: %s", report.graph_id, warning)
     if config.report:
         log.info("%s", report.format())
     sink = _REPORT_SINK.get()
@@ -74,8 +75,18 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
 def features_off(report: GraphReport, config: DitConfig, ctx: Optional[PassContext]) -> list[str]:
     """What the user enabled that this graph does not do, with the reasons (said at WARNING level:
     a feature that is silently off looks like a slow model). Graphs without attention are not
-    considered (a model's small helper graphs)."""
-    if ctx is None or not report.analysis.attention:
+    considered (a model's small helper graphs), unless they compute softmax calls the matcher did
+    not recognise as attention while an attention feature is on."""
+    if ctx is None:
+        return []
+    if not report.analysis.attention:
+        asked = [name for name, on in (("sparse.enabled", config.sparse.enabled),
+                                        (f"attention.quant={config.attention.quant}", config.attention.quant != "none"))
+                 if on and config.attention.enabled]
+        if asked and report.analysis.unmatched_softmax:
+            return [f"{', '.join(asked)}, but no attention of this graph is recognised: "
+                    f"{report.analysis.unmatched_softmax} softmax call(s) kept as written (attention written with "
+                    "einsum, or another spelling than SDPA / matmul-softmax-matmul?)"]
         return []
     out = []
     if config.attention.enabled and config.sparse.enabled:
@@ -93,12 +104,14 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Dit
                   ) -> tuple[GraphReport, fx.GraphModule, Optional[PassContext]]:
     """Run the analysis and passes on a copy of `gm`; return the report, the graph to run and
     the pass context (None when the passes failed and the original graph runs)."""
-    graph_id = _graph_id()
+    compile_id = _compile_id()
+    graph_id = str(compile_id) if compile_id is not None else "-"
     manager = PassManager.from_config(config)
     work = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     try:
         analysis = analyze_graph(work, example_inputs, config.graph.token_grid, config.graph.text_position)
-        ctx = PassContext(config, analysis, example_inputs, name=f"graph {graph_id}")
+        ctx = PassContext(config, analysis, example_inputs, name=f"graph {graph_id}",
+                          frame=compile_id.frame_id if compile_id is not None else None)
         reports = manager.run(work, ctx)
     except Exception as err:  # never crash deep inside: keep the model's own computation
         if config.strict or isinstance(err, ConfigError):  # bad options always surface
@@ -112,12 +125,29 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Dit
                        config.preset), work, ctx
 
 
-def _graph_id() -> str:
+_SAID: dict[int, set[str]] = {}  # Dynamo frame id -> warnings already given for its graphs
+
+
+def _first_time(text: str) -> bool:
+    """True the first time `text` is said for the frame being compiled: recompiles of one frame
+    (new shapes, the blocks of a regionally compiled model) repeat it at INFO level only. A frame's
+    first compile (also after `torch._dynamo.reset()`) starts afresh."""
+    compile_id = _compile_id()
+    if compile_id is None:
+        return True
+    if compile_id.frame_compile_id == 0:
+        _SAID.pop(compile_id.frame_id, None)
+    said = _SAID.setdefault(compile_id.frame_id, set())
+    first = text not in said
+    said.add(text)
+    return first
+
+
+def _compile_id() -> Any:
     try:
-        compile_id = torch._guards.CompileContext.current_compile_id()
+        return torch._guards.CompileContext.current_compile_id()
     except Exception:  # outside Dynamo (direct calls in tests)
-        compile_id = None
-    return str(compile_id) if compile_id is not None else "-"
+        return None
 
 
 def _compile_piece(gm: fx.GraphModule, config: DitConfig, mode: Optional[str], no_cudagraphs: bool) -> Callable:

@@ -4,8 +4,8 @@
     loader.py     resolve_config: defaults < preset TOML < dict entries (nested or dotted keys),
                   every value checked; presets/*.toml (one per model family)
 """
-from .loader import PRESET_DIR, available_presets, config_to_dict, load_preset, preset_metadata, resolve_config
+from .loader import PRESET_DIR, available_presets, config_label, config_to_dict, load_preset, preset_metadata, resolve_config
 from .sections import SECTIONS, AttentionConfig, CacheConfig, ConfigError, DitConfig, GraphConfig, SparseConfig
 
 __all__ = ["ConfigError", "DitConfig", "GraphConfig", "AttentionConfig", "SparseConfig", "CacheConfig", "SECTIONS",
-           "PRESET_DIR", "available_presets", "config_to_dict", "load_preset", "preset_metadata", "resolve_config"]
+           "PRESET_DIR", "available_presets", "config_label", "config_to_dict", "load_preset", "preset_metadata", "resolve_config"]

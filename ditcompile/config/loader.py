@@ -15,12 +15,13 @@ Layers apply in order: defaults < preset < dict entries. Unknown keys and bad va
 from __future__ import annotations
 
 import dataclasses
+import functools
 import difflib
 import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from ..masks import parse_params
 from .sections import SECTIONS, ConfigError, DitConfig
@@ -265,6 +266,30 @@ def config_to_dict(config: DitConfig) -> dict:
     return _section_dict(config)
 
 
+def config_label(config: DitConfig) -> str:
+    """The options of `config` that differ from the defaults (of its preset, if any), flattened
+    ("preset=wan2.1, sparse.dense_steps=1"; "defaults" when none): a short name for a compiled
+    callable's config in reports."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict) and value:
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+    default, mine = flat(config_to_dict(_default_config(config.preset))), flat(config_to_dict(config))
+    changed = [f"{key}={value}" for key, value in mine.items() if default.get(key, object()) != value]
+    if config.preset:
+        changed.insert(0, f"preset={config.preset}")
+    return ", ".join(changed) or "defaults"
+
+
+@functools.lru_cache(maxsize=16)
+def _default_config(preset: Optional[str]) -> DitConfig:
+    return resolve_config({"preset": preset} if preset else None)
+
+
 def _section_dict(section: Any) -> dict:
     out: dict = {}
     for fld in dataclasses.fields(section):
@@ -280,4 +305,5 @@ def _section_dict(section: Any) -> dict:
     return out
 
 
-__all__ = ["available_presets", "load_preset", "preset_metadata", "resolve_config", "config_to_dict", "PRESET_DIR"]
+__all__ = ["available_presets", "load_preset", "preset_metadata", "resolve_config", "config_to_dict", "config_label",
+           "PRESET_DIR"]

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 import torch.fx as fx
 
-from .attention_match import find_attention_sites, projection_input
+from .attention_match import find_attention_sites, projection_input, unmatched_softmax
 from .fx_utils import example_value, static_shape
 from .joint import find_text_segment
 from .linear_match import find_linear_sites
@@ -66,10 +66,15 @@ def analyze_graph(
     dynamic_grid = discover_dynamic_grid(graph, main) if grid is None and num_tokens is None else None
     tokens_expr = str(num_tokens) if num_tokens else (
         dynamic_grid.tokens_expr if dynamic_grid else tokens_expr_of_main_input(main))
-    sites = tuple(_classify(site, grid, num_tokens, tokens_expr, batch, text_position)
-                  for site in find_attention_sites(graph))
+    found = find_attention_sites(graph)
+    sites = tuple(_classify(site, grid, num_tokens, tokens_expr, batch, text_position) for site in found)
     if not sites:
         notes.append("no attention found in this graph")
+    softmax_left = unmatched_softmax(graph, found)
+    if softmax_left:
+        notes.append(f"{softmax_left} softmax call(s) not recognised as attention (attention written with einsum "
+                     "or another spelling than SDPA / matmul-softmax-matmul?): kept as written, no attention "
+                     "feature applies to them")
     timestep = find_timestep_input(graph, example_inputs)
     main_index = placeholder_index(graph, main)
     output_index, view = find_main_output(graph, main)
@@ -80,6 +85,7 @@ def analyze_graph(
         anchor_input=find_anchor_input(example_inputs), main_input_index=main_index,
         condition_inputs=find_condition_inputs(graph, example_inputs, (main_index, timestep)),
         dynamic_grid=dynamic_grid, main_output_index=output_index, latent_view=view,
+        unmatched_softmax=softmax_left,
     )
 
 

@@ -66,6 +66,13 @@ def find_attention_sites(graph: fx.Graph) -> list[AttentionSite]:
     return sites
 
 
+def unmatched_softmax(graph: fx.Graph, sites: list[AttentionSite]) -> int:
+    """How many softmax calls of `graph` are not part of a recognised attention site (attention
+    written another way, e.g. with einsum: kept as written, and the report says so)."""
+    inside = {id(n) for site in sites for n in (site.replaced or ())}
+    return sum(1 for node in graph.nodes if _is_softmax(node) and id(node) not in inside)
+
+
 # ----------------------------------------------------------------------------- SDPA
 
 
@@ -326,4 +333,4 @@ def projection_input(node: fx.Node, limit: int = 80) -> Optional[fx.Node]:
     return None
 
 
-__all__ = ["find_attention_sites", "projection_input", "SDPA_TARGETS"]
+__all__ = ["find_attention_sites", "unmatched_softmax", "projection_input", "SDPA_TARGETS"]

@@ -138,6 +138,7 @@ class GraphAnalysis:
     main_output_index: Optional[int] = None       # index of the graph output the model predicts (same
                                                   # shape as the main input, up to one dimension)
     latent_view: Optional[LatentView] = None      # how that output relates to the main input
+    unmatched_softmax: int = 0                    # softmax calls outside any recognised attention site
 
     @classmethod
     def empty(cls) -> "GraphAnalysis":

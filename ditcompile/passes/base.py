@@ -71,12 +71,13 @@ class PassContext:
     example_inputs: Sequence[Any]
     runner_factory: Optional[Callable[[Callable[[fx.GraphModule], Callable]], Callable]] = None
     name: str = "graph"  # for logs: "graph <Dynamo compile id>"
+    frame: Optional[int] = None  # the Dynamo frame id (its recompiles share step tracking); None: unknown
 
     def call_observer(self) -> CallObserver:
         """The step observer (and state owner) of the callable compiled from this graph."""
         a = self.analysis
         return CallObserver(CallRoles(a.timestep_input, a.main_input_index, a.condition_inputs, a.anchor_input,
-                                      a.main_output_index, a.latent_view), self.name)
+                                      a.main_output_index, a.latent_view), self.name, self.config, self.frame)
 
 
 class DitPass(abc.ABC):

@@ -74,7 +74,7 @@ class StepHooks:
                 self._warned.add(kind)
                 log.warning("ditaccel track_steps(%s): %s%s", self.name, text,
                             "; step-dependent plans take their safe path" if text == info.unknown_reason else "")
-        calls.append((enter_parent(info, self.grid(main)), tracker, info, main if view is None else None))
+        calls.append((enter_parent(info, self.grid(main), tracker), tracker, info, main if view is None else None))
 
     def grid(self, main: Any) -> Optional[tuple]:
         """(frames, height, width) of the call's video tokens, from the model's patch embedding
@@ -111,7 +111,7 @@ class StepHooks:
             self.view = latent_view(tuple(main.shape), tuple(out.shape))
         if self.view is not None and out is not None:
             if main is not None:
-                tracker.record_output(info, latent_sample(main, self.view))
+                tracker.record_output(info, latent_sample(main, self.view), latents=True)
             tracker.record_output(info, latent_sample(out, self.view))
 
     def new_generation(self, caller: Optional[Caller]) -> None:

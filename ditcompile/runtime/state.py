@@ -32,6 +32,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from ..config import config_label, resolve_config
 from ..geometry import BlockRef, block_of
 from .cache_state import StepCacheState, format_cache_stats
 from .sparse_state import SparseState
@@ -70,6 +71,20 @@ class ModelRuntime:
     step_cache: StepCacheState = field(default_factory=StepCacheState)  # step-cache branches
     caller: Optional[weakref.ref] = None                                # the caller it serves (weakly)
     anchor: Optional[weakref.ref] = None                                # its model's first parameter
+    config: Any = None                                                  # the DitConfig of its callable
+    label: str = "graph"                                                # its callable's name ("graph 0/1")
+    parent_tracker: Optional[StepTracker] = None  # track_steps' tracker, when the steps come from it
+
+    def tracking(self) -> dict:
+        """The step tracking behind this runtime's steps (its own, or the enclosing model call's
+        under `track_steps`): `StepTracker.summary()`."""
+        own = self.tracker
+        source = self.parent_tracker if self.parent_tracker is not None and own.generation < 0 else own
+        return source.summary()
+
+    def describe(self) -> dict:
+        """{"graph": its callable, "options": its config's options that differ from the defaults}."""
+        return {"graph": self.label, "options": config_label(self.config) if self.config is not None else "?"}
 
     def block(self) -> Optional[BlockRef]:
         """The transformer block this runtime's model instance is, when it is a block of a model
@@ -187,8 +202,8 @@ def request_scope(name: str = "request") -> Iterator[Caller]:
 
 _CURRENT: contextvars.ContextVar[Optional[tuple[StepInfo, ModelRuntime]]] = contextvars.ContextVar(
     "ditaccel_call", default=None)
-_PARENT: contextvars.ContextVar[Optional[tuple[StepInfo, Optional[tuple]]]] = contextvars.ContextVar(
-    "ditaccel_parent_call", default=None)
+_PARENT: contextvars.ContextVar[Optional[tuple[StepInfo, Optional[tuple], Optional[StepTracker]]]] = (
+    contextvars.ContextVar("ditaccel_parent_call", default=None))
 
 
 def current_step() -> Optional[StepInfo]:
@@ -225,10 +240,17 @@ def parent_grid() -> Optional[tuple]:
     return parent[1] if parent is not None else None
 
 
-def enter_parent(info: StepInfo, grid: Optional[tuple] = None) -> contextvars.Token:
+def parent_tracker() -> Optional[StepTracker]:
+    """The step tracker of the enclosing model call, when `track_steps` follows it (else None)."""
+    parent = _PARENT.get()
+    return parent[2] if parent is not None else None
+
+
+def enter_parent(info: StepInfo, grid: Optional[tuple] = None, tracker: Optional[StepTracker] = None
+                 ) -> contextvars.Token:
     """Make `info` (and `grid`) the step (and token grid) of every compiled region called until
-    `exit_parent(token)`."""
-    return _PARENT.set((info, grid))
+    `exit_parent(token)`; `tracker`: the tracker that gave the step (for the stats)."""
+    return _PARENT.set((info, grid, tracker))
 
 
 def exit_parent(token: contextvars.Token) -> None:
@@ -292,20 +314,50 @@ def generation(model: Any) -> Iterator[None]:
         new_generation(model)
 
 
+def _runtimes(model: Any) -> list[ModelRuntime]:
+    """The runtimes of `model`: of every compiled callable for a module, of that wrapper's own
+    callables for a `torch.compile` wrapper whose ditaccel options can be read."""
+    runtimes = INDEX.for_model(model)
+    config = _wrapper_config(model)
+    return runtimes if config is None else [r for r in runtimes if r.config == config]
+
+
+def _wrapper_config(model: Any) -> Any:
+    """The DitConfig a `torch.compile(m, backend="ditaccel", options=...)` wrapper compiles with
+    (None for a plain module, or when the options cannot be found): Dynamo keeps the backend at
+    the end of the `_torchdynamo_orig_backend` chain of its callback (torch/_dynamo/convert_frame.py)."""
+    node = getattr(getattr(model, "dynamo_ctx", None), "callback", None)
+    for _ in range(16):
+        if node is None:
+            return None
+        kwargs = getattr(node, "kwargs", None)
+        if isinstance(kwargs, dict) and getattr(node, "compiler_name", None) == "ditaccel":
+            try:
+                return resolve_config(kwargs.get("options"))
+            except Exception:  # options the backend would refuse: no filtering
+                return None
+        node = getattr(node, "_torchdynamo_orig_backend", None)
+    return None
+
+
 def sparse_stats(model: Any) -> list[dict]:
-    """Per runtime state of `model` that ran sparse attention: per-site sparse/dense call counts,
-    guard results and density for the current generation ("current", with a per-shape breakdown),
-    plus the summaries of finished generations ("finished") and the step tracking ("tracking":
-    the current generation and why generations started or steps were unknown, with counts)."""
-    return [{**r.sparse.stats(), "tracking": r.tracker.summary()} for r in INDEX.for_model(model) if r.sparse.used]
+    """Per runtime state of `model` (of that wrapper, for a compiled wrapper) that ran sparse
+    attention: which callable and options ("graph", "options"), per-site sparse/dense call
+    counts, guard results and density for the current generation ("current", with a per-shape
+    breakdown), plus the summaries of finished generations ("finished") and the step tracking
+    ("tracking": the current generation and why generations started or steps were unknown, with
+    counts)."""
+    return [{**r.describe(), **r.sparse.stats(), "tracking": r.tracking()} for r in _runtimes(model)
+            if r.sparse.used]
 
 
 def cache_stats(model: Any) -> list[dict]:
-    """Per runtime state of `model` that ran the step cache: the current generation's
-    computed/reused steps per CFG branch (with the per-call decision pattern and a per-shape
-    breakdown, "current"), the summaries of finished generations ("finished") and the step
-    tracking ("tracking", as in `sparse_stats`)."""
-    return [{**r.step_cache.stats(), "tracking": r.tracker.summary()} for r in INDEX.for_model(model)
+    """Per runtime state of `model` (of that wrapper, for a compiled wrapper) that ran the step
+    cache: "graph" and "options" as in `sparse_stats`, the current generation's computed/reused
+    steps per CFG branch (with the per-call decision pattern and a per-shape breakdown,
+    "current"), the summaries of finished generations ("finished") and the step tracking
+    ("tracking", as in `sparse_stats`)."""
+    return [{**r.describe(), **r.step_cache.stats(), "tracking": r.tracking()} for r in _runtimes(model)
             if r.step_cache.used]
 
 
@@ -314,7 +366,10 @@ def cache_report(model: Any) -> str:
     computed/reused steps, per shape when there are several), then one line of step tracking
     events (why generations started, calls whose step was unknown)."""
     lines = []
-    for state in cache_stats(model):
+    states = cache_stats(model)
+    for state in states:
+        if len(states) > 1:
+            lines.append(f"{state['graph']} ({state['options']}):")
         if state["current"]:
             lines.append("current generation: " + format_cache_stats(state["current"]))
         for i, finished in enumerate(state["finished"]):
@@ -326,5 +381,6 @@ def cache_report(model: Any) -> str:
 
 
 __all__ = ["ModelRuntime", "name_parameters", "parameter_name", "RuntimeIndex", "INDEX", "Caller", "current_caller", "remember", "request_scope",
-           "current_step", "current_runtime", "step_scope", "parent_step", "parent_grid", "enter_parent", "exit_parent",
+           "current_step", "current_runtime", "step_scope", "parent_step", "parent_grid", "parent_tracker",
+           "enter_parent", "exit_parent",
            "new_generation", "generation", "is_declared", "sparse_stats", "cache_stats", "cache_report"]

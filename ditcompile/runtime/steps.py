@@ -17,7 +17,10 @@ after three one-step "generations" in a row with the same conditioning:
                           latents do not continue   -> a new generation (a new run that starts
                                                        lower: img2img, an interrupted run followed
                                                        by another; or a stochastic sampler)
-    same timestep, conditioning not yet seen here   -> another CFG branch of the same step
+    same timestep, conditioning not yet seen here:
+      latents of a call at this step                -> another CFG branch of the same step
+      other latents                                 -> a new generation (a new run with another
+                                                       prompt, where the last one stopped)
     same timestep, conditioning already seen here:
       the same latents (the same call again)        -> at the first step a new generation (a
                                                        re-run, a server, a 1-step model); later
@@ -33,7 +36,8 @@ after three one-step "generations" in a row with the same conditioning:
           s0b0 s0b1 s1b0 s1b1     | new generation: s0b0 s0b1 ...
 
 "Latents continue" is `continuity.continues`: the call's latents are a linear combination of the
-run's recent latents and model outputs, as every deterministic sampler makes them. When the test
+run's recent latents and model outputs, as every deterministic sampler makes them (positions equal
+to the last latents are left out: clean conditioning a pipeline puts back every step). When the test
 cannot tell (no latents input, an output that is not comparable, a new shape), the rules fall
 back to the timestep alone. A branch keeps its index for the whole generation (keyed by its
 conditioning), so a warm-up call or a reordered CFG pair never swaps two branches' state.
@@ -62,6 +66,7 @@ from .continuity import HISTORY_STEPS, WHOLE, LatentView, continues, extra_part,
 MAX_BRANCHES = 8      # different conditionings per generation before a new generation is assumed
 MAX_EVALUATIONS = 4   # calls of one branch at one step before a new generation is assumed
 DISCONTINUITY_NOTE_AFTER = 2  # one-step generations in a row, ended by latents that do not continue
+LATENTS, OUTPUT = "latents", "output"  # kinds of the vectors in the history
 
 
 @dataclass(frozen=True)
@@ -97,13 +102,14 @@ class StepTracker:
         self.restart_requested = True
         self.direction = -1                      # -1: timesteps fall from step to step; +1: they rise
         self.events: collections.Counter = collections.Counter()  # why generations started, unknown steps
-        self.pending_output: Optional[tuple] = None  # (generation, step, [B, k] device tensor, main shape)
+        self.pending_output: Optional[tuple] = None  # (generation, step, [B, k] device tensor, main shape,
+        #                                              how many leading rows are latents, not outputs)
         self._last_shape: tuple = ()
         self._reversals = 0                      # one-step generations ended by a move against it
         self._cut_short = 0                      # one-step generations ended by latents that do not continue
         self._branches: dict[bytes, int] = {}   # conditioning -> branch index, this generation
         self._at_step: dict[bytes, list] = {}    # conditioning -> latents samples of its calls at this step
-        self._history: collections.deque = collections.deque(maxlen=HISTORY_STEPS)  # [(step, [vectors])]
+        self._history: collections.deque = collections.deque(maxlen=HISTORY_STEPS)  # [(step, [(shape, kind, [k])])]
 
     # ------------------------------------------------------------------ observing
 
@@ -138,6 +144,9 @@ class StepTracker:
             else:
                 self._next_step()
                 self._reversals = self._cut_short = 0
+        elif obs.condition not in self._at_step:
+            if self._at_step and self._other_latents(obs):  # CFG branches of one step share their latents
+                self._start_generation("a new conditioning with other latents")
         elif obs.condition in self._at_step:
             seen = self._at_step[obs.condition]
             if obs.latents is None or any(torch.equal(obs.latents, s) for s in seen if s is not None):
@@ -157,14 +166,19 @@ class StepTracker:
         return StepInfo(self.generation, self.step, self._branch_of(obs.condition), t, note=note)
 
     def _observe_declared(self, obs: Observation) -> StepInfo:
+        note = None
         if self.last_timestep is not None and obs.timestep != self.last_timestep:
+            if (obs.timestep - self.last_timestep) * self.direction < 0 and self.step > 0:
+                note = (f"inside `ditcompile.generation(model)` the timestep moved back ({self.last_timestep:g} -> "
+                        f"{obs.timestep:g}): counted as the next step of the declared generation; if this is a "
+                        "second sampling run, give each run its own `with ditcompile.generation(model):`")
             self._next_step()
         if obs.condition not in self._branches and len(self._branches) >= MAX_BRANCHES:
             reason = f"more than {MAX_BRANCHES} different conditionings in one declared generation"
             self.events["unknown step: " + reason] += 1
             return StepInfo(self.generation, None, 0, obs.timestep, reason)
         self._record(obs)
-        return StepInfo(self.generation, self.step, self._branch_of(obs.condition), obs.timestep)
+        return StepInfo(self.generation, self.step, self._branch_of(obs.condition), obs.timestep, note=note)
 
     def _cut(self, how: str) -> Optional[str]:
         """A call that would be the next step does not continue the run: a new generation."""
@@ -180,17 +194,19 @@ class StepTracker:
 
     # ------------------------------------------------------------------ latents and outputs
 
-    def record_output(self, info: StepInfo, sample: Optional[torch.Tensor]) -> None:
+    def record_output(self, info: StepInfo, sample: Optional[torch.Tensor], latents: bool = False) -> None:
         """After a call: its output sampled ([B, k], device; copied to the host with the next
-        call). Several samples of one call are kept together (`track_steps` also records the
-        call's latents this way when it learns the output's layout only after the call)."""
+        call). Several samples of one call are kept together; `latents=True`: the sample is of
+        the call's latents (`track_steps` learns the output's layout only after the first call
+        and records that call's latents this way)."""
         if info.step is None or info.generation != self.generation or sample is None:
             return
-        pending = self.pending_output
+        pending, latent_rows = self.pending_output, (len(sample) if latents else 0)
         if (pending is not None and pending[:2] == (info.generation, info.step) and pending[2].device == sample.device
                 and pending[2].shape[1:] == sample.shape[1:]):
-            sample = torch.cat([pending[2], sample])
-        self.pending_output = (info.generation, info.step, sample, self._last_shape)
+            sample = torch.cat([pending[2], sample]) if not latents else torch.cat([sample, pending[2]])
+            latent_rows += pending[4]
+        self.pending_output = (info.generation, info.step, sample, self._last_shape, latent_rows)
 
     def take_pending(self) -> Optional[torch.Tensor]:
         """The pending output samples for `observe_call` to copy (None if none)."""
@@ -199,34 +215,70 @@ class StepTracker:
     def _take_output(self, host: Optional[torch.Tensor]) -> None:
         pending, self.pending_output = self.pending_output, None
         if pending is not None and host is not None and pending[0] == self.generation:
-            self._add_vectors(pending[1], host, pending[3])
+            generation, step, _, shape, latent_rows = pending
+            self._add_vectors(step, host[:latent_rows], shape, LATENTS)
+            self._add_vectors(step, host[latent_rows:], shape, OUTPUT)
 
     def _record(self, obs: Observation) -> None:
         self.last_timestep = obs.timestep
         self._last_shape = obs.shape
         self._at_step.setdefault(obs.condition, []).append(obs.latents)
         if obs.latents is not None:
-            self._add_vectors(self.step, obs.latents, obs.shape)
+            self._add_vectors(self.step, obs.latents, obs.shape, LATENTS)
 
-    def _add_vectors(self, step: int, rows: torch.Tensor, shape: tuple) -> None:
-        """Keep `rows` (samples of latents or outputs of calls whose main input had `shape`) in the
-        history of `step`: the basis of the latents test for calls of the same shape."""
+    def _add_vectors(self, step: int, rows: torch.Tensor, shape: tuple, kind: str) -> None:
+        """Keep `rows` (samples of latents or outputs, `kind`, of calls whose main input had
+        `shape`) in the history of `step`: the basis of the latents test for calls of the same
+        shape."""
+        if not len(rows):
+            return
         if not self._history or self._history[-1][0] != step:
             if self._history and self._history[-1][0] > step:
                 return  # an output of an older step arriving late: not needed
             self._history.append((step, []))
         group = self._history[-1][1]
         for row in rows:
-            if row.shape and not any(key == shape and torch.equal(v, row) for key, v in group):
-                group.append((shape, row))
+            if row.shape and not any(key == shape and torch.equal(v, row) for key, _, v in group):
+                group.append((shape, kind, row))
+
+    def _other_latents(self, obs: Observation) -> bool:
+        """True when the call's latents are known and equal none of the latents of this step's
+        calls (CFG branches of one step share their latents: a new conditioning with other
+        latents at the same timestep is a new run)."""
+        seen = [s for calls in self._at_step.values() for s in calls]
+        if obs.latents is None or not seen or any(s is None for s in seen):
+            return False
+        return not any(torch.equal(row, s_row) for row in obs.latents for s in seen for s_row in s)
 
     def _continues(self, obs: Observation) -> Optional[bool]:
         """The latents test against this generation's recent steps at the call's shape (None: no
-        latents, or nothing yet at this shape -- a new resolution is not a new run)."""
+        latents, or nothing yet at this shape -- a new resolution is not a new run).
+
+        Positions where the latents equal the last recorded latents exactly are left out: a
+        pipeline that puts clean conditioning back into the latents every step (the first frame
+        of image-to-video, inpainting's known region, reference-image tokens) keeps them there,
+        and they are not what the sampler advanced."""
         if obs.latents is None:
             return None
-        basis = [v for _, group in self._history for key, v in group if key == obs.shape]
-        return continues(obs.latents, basis, obs.tolerance)
+        entries = [(kind, v) for _, group in self._history for key, kind, v in group if key == obs.shape]
+        basis = [v for _, v in entries]
+        last = [v for kind, v in entries if kind == LATENTS][-MAX_BRANCHES:]
+        verdicts = []
+        for row in obs.latents:
+            keep = None
+            if last:
+                same = max((v == row for v in last if v.shape == row.shape), key=lambda eq: int(eq.sum()),
+                           default=None)
+                if same is not None and bool(same.any()):
+                    keep = ~same
+            if keep is None:
+                verdicts.append(continues(row[None], basis, obs.tolerance))
+            else:
+                verdicts.append(continues(row[keep][None], [v[keep] for v in basis if v.shape == row.shape],
+                                          obs.tolerance))
+        if any(v is False for v in verdicts):
+            return False
+        return None if any(v is None for v in verdicts) else True
 
     # ------------------------------------------------------------------ bookkeeping
 

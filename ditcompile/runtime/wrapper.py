@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .continuity import LatentView, latent_sample
-from .state import INDEX, ModelRuntime, current_caller, is_declared, parent_step, remember, step_scope
+from .state import INDEX, ModelRuntime, current_caller, is_declared, parent_step, parent_tracker, remember, step_scope
 from .steps import StepInfo, observe_call
 
 log = logging.getLogger("ditcompile")
@@ -58,11 +58,17 @@ class RuntimeTable:
     dying and being replaced (weights replaced between calls, e.g. by sequential CPU offloading),
     each starts fresh state -- the safe path, said once (`name`)."""
 
-    CHURN = 16  # replacements for one caller before the warning
+    CHURN = 1  # replacements for one caller before the warning (the first is often missed: Dynamo holds the
+    #           first call's weights)
 
-    def __init__(self, limit: int = 256, name: str = "graph") -> None:
+    def __init__(self, limit: int = 256, name: str = "graph", config: Any = None,
+                 trackers: Optional["RuntimeTable"] = None, shared: bool = False) -> None:
         self.limit = limit
         self.name = name
+        self.shared = shared      # a table of shared step trackers only (`frame_trackers`): not in INDEX,
+        #                           says nothing (the callables' own tables do)
+        self.config = config      # the DitConfig of the callable (reports, `sparse_stats(wrapper)`)
+        self.trackers = trackers  # where the step trackers come from (shared by a frame's recompiles)
         self._by_caller: "weakref.WeakKeyDictionary[Any, OrderedDict]" = weakref.WeakKeyDictionary()
         self._watched: set[int] = set()                    # anchors with a finalizer
         self._replaced: "weakref.WeakKeyDictionary[Any, list]" = weakref.WeakKeyDictionary()  # [died?, count]
@@ -82,13 +88,17 @@ class RuntimeTable:
                 table.move_to_end(key)
                 return entry[1]
             runtime = ModelRuntime(caller=weakref.ref(caller),
-                                   anchor=weakref.ref(anchor) if anchor is not None else None)
+                                   anchor=weakref.ref(anchor) if anchor is not None else None,
+                                   config=self.config, label=self.name)
+            if self.trackers is not None:
+                runtime.tracker = self.trackers.get(anchor).tracker
             table[key] = (weakref.ref(anchor) if anchor is not None else None, runtime)
             while len(table) > self.limit:
                 table.popitem(last=False)  # not released: a call in flight may still hold it
             replaced = self._replaced.setdefault(caller, [False, 0])
-            if replaced[0]:  # an instance of this caller died since its last new instance
+            if replaced[0] and not self.shared:  # an instance of this caller died since its last new instance
                 replaced[0], replaced[1] = False, replaced[1] + 1
+                runtime.tracker.events["fresh state: the model's weights were replaced since the last call"] = replaced[1]
                 if replaced[1] > self.CHURN and not self._warned:
                     self._warned, churn = True, replaced[1]
             watch = anchor is not None and key not in self._watched
@@ -96,6 +106,8 @@ class RuntimeTable:
                 self._watched.add(key)
         if watch:
             weakref.finalize(anchor, _anchor_died, weakref.ref(self), key)
+        if self.shared:
+            return runtime
         if anchor is not None:
             INDEX.add(anchor, runtime)
         remember(caller, runtime)
@@ -121,13 +133,34 @@ def _anchor_died(table_ref: weakref.ref, key: int) -> None:
                 table._replaced.setdefault(caller, [False, 0])[0] = True
 
 
-class CallObserver:
-    """One compiled callable's runtimes and step observation (see the module docstring)."""
+_SHARED: dict[tuple, weakref.ref] = {}  # (Dynamo frame id, config) -> the frame's table of step trackers
+_SHARED_LOCK = threading.Lock()
 
-    def __init__(self, roles: CallRoles, name: str = "graph") -> None:
+
+def frame_trackers(frame: Any, config: Any, name: str) -> RuntimeTable:
+    """The step trackers of one Dynamo frame compiled with one config, shared by the callables of
+    its recompiles (new shapes, dynamic sizes): a run that moves to a new graph keeps its step
+    count (the features' own state stays per callable). Goes with the last callable using it."""
+    key = (frame, config)
+    with _SHARED_LOCK:
+        ref = _SHARED.get(key)
+        table = ref() if ref is not None else None
+        if table is None:
+            table = RuntimeTable(name=name, shared=True)
+            _SHARED[key] = weakref.ref(table, lambda dead, key=key: _SHARED.get(key) is dead and _SHARED.pop(key))
+        return table
+
+
+class CallObserver:
+    """One compiled callable's runtimes and step observation (see the module docstring).
+    `config`: the callable's DitConfig; `frame`: its Dynamo frame id (recompiles of one frame
+    with one config share step tracking; None: not shared)."""
+
+    def __init__(self, roles: CallRoles, name: str = "graph", config: Any = None, frame: Any = None) -> None:
         self.roles = roles
         self.name = name
-        self.runtimes = RuntimeTable(name=name)
+        trackers = frame_trackers(frame, config, name) if frame is not None else None
+        self.runtimes = RuntimeTable(name=name, config=config, trackers=trackers)
         self._warned: set[str] = set()
 
     def observe(self, args: Sequence[Any]) -> tuple[ModelRuntime, StepInfo, tuple]:
@@ -139,6 +172,7 @@ class CallObserver:
         shape = tuple(main.shape) if isinstance(main, torch.Tensor) else ()
         parent = parent_step()
         if parent is not None:
+            runtime.parent_tracker = parent_tracker()
             return runtime, parent, shape
         timestep = args[roles.timestep] if roles.timestep is not None else None
         view = roles.view if roles.output is not None else None
