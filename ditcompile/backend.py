@@ -20,6 +20,7 @@ import contextvars
 import copy
 import functools
 import logging
+import threading
 import traceback
 from typing import Any, Callable, Optional, Sequence
 
@@ -158,8 +159,27 @@ def _compile_piece(gm: fx.GraphModule, config: DitConfig, mode: Optional[str], n
     with `.item()` are handled as in any compiled model."""
     if config.compiler == "eager":
         return gm.forward
-    return torch.compile(gm, backend=functools.partial(_piece_backend, config=config, mode=mode,
-                                                        no_cudagraphs=no_cudagraphs))
+    return _LazyPiece(gm, functools.partial(_piece_backend, config=config, mode=mode, no_cudagraphs=no_cudagraphs))
+
+
+class _LazyPiece:
+    """`torch.compile(piece)`, made at the piece's first call with freshly generated code. The
+    piece's `forward` was generated while Dynamo compiled the outer graph, and Dynamo does not
+    trace that code object (seen on torch 2.13: no frame of it reaches the backend, the piece runs
+    eagerly, silently); `recompile()` at the first call gives it a new one."""
+
+    def __init__(self, gm: fx.GraphModule, backend: Callable):
+        self.gm, self.backend = gm, backend
+        self.compiled: Optional[Callable] = None
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is None:
+            with self._lock:
+                if self.compiled is None:
+                    self.gm.recompile()
+                    self.compiled = torch.compile(self.gm, backend=self.backend)
+        return self.compiled(*args)
 
 
 def _piece_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, config: DitConfig, mode: Optional[str],

@@ -78,13 +78,14 @@ class ModelRuntime:
     def tracking(self) -> dict:
         """The step tracking behind this runtime's steps (its own, or the enclosing model call's
         under `track_steps`): `StepTracker.summary()`."""
-        own = self.tracker
-        source = self.parent_tracker if self.parent_tracker is not None and own.generation < 0 else own
-        return source.summary()
+        return (self.parent_tracker if self.parent_tracker is not None else self.tracker).summary()
 
     def describe(self) -> dict:
-        """{"graph": its callable, "options": its config's options that differ from the defaults}."""
-        return {"graph": self.label, "options": config_label(self.config) if self.config is not None else "?"}
+        """{"graph": its callable, "options": its config's options that differ from the defaults,
+        "block": the block it is, for a regionally compiled block followed by `track_steps`}."""
+        block = self.block()
+        return {"graph": self.label, "options": config_label(self.config) if self.config is not None else "?",
+                **({"block": block.path} if block is not None else {})}
 
     def block(self) -> Optional[BlockRef]:
         """The transformer block this runtime's model instance is, when it is a block of a model

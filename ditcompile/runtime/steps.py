@@ -188,7 +188,8 @@ class StepTracker:
             return None
         return (f"{how} but the latents do not continue the run (they are not a combination of the last steps' "
                 "latents and model outputs) in several steps in a row, so each starts a new generation and "
-                "step-dependent plans keep taking their safe path -- a stochastic sampler (SDE, ancestral, LCM)? "
+                "step-dependent plans keep taking their safe path -- a stochastic sampler (SDE, ancestral, LCM) "
+                "or a non-linear step (latents clamped or thresholded)? "
                 "declare each run with `with ditcompile.generation(model):`; two runs interleaved in one thread? "
                 "give each its own `ditcompile.request_scope()`")
 

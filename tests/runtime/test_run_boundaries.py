@@ -207,7 +207,7 @@ def test_regional_blocks_report_the_step_tracking_of_their_model():
         for seed in (0, 1):
             euler(blocks, inputs, noise(seed), [999, 600, 300])
     stats = ditcompile.sparse_stats(blocks)
-    assert len(stats) == 2
+    assert sorted(s["block"] for s in stats) == ["blocks.0", "blocks.1"]  # one compiled graph, two blocks
     for state in stats:
         assert state["tracking"] == {"generation": 1, "events": {"generation: first call": 1,
                                                                  "generation: timestep moved back": 1}}
@@ -250,3 +250,29 @@ def test_a_run_that_moves_to_a_recompiled_graph_keeps_its_step_count():
     for step in (0, 1):
         torch.testing.assert_close(first[step], eager[step], rtol=1e-5, atol=1e-5)
     assert all(rel(first[s], eager[s]) > 1e-4 for s in (2, 3, 4, 5))  # steps 3-5 run sparse on the new graph
+
+
+@pytest.mark.inductor
+def test_step_cache_pieces_run_through_inductor(monkeypatch):
+    from ditcompile import backend
+
+    compiled_pieces = []
+    real = backend._piece_backend
+
+    def spy(gm, example_inputs, **kw):
+        compiled_pieces.append(len(list(gm.graph.nodes)))
+        return real(gm, example_inputs, **kw)
+
+    monkeypatch.setattr(backend, "_piece_backend", spy)
+    model, inputs = wan()
+    compiled = torch.compile(model, backend="ditaccel", options={**CACHE, "compiler": "inductor"})
+    same_plan = torch.compile(copy.deepcopy(model), backend="ditaccel", options=CACHE)  # compiler "eager"
+    with torch.no_grad():
+        x = noise(0)
+        for t in torch.linspace(999, 50, 3):
+            kw = dict(inputs, hidden_states=x, timestep=t.reshape(1))
+            out = run_model(compiled, kw)
+            torch.testing.assert_close(out, run_model(same_plan, kw), rtol=1e-4, atol=1e-4)
+            x = x - 0.1 * out
+    assert len(compiled_pieces) == 3  # head, body and tail, each once: not silently eager
+    assert ditcompile.cache_stats(model)[0]["current"][0]["pattern"] == [True, False, False]
