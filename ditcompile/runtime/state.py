@@ -178,24 +178,59 @@ def remember(caller: Caller, runtime: ModelRuntime) -> None:
         _RUNTIMES_OF.setdefault(caller, []).append(weakref.ref(runtime))
 
 
-@contextlib.contextmanager
-def request_scope(name: str = "request") -> Iterator[Caller]:
-    """`with ditcompile.request_scope():` -- the calls inside get their own step tracking and
-    caches (one generation per scope, as a request in a server), never shared with other threads
-    or scopes; at exit the tensors they cached are released, and the scope's state goes away with
-    the scope (read `cache_stats` / `sparse_stats` inside it)."""
-    caller = Caller(name, request=True)
-    token = _REQUEST.set(caller)
-    try:
-        yield caller
-    finally:
-        _REQUEST.reset(token)
+class RequestScope:
+    """One request's caller identity (see `request_scope`). A context manager: entering makes it
+    the current caller (in this thread or asyncio task); leaving the outermost `with` releases the
+    cached tensors of its state, unless `keep` (then `close()` does, or dropping the scope)."""
+
+    def __init__(self, name: str = "request", keep: bool = False) -> None:
+        self.caller = Caller(name, request=True)
+        self.keep = keep
+        self._tokens: list[contextvars.Token] = []
+        self._used = False
+        self._closed = False
+
+    def __enter__(self) -> Caller:
+        if self._used and not self._tokens and not self.keep:
+            raise RuntimeError(
+                f"request_scope({self.caller.name!r}) was already entered and left, which released its state; "
+                "for a request served in several `with` blocks (steps of several requests interleaved in one "
+                "thread) use `scope = ditcompile.request_scope(name, keep=True)`, enter it for each call and "
+                "`scope.close()` it when the request ends")
+        if self._closed:
+            raise RuntimeError(f"request_scope({self.caller.name!r}) is closed; make a new scope for a new request")
+        self._used = True
+        self._tokens.append(_REQUEST.set(self.caller))
+        return self.caller
+
+    def __exit__(self, *exc: Any) -> None:
+        _REQUEST.reset(self._tokens.pop())
+        if not self._tokens and not self.keep:
+            self.close()
+
+    def close(self) -> None:
+        """Release the tensors the request's state holds (its summaries stay for the stats)."""
+        self._closed = True
         with _CALLERS_LOCK:
-            refs = _RUNTIMES_OF.pop(caller, [])
+            refs = _RUNTIMES_OF.pop(self.caller, [])
         for ref in refs:
             runtime = ref()
             if runtime is not None:
-                runtime.new_generation()  # its tensors are released; its summaries stay for the stats
+                runtime.new_generation()
+
+
+def request_scope(name: str = "request", keep: bool = False) -> RequestScope:
+    """`with ditcompile.request_scope():` -- the calls inside get their own step tracking and
+    caches (one generation per scope, as a request in a server), never shared with other threads
+    or scopes; at exit the tensors they cached are released, and the scope's state goes away with
+    the scope (read `cache_stats` / `sparse_stats` inside it).
+
+    `keep=True`: a request served in several `with` blocks (a scheduler that interleaves the
+    steps of several requests in one thread): enter the same scope for each of its calls; its
+    state lives until `scope.close()` (or until the scope is dropped). Entering a scope made
+    without `keep` a second time raises RuntimeError (its state was released at the first exit).
+    """
+    return RequestScope(name, keep)
 
 
 # ----------------------------------------------------------------------------- step context
@@ -381,7 +416,7 @@ def cache_report(model: Any) -> str:
     return "\n".join(lines) or "no step-cache state (the model has not run through a cached ditaccel graph)"
 
 
-__all__ = ["ModelRuntime", "name_parameters", "parameter_name", "RuntimeIndex", "INDEX", "Caller", "current_caller", "remember", "request_scope",
+__all__ = ["ModelRuntime", "name_parameters", "parameter_name", "RuntimeIndex", "INDEX", "Caller", "current_caller", "remember", "RequestScope", "request_scope",
            "current_step", "current_runtime", "step_scope", "parent_step", "parent_grid", "parent_tracker",
            "enter_parent", "exit_parent",
            "new_generation", "generation", "is_declared", "sparse_stats", "cache_stats", "cache_report"]

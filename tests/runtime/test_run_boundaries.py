@@ -276,3 +276,39 @@ def test_step_cache_pieces_run_through_inductor(monkeypatch):
             x = x - 0.1 * out
     assert len(compiled_pieces) == 3  # head, body and tail, each once: not silently eager
     assert ditcompile.cache_stats(model)[0]["current"][0]["pattern"] == [True, False, False]
+
+
+# ---------------------------------------------------------------------- callers
+
+
+def test_kept_request_scopes_keep_interleaved_synchronous_requests_apart():
+    """A scheduler that steps several requests in turns in one thread (no asyncio)."""
+    model, inputs = wan()
+    compiled = torch.compile(model, backend="ditaccel", options=CACHE)
+    timesteps = torch.linspace(999, 50, 5)
+    with torch.no_grad():
+        alone = []
+        for seed in (0, 1):
+            with ditcompile.request_scope():
+                alone.append(euler(compiled, inputs, noise(seed), timesteps))
+        scopes = [ditcompile.request_scope(f"request {seed}", keep=True) for seed in (0, 1)]
+        xs, got = [noise(0), noise(1)], [[], []]
+        for t in timesteps:
+            for i, scope in enumerate(scopes):
+                with scope:
+                    got[i] += euler(compiled, inputs, xs[i], [t])
+                    assert ditcompile.cache_stats(model)[-1]["tracking"]["generation"] == 0  # one run each
+                xs[i] = xs[i] - 0.1 * got[i][-1]
+        for i, scope in enumerate(scopes):
+            for a, b in zip(got[i], alone[i]):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            scope.close()
+        with pytest.raises(RuntimeError, match="is closed"):
+            with scopes[0]:
+                pass
+    once = ditcompile.request_scope("once")
+    with once:
+        pass
+    with pytest.raises(RuntimeError, match=r"keep=True"):
+        with once:
+            pass
