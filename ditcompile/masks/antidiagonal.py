@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..geometry import BHSD, GridLike, TextSegment, TokenLayout, check_tensor_layout, seq_dim, to_bhsd
-from ..kernels.block_mask import BlockSparseMask, check_block_sizes
+from ..kernels.block_mask import check_block_sizes
 from .common import check_float, check_int
-from .pattern import SparsePattern
+from .pattern import SparsePattern, self_attention_mask
 from .policy import ChoiceInputs, PatternChoice, Policy
 
 __all__ = ["AntidiagonalParams", "ANTIDIAGONAL", "generate_antidiagonal_mask", "antidiagonal_block_mass",
@@ -167,10 +167,7 @@ def generate_antidiagonal_mask(
 
     mass = antidiagonal_block_mass(q, k, block_m=block_m, block_n=block_n, stride=stride, scale=scale, layout=layout)
     blocks = select_blocks(mass, _forced_blocks(q_len, block_m, block_n, text_range, mass.device), tau)
-    mask = BlockSparseMask.from_dense_block_mask(
-        blocks, block_m, block_n, q_len, kv_len, dense_q_range=text_range, dense_kv_range=text_range
-    )
-    return SparsePattern(mask, None, name="antidiagonal")
+    return SparsePattern(self_attention_mask(blocks, block_m, block_n, q_len, text_range), None, name="antidiagonal")
 
 
 def _forced_blocks(seq: int, block_m: int, block_n: int, text_range, device) -> Tensor:

@@ -31,6 +31,7 @@ from ..kernels.block_mask import BlockSparseMask
 
 __all__ = [
     "SparsePattern",
+    "self_attention_mask",
     "apply_permutation",
     "undo_permutation",
     "union",
@@ -56,6 +57,7 @@ class SparsePattern:
                 f"a SparsePattern is over one (self-attention) sequence: mask has q_len={self.mask.q_len} "
                 f"!= kv_len={self.mask.kv_len}"
             )
+        _check_every_query_attends(self.mask, self.name)
         inverse = None
         perm = self.permutation
         if perm is not None:
@@ -150,6 +152,35 @@ def _check_compatible(a: SparsePattern, b: SparsePattern, op: str) -> None:
         )
     if ma.device != mb.device:
         raise ValueError(f"cannot {op} patterns on different devices ({ma.device} vs {mb.device})")
+
+
+def self_attention_mask(blocks: Tensor, block_m: int, block_n: int, length: int,
+                        text: Optional[tuple[int, int]] = None) -> BlockSparseMask:
+    """The mask of a self-attention pattern over `length` tokens from its bool block mask
+    `blocks` ([B|1, H|1, NQB, NKB] or [NQB, NKB]), with the blocks that hold each token's own key
+    added (the diagonal, as the papers' masks have it: every query attends at least itself) and
+    the text rows/columns `text` dense. Every policy builds its masks here."""
+    if blocks.dim() == 2:
+        blocks = blocks[None, None]
+    pos = torch.arange(length, device=blocks.device)
+    if text is not None:
+        pos = pos[(pos < text[0]) | (pos >= text[1])]  # text rows and columns are dense anyway
+    own = torch.zeros(blocks.shape[-2:], dtype=torch.bool, device=blocks.device)
+    own[pos // block_m, pos // block_n] = True  # [NQB, NKB]: block (i, j) holds a token's own key
+    return BlockSparseMask.from_dense_block_mask(
+        (blocks | own).contiguous(), block_m, block_n, length, length, dense_q_range=text, dense_kv_range=text)
+
+
+def _check_every_query_attends(mask: BlockSparseMask, name: str) -> None:
+    """ValueError when a query block of `mask` attends no key at all (its output would be 0)."""
+    kv = mask.dense_kv_range
+    if kv is not None and kv[1] > kv[0]:
+        return  # every query attends the dense text keys
+    empty = (mask.kv_num_blocks == 0).nonzero()
+    if len(empty):
+        b, h, block = (int(x) for x in empty[0])
+        raise ValueError(f"sparse pattern {name!r}: query block {block} (batch {b}, head {h}) attends no key block; "
+                         f"its tokens' attention output would be 0 ({len(empty)} such blocks)")
 
 
 def _combine(a: SparsePattern, b: SparsePattern, op: str, fn, sep: str) -> SparsePattern:

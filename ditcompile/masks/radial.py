@@ -61,9 +61,9 @@ from typing import Optional
 import torch
 
 from ..geometry import GridLike, TextSegment, TokenLayout, device_key
-from ..kernels.block_mask import BlockSparseMask, check_block_sizes
+from ..kernels.block_mask import check_block_sizes
 from .common import check_bool, check_float, check_int
-from .pattern import SparsePattern
+from .pattern import SparsePattern, self_attention_mask
 from .policy import Policy
 
 __all__ = ["RadialParams", "RADIAL", "generate_radial_mask", "radial_frame_rule"]
@@ -138,10 +138,7 @@ def _radial_cached(
 ) -> SparsePattern:  # fmt: skip
     blocks = _radial_blocks(layout, block_m, block_n, band, decay_factor, sink, min_window, torch.device(device))
     text = layout.text_range
-    mask = BlockSparseMask.from_dense_block_mask(
-        blocks, block_m, block_n, layout.total, layout.total, dense_q_range=text, dense_kv_range=text
-    )
-    return SparsePattern(mask, None, name="radial")
+    return SparsePattern(self_attention_mask(blocks, block_m, block_n, layout.total, text), None, name="radial")
 
 
 def _segments(layout: TokenLayout, block: int, device: torch.device) -> tuple[torch.Tensor, ...]:

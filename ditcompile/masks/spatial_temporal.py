@@ -43,9 +43,9 @@ import torch
 from torch import Tensor
 
 from ..geometry import BHSD, GridLike, TextSegment, TokenLayout, device_key, to_bhsd
-from ..kernels.block_mask import BlockSparseMask, check_block_sizes
+from ..kernels.block_mask import check_block_sizes
 from .common import check_bool, check_int, shrink_classes
-from .pattern import SparsePattern, pattern_token_rows
+from .pattern import SparsePattern, self_attention_mask, pattern_token_rows
 from .policy import ChoiceInputs, PatternChoice, Policy
 
 __all__ = [
@@ -161,10 +161,7 @@ def generate_temporal_mask(
 
 def _pattern(layout: TokenLayout, blocks: Tensor, block_m: int, block_n: int, perm, name: str) -> SparsePattern:
     text = layout.text_range
-    mask = BlockSparseMask.from_dense_block_mask(
-        blocks, block_m, block_n, layout.total, layout.total, dense_q_range=text, dense_kv_range=text
-    )
-    return SparsePattern(mask, perm, name=name)
+    return SparsePattern(self_attention_mask(blocks, block_m, block_n, layout.total, text), perm, name=name)
 
 
 @functools.lru_cache(maxsize=32)

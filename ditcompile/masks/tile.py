@@ -36,9 +36,9 @@ import torch
 from torch import Tensor
 
 from ..geometry import GridLike, TextSegment, TokenLayout, device_key
-from ..kernels.block_mask import BlockSparseMask, check_block_sizes
+from ..kernels.block_mask import check_block_sizes
 from .common import check_triple, shrink_classes
-from .pattern import SparsePattern
+from .pattern import SparsePattern, self_attention_mask
 from .policy import Policy
 
 __all__ = ["TileParams", "TILE", "generate_tile_mask", "tile_permutation"]
@@ -135,10 +135,7 @@ def _tile_cached(
     tile_p = tile_of[perm]  # [S] tile of each permuted position
     blocks = shrink_classes(tile_p, tile_p, allowed, block_m, block_n)
     text = layout.text_range
-    mask = BlockSparseMask.from_dense_block_mask(
-        blocks, block_m, block_n, layout.total, layout.total, dense_q_range=text, dense_kv_range=text
-    )
-    return SparsePattern(mask, perm, name="tile")
+    return SparsePattern(self_attention_mask(blocks, block_m, block_n, layout.total, text), perm, name="tile")
 
 
 TILE = Policy(
