@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from ditcompile.geometry import TextSegment, TokenGrid, TokenLayout
 from ditcompile.kernels.block_mask import BlockSparseMask
-from ditcompile.masks import pattern_token_rows
+from ditcompile.masks import generate_radial_mask, generate_spatial_mask, intersection, pattern_token_rows, union
 from ditcompile.masks.pattern import SparsePattern, self_attention_mask
-from ditcompile.masks.policy import ChoiceInputs
+from ditcompile.masks.policy import ChoiceInputs, PatternChoice
 from ditcompile.masks.radial import RadialParams
 from ditcompile.masks.registry import POLICIES
 from ditcompile.ops.impl.sparse import run_choice
@@ -80,3 +80,22 @@ def test_a_pattern_whose_query_block_attends_nothing_is_refused():
     fixed = self_attention_mask(blocks, 16, 16, 32)
     assert fixed.to_dense_block_mask()[0, 0].tolist() == [[True, False], [False, True]]
     SparsePattern(fixed, name="fixed")
+
+
+@settings(max_examples=30, deadline=None)
+@given(frames=st.integers(1, 4), height=st.integers(1, 9), width=st.integers(1, 12),
+       block=st.sampled_from([16, 32, 64]), text=st.sampled_from([0, 5, 17]), seed=st.integers(0, 2**16),
+       combine=st.sampled_from(["union", "intersection"]))
+def test_composed_masks_keep_every_query_and_match_exact_masked_attention(frames, height, width, block, text, seed,
+                                                                         combine):
+    grid, segment = TokenGrid(frames, height, width, "t"), TextSegment("before", text, "t") if text else None
+    a = generate_radial_mask(grid, segment, block_m=block, block_n=block, band=1, decay_factor=0.2, sink=False)
+    b = generate_spatial_mask(grid, segment, block_m=block, block_n=block)
+    pattern = (union if combine == "union" else intersection)(a, b)
+    total = pattern.seq_len
+    allowed = pattern_token_rows(pattern, torch.arange(total))  # [1, 1, S, S]
+    assert allowed.diagonal(dim1=-2, dim2=-1).all()
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, HEADS, total, DIM, generator=g) for _ in range(3))
+    got = run_choice(q, k, v, "bhsd", None, PatternChoice((pattern,)), AttentionPlan())
+    torch.testing.assert_close(got, exact_masked_attention(q, k, v, allowed), rtol=1e-4, atol=1e-4)
