@@ -21,7 +21,6 @@ it (its carried hooks are reused, never doubled).
 from __future__ import annotations
 
 import inspect
-import logging
 import threading
 import weakref
 from typing import Any, Optional
@@ -31,9 +30,7 @@ import torch
 from ..geometry import MAIN_INPUT_NAMES, TIMESTEP_NAMES
 from .continuity import LatentView, latent_sample, latent_view
 from .state import Caller, current_caller, enter_parent, exit_parent, is_declared, name_parameters, on_new_generation
-from .steps import StepTracker, observe_call
-
-log = logging.getLogger("ditcompile")
+from .steps import StepTracker, observe_call, warn_once
 
 
 class StepHooks:
@@ -69,11 +66,9 @@ class StepHooks:
         info = tracker.observe(observe_call(timestep, main, conditions, view, tracker.take_pending()),
                                declared=is_declared(self.anchor))
         for text in (info.unknown_reason, info.note):
-            kind = text.split(" (")[0] if text else None
-            if kind and kind not in self._warned:
-                self._warned.add(kind)
-                log.warning("ditaccel track_steps(%s): %s%s", self.name, text,
-                            "; step-dependent plans take their safe path" if text == info.unknown_reason else "")
+            if text:
+                warn_once(self._warned, text, "ditaccel track_steps(%s): %s%s", self.name, text,
+                          "; step-dependent plans take their safe path" if text == info.unknown_reason else "")
         calls.append((enter_parent(info, self.grid(main), tracker), tracker, info, main if view is None else None))
 
     def grid(self, main: Any) -> Optional[tuple]:

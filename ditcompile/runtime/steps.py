@@ -56,12 +56,15 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from .continuity import HISTORY_STEPS, WHOLE, LatentView, continues, extra_part, latent_sample, tolerance_for
+
+log = logging.getLogger("ditcompile")
 
 MAX_BRANCHES = 8      # different conditionings per generation before a new generation is assumed
 MAX_EVALUATIONS = 4   # calls of one branch at one step before a new generation is assumed
@@ -120,7 +123,7 @@ class StepTracker:
         if self.restart_requested or self.generation < 0:
             self._start_generation("restart" if self.generation >= 0 else "first call")
         if obs.timestep is None:
-            self.events["unknown step: " + (obs.unknown_reason or "no timestep").split(" (")[0]] += 1  # by kind
+            self.events["unknown step: " + message_kind(obs.unknown_reason or "no timestep")] += 1
             return StepInfo(self.generation, None, self._branch_of(obs.condition), None,
                             obs.unknown_reason or "no timestep")
         if declared:
@@ -310,6 +313,20 @@ class StepTracker:
         return {"generation": self.generation, "events": dict(self.events)}
 
 
+def message_kind(text: str) -> str:
+    """The kind of a message: its text before any parenthesised values ("the timestep tensor (2,)
+    holds ..." -> "the timestep tensor"); warnings and event counts are per kind."""
+    return text.split(" (")[0]
+
+
+def warn_once(seen: set, text: str, message: str, *args: Any) -> None:
+    """`log.warning(message, *args)` the first time the kind of `text` is met (`seen` remembers)."""
+    kind = message_kind(text)
+    if kind not in seen:
+        seen.add(kind)
+        log.warning(message, *args)
+
+
 @functools.lru_cache(maxsize=32)
 def _projection(numel: int, device: str) -> torch.Tensor:
     """Fixed pseudo-random weights in [-1, 1] (float64) for fingerprinting tensors of `numel` elements."""
@@ -434,4 +451,5 @@ class GenerationState:
 
 
 __all__ = ["StepInfo", "Observation", "StepTracker", "GenerationState", "observe_call", "shape_text",
+           "message_kind", "warn_once",
            "MAX_BRANCHES", "MAX_EVALUATIONS"]

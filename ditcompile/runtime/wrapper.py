@@ -26,7 +26,7 @@ import torch
 
 from .continuity import LatentView, latent_sample
 from .state import INDEX, ModelRuntime, current_caller, is_declared, parent_step, parent_tracker, remember, step_scope
-from .steps import StepInfo, observe_call
+from .steps import StepInfo, observe_call, warn_once
 
 log = logging.getLogger("ditcompile")
 
@@ -181,7 +181,7 @@ class CallObserver:
         if info.step is None:
             self._warn_unknown(info.unknown_reason or "unknown")
         if info.note is not None:
-            self._warn_once(info.note, "ditaccel: %s: %s", self.name, info.note)
+            warn_once(self._warned, info.note, "ditaccel: %s: %s", self.name, info.note)
         return runtime, info, obs.shape
 
     def record_output(self, runtime: ModelRuntime, info: StepInfo, outputs: Sequence[Any]) -> None:
@@ -192,17 +192,10 @@ class CallObserver:
         if roles.output < len(outputs):
             runtime.tracker.record_output(info, latent_sample(outputs[roles.output], roles.view))
 
-    def _warn_once(self, text: str, message: str, *args: Any) -> None:
-        """Log once per kind of message (the text before any parenthesised values)."""
-        kind = text.split(" (")[0]
-        if kind not in self._warned:
-            self._warned.add(kind)
-            log.warning(message, *args)
-
     def _warn_unknown(self, reason: str) -> None:
         hint = (" -- if this is a regionally compiled block, call ditcompile.track_steps(model) on the model so "
                 "that its blocks share the step of each model call" if reason == "no timestep input" else "")
-        self._warn_once(reason, "ditaccel: %s: the denoising step of these calls is unknown (%s); step-dependent "
+        warn_once(self._warned, reason, "ditaccel: %s: the denoising step of these calls is unknown (%s); step-dependent "
                         "plans take their safe path (dense attention, every step computed)%s", self.name, reason, hint)
 
 
