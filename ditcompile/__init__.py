@@ -7,7 +7,7 @@ The backend is registered through an entry point, so importing this package is o
 """
 from .autotune import clear_tuning_cache
 from .backend import ditaccel_backend
-from .config import ConfigError, DitConfig, available_presets, resolve_config
+from .config import ConfigError, DitConfig, available_presets, check_options, resolve_config
 from .explain import explain
 from .masks import clear_mask_cache
 from .ops import clear_caches as _clear_op_caches
@@ -26,6 +26,6 @@ def clear_caches() -> None:
     clear_tuning_cache()
 
 
-__all__ = ["ditaccel_backend", "explain", "resolve_config", "DitConfig", "ConfigError", "available_presets",
+__all__ = ["ditaccel_backend", "explain", "check_options", "resolve_config", "DitConfig", "ConfigError", "available_presets",
            "new_generation", "generation", "request_scope", "track_steps", "cache_stats", "cache_report",
            "sparse_stats", "clear_caches"]

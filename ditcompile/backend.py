@@ -17,6 +17,7 @@ the report says why (option `strict=True` raises instead; tests use it).
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import copy
 import functools
 import logging
@@ -44,7 +45,9 @@ _REPORT_SINK: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("d
 def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, options: Any = None,
                      mode: Optional[str] = None) -> Callable:
     config = resolve_config(options)
-    mode = mode if mode and mode != "default" else config.mode
+    if mode and mode not in ("default", config.mode):  # torch.compile(mode=...) without options: checked like one
+        config = dataclasses.replace(config, mode=mode)
+    mode = config.mode
     report, compiled_gm, ctx = rewrite_graph(gm, example_inputs, config)
     needs_step = ctx is not None and step_dependent(compiled_gm)
     step_dependent_call = needs_step or (ctx is not None and ctx.runner_factory is not None)

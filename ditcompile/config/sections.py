@@ -1,20 +1,20 @@
 """The backend's options as frozen dataclasses: one section per feature, each field with its
 unit, default and effect. `loader.resolve_config` builds them from presets and user options and
-validates every value; the registries (`masks.POLICIES`, `step_cache_policies.CACHE_POLICIES`)
+validates every value (`fields.check_section`, called by each section's `__post_init__`, so a
+section built directly is checked too); the registries (`masks.POLICIES`, `step_cache_policies.CACHE_POLICIES`)
 give the accepted policy names and the policies' parameter dataclasses.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
+from ..kernels.block_mask import MIN_BLOCK
 from ..masks import POLICIES, get_policy
 from ..step_cache_policies import CACHE_POLICIES
-
-
-class ConfigError(ValueError):
-    """A bad `options` value: the message names the key and the accepted values."""
+from .errors import ConfigError
+from .fields import check_section
 
 
 def _choices(*values: str) -> dict:
@@ -26,18 +26,23 @@ def _choices(*values: str) -> dict:
 class GraphConfig:
     """Facts about the model the graph analysis cannot discover on its own."""
 
-    token_grid: Optional[tuple[int, ...]] = field(default=None, metadata={"length": 3, "positive": True})
+    PREFIX: ClassVar[str] = "graph."
+    token_grid: Optional[tuple[int, ...]] = field(default=None, metadata={"length": 3, "min": 1})
     """(frames, height, width) of the video tokens after patching; overrides discovery."""
     text_position: str = field(default="auto", metadata=_choices("auto", "before", "after", "none"))
     """Where text sits in joint attention; "auto" discovers it from the concatenation."""
+
+    def __post_init__(self) -> None:
+        check_section(self)
 
 
 @dataclass(frozen=True)
 class AttentionConfig:
     """The attention rewrite pass: every supported site becomes `ditaccel::attention`."""
 
+    PREFIX: ClassVar[str] = "attention."
     enabled: bool = True
-    skip: tuple[str, ...] = ()
+    skip: tuple[str, ...] = field(default=(), metadata={"regex": True})
     """Regular expressions (re.fullmatch) of module paths to leave untouched, e.g. "blocks\\.0\\..*"."""
     backend: str = field(default="sdpa", metadata=_choices("sdpa", "triton"))
     """Dense attention kernel on CUDA: "sdpa" (cuDNN/flash, the fastest dense here) or "triton"
@@ -46,11 +51,15 @@ class AttentionConfig:
     """"int8": SageAttention-style 8-bit attention (INT8 Q/K with K smoothing, FP8 P.V on sm89+);
     runs on the triton backend."""
 
+    def __post_init__(self) -> None:
+        check_section(self)
+
 
 @dataclass(frozen=True)
 class SparseConfig:
     """Sparse attention on video self-attention and the video part of joint attention."""
 
+    PREFIX: ClassVar[str] = "sparse."
     enabled: bool = False
     policy: str = field(default="radial", metadata={"choices": POLICIES})
     """A name in `masks.POLICIES`: radial (Radial Attention's static energy-decay mask),
@@ -60,11 +69,11 @@ class SparseConfig:
     """(policy name, its parameter dataclass) for each `[sparse.<policy>]` table given, e.g.
     {"sparse.radial": {"decay_factor": 0.2, "sink": true}}; set through those tables. Each
     policy's parameters are documented on its dataclass (masks.RadialParams, ...)."""
-    block_size: int = field(default=128, metadata={"min": 16})
-    """Mask block in tokens (query and key); a multiple of 16."""
+    block_size: int = field(default=128, metadata={"min": MIN_BLOCK, "multiple": MIN_BLOCK})
+    """Mask block in tokens (query and key); a multiple of 16 (the kernel's smallest tile)."""
     dense_steps: int = field(default=0, metadata={"min": 0})
     """Denoising steps that run dense at the start of each generation."""
-    dense_blocks: tuple[int, ...] = ()
+    dense_blocks: tuple[int, ...] = field(default=(), metadata={"min": 0})
     """Indices of transformer blocks whose attention stays dense."""
     min_tokens: int = field(default=0, metadata={"min": 0})
     """Sites with fewer video tokens stay dense."""
@@ -73,6 +82,16 @@ class SparseConfig:
     guard_budget: float = field(default=0.05, metadata={"min": 0.0})
     """Relative L2 error above which a site runs dense for the rest of the generation."""
     guard_rows: int = field(default=64, metadata={"min": 1})
+    """Query rows the guard samples per check."""
+
+    def __post_init__(self) -> None:
+        check_section(self)
+        for name, params in {**dict(self.policy_params), self.policy: self.params_for(self.policy)}.items():
+            try:
+                get_policy(name).check_block(params, self.block_size)
+            except ValueError as err:
+                raise ConfigError(f"option 'sparse.{name}' does not fit sparse.block_size={self.block_size}: "
+                                  f"{err}") from err
 
     def params_for(self, policy: str) -> Any:
         """The parameter dataclass of `policy`: from its table, else the policy's defaults."""
@@ -87,6 +106,7 @@ class CacheConfig:
     blocks), body (middle blocks) and tail (last `compute_last` blocks + output projection).
     """
 
+    PREFIX: ClassVar[str] = "cache."
     enabled: bool = False
     policy: str = field(default="fbcache", metadata={"choices": CACHE_POLICIES})
     """fbcache: relative L1 change of the first block's residual (ParaAttention / diffusers);
@@ -94,6 +114,7 @@ class CacheConfig:
     blocks, warm-up and a cap on consecutive cached steps (cache-dit); teacache: accumulated,
     polynomially rescaled relative L1 change of the first block's modulated input (TeaCache)."""
     threshold: float = field(default=0.05, metadata={"min": 0.0})
+    """Reuse while the policy's change signal stays below this (a finite number >= 0)."""
     compute_first: int = field(default=1, metadata={"min": 1})
     compute_last: int = field(default=0, metadata={"min": 0})
     warmup_steps: int = field(default=0, metadata={"min": 0})
@@ -102,17 +123,26 @@ class CacheConfig:
     """Most consecutive reused steps per branch (0: no limit)."""
     teacache_coefficients: tuple[float, ...] = ()
     """TeaCache rescaling polynomial, highest degree first; empty: no rescaling (identity)."""
-    teacache_signal: str = ""
+    teacache_signal: str = field(default="", metadata={"module": True})
     """Module whose output is TeaCache's signal (e.g. "condition_embedder.time_proj" for Wan,
     whose coefficients were fitted on the timestep projection); empty: the first block's
     timestep-modulated input (HunyuanVideo, Flux, Mochi)."""
     taylor_order: int = field(default=0, metadata={"min": 0, "max": 2})
     """TaylorSeer: 0 reuses the cached residual; 1 or 2 extrapolates it from its history."""
 
+    def __post_init__(self) -> None:
+        check_section(self)
+
 
 @dataclass(frozen=True)
 class DitConfig:
-    preset: Optional[str] = None
+    """The whole configuration. Built from options by `resolve_config` (defaults < preset < the
+    dict's entries); built directly, every field is checked the same way. `preset` is only the
+    label of where the values came from: `DitConfig(preset="wan2.1")` does not load the preset's
+    values; `resolve_config({"preset": "wan2.1", ...})` does."""
+
+    PREFIX: ClassVar[str] = ""
+    preset: Optional[str] = field(default=None, metadata={"preset": True})
     compiler: str = field(default="inductor", metadata=_choices("inductor", "eager"))
     """"inductor" compiles the rewritten graph; "eager" runs it as is (debugging, explain)."""
     mode: str = field(default="default", metadata=_choices(
@@ -122,20 +152,21 @@ class DitConfig:
     """Log the explain report at INFO level on the 'ditcompile' logger."""
     strict: bool = False
     """Raise when the analysis or a pass fails, instead of compiling the graph unchanged."""
-    inductor: tuple[tuple[str, Any], ...] = ()
+    inductor: tuple[tuple[str, Any], ...] = field(default=(), metadata={"inductor": True})
     """Inductor config patches, e.g. {"max_autotune": True} (keys of torch._inductor.config)."""
     graph: GraphConfig = GraphConfig()
     attention: AttentionConfig = AttentionConfig()
     sparse: SparseConfig = SparseConfig()
     cache: CacheConfig = CacheConfig()
 
+    def __post_init__(self) -> None:
+        check_section(self)
+
     def section(self, name: str) -> Any:
         return getattr(self, name)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(DitConfig) if dataclasses.is_dataclass(f.default)}
-
-
+SECTIONS = {f.name: type(f.default) for f in dataclasses.fields(DitConfig) if dataclasses.is_dataclass(f.default)}
 
 
 __all__ = ["ConfigError", "GraphConfig", "AttentionConfig", "SparseConfig", "CacheConfig", "DitConfig", "SECTIONS"]

@@ -18,6 +18,7 @@ helpers and union/intersection; :mod:`.draw` writes a PNG of a pattern (needs pi
 from .antidiagonal import AntidiagonalParams, antidiagonal_block_mass, generate_antidiagonal_mask
 from .draw import draw_pattern
 from .pattern import (
+    PatternInvariantError,
     SparsePattern,
     apply_permutation,
     intersection,
@@ -45,6 +46,7 @@ __all__ = [
     "union",
     "intersection",
     "pattern_token_rows",
+    "PatternInvariantError",
     "generate_radial_mask",
     "generate_spatial_mask",
     "generate_temporal_mask",

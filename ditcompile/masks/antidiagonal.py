@@ -211,11 +211,18 @@ def _choose_blocks(inputs: ChoiceInputs, tokens: TokenLayout, block: int, p: Ant
     return PatternChoice((pattern,))
 
 
+def _check_stride(p: AntidiagonalParams, block: int) -> None:
+    if block % p.stride:
+        raise ValueError(f"stride={p.stride} must divide the block size {block} (antidiagonal groups never "
+                         "straddle blocks)")
+
+
 ANTIDIAGONAL = Policy(
     name="antidiagonal",
     params=AntidiagonalParams,
     static_patterns=lambda tokens, block, p, device: (),
     choose=_choose_blocks,
     refresh_steps=lambda p: 0,
+    check_block=_check_stride,
     paper="XAttention (Xu et al., arXiv 2503.16428)",
 )

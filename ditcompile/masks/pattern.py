@@ -31,6 +31,7 @@ from ..kernels.block_mask import BlockSparseMask
 
 __all__ = [
     "SparsePattern",
+    "PatternInvariantError",
     "self_attention_mask",
     "apply_permutation",
     "undo_permutation",
@@ -38,6 +39,11 @@ __all__ = [
     "intersection",
     "pattern_token_rows",
 ]
+
+
+class PatternInvariantError(ValueError):
+    """A pattern breaks an invariant every plan keeps (each query attends at least one key).
+    The sparse pass and the executor answer it with dense attention and a reason in the report."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,14 +178,14 @@ def self_attention_mask(blocks: Tensor, block_m: int, block_n: int, length: int,
 
 
 def _check_every_query_attends(mask: BlockSparseMask, name: str) -> None:
-    """ValueError when a query block of `mask` attends no key at all (its output would be 0)."""
+    """PatternInvariantError when a query block of `mask` attends no key at all (its output would be 0)."""
     kv = mask.dense_kv_range
     if kv is not None and kv[1] > kv[0]:
         return  # every query attends the dense text keys
     empty = (mask.kv_num_blocks == 0).nonzero()
     if len(empty):
         b, h, block = (int(x) for x in empty[0])
-        raise ValueError(f"sparse pattern {name!r}: query block {block} (batch {b}, head {h}) attends no key block; "
+        raise PatternInvariantError(f"sparse pattern {name!r}: query block {block} (batch {b}, head {h}) attends no key block; "
                          f"its tokens' attention output would be 0 ({len(empty)} such blocks)")
 
 

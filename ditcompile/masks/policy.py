@@ -82,6 +82,8 @@ class Policy:
     static_patterns: (token layout, block size, params, device) -> patterns fixed by the geometry.
     choose: None for data-independent policies; else the run-time choice (see PatternChoice).
     refresh_steps: how many steps a data-dependent choice is reused (0: every call).
+    check_block: (params, block size) -> None; ValueError when the parameters cannot run with
+        that mask block size (checked with the options, before anything compiles).
     paper: where the method comes from.
     caches: the `functools.lru_cache`d factories holding its patterns (bounded; emptied by
         `masks.clear_mask_cache()`).
@@ -92,6 +94,7 @@ class Policy:
     static_patterns: StaticPatterns
     choose: Optional[Choose] = None
     refresh_steps: Callable[[Any], int] = lambda params: 0
+    check_block: Callable[[Any, int], None] = lambda params, block: None
     paper: str = ""
     caches: tuple = ()
 

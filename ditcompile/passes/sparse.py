@@ -14,7 +14,8 @@ The spec carries what the executor needs at run time: the policy and its paramet
 `[sparse.<policy>]` table), the token grid and text segment, the block size, the dense warm-up
 steps and the fidelity guard. A site that stays dense gets a decision saying why (cross or
 factorized attention, unknown grid, dense block, text length varying at run time, head dim over
-the kernel's limit); a sparse site's note gives its block density (data-independent policies).
+the kernel's limit, a pattern that would leave a query attending no key); a sparse site's note
+gives its block density (data-independent policies).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch.fx as fx
 from ..config import ConfigError, DitConfig, SparseConfig
 from ..graph.sites import JOINT, SELF, AttentionSite, GraphAnalysis
 from ..kernels.attention.flash_fwd import MAX_HEAD_DIM
-from ..masks import get_policy, params_json
+from ..masks import PatternInvariantError, get_policy, params_json
 from ..plans import SparseSpec
 from ..ops.attention import GRID_ARG
 from .base import PLANNED, DitPass, PassContext, PassReport, SiteDecision, attention_nodes, set_plan
@@ -51,12 +52,17 @@ class SparseAttentionPass(DitPass):
                 report.decisions.append(SiteDecision(index, site.module_path, PLANNED, plan=plan.describe(),
                                                      reason=f"dense: {why_not}"))
                 continue
-            plan = dataclasses.replace(plan, backend="triton", sparse=sparse_spec(site, ctx.analysis, cfg))
-            set_plan(node, plan)
+            sparse_plan = dataclasses.replace(plan, backend="triton", sparse=sparse_spec(site, ctx.analysis, cfg))
             try:
-                density = plan_density(plan.sparse)
+                density = plan_density(sparse_plan.sparse)
+            except PatternInvariantError as err:  # the pattern would leave queries attending nothing
+                report.decisions.append(SiteDecision(index, site.module_path, PLANNED, plan=plan.describe(),
+                                                     reason=f"dense: no valid sparse pattern ({err})"))
+                continue
             except ValueError as err:  # the policy cannot build a pattern for these settings
                 raise ConfigError(f"sparse.{cfg.policy} at {site.module_path}: {err}") from err
+            plan = sparse_plan
+            set_plan(node, plan)
             if from_parent_call(ctx.analysis):
                 unknown = ("step, token grid and block from the model call at run time (needs "
                            "ditcompile.track_steps(model); dense without it)")

@@ -20,6 +20,7 @@ class SiteState:
     choice: Optional[PatternChoice] = None              # the policy's last data-dependent choice
     choice_step: int = -1                               # the step it was made at
     density: Optional[float] = None                     # of the last sparse call
+    invalid_pattern: Optional[str] = None               # why the policy's pattern was refused (ran dense)
 
     def release(self) -> None:
         """Drop the device tensors this site holds (its counts stay)."""
@@ -28,7 +29,7 @@ class SiteState:
     def summary(self) -> dict:
         return {"sparse_calls": self.sparse_calls, "dense_calls": self.dense_calls,
                 "guard_errors": list(self.guard_errors), "dense_from_step": self.dense_from_step,
-                "density": self.density}
+                "density": self.density, "invalid_pattern": self.invalid_pattern}
 
 
 class SparseState(GenerationState):
@@ -45,7 +46,8 @@ class SparseState(GenerationState):
         out: dict = {}
         for (path, branch, shape), s in list(self.data.items()):
             total = out.setdefault(path, {"sparse_calls": 0, "dense_calls": 0, "guard_errors": [],
-                                          "dense_from_step": None, "density": None, "shapes": {}, "branches": {}})
+                                          "dense_from_step": None, "density": None, "invalid_pattern": None,
+                                          "shapes": {}, "branches": {}})
             total["sparse_calls"] += s.sparse_calls
             total["dense_calls"] += s.dense_calls
             total["guard_errors"] += s.guard_errors
@@ -54,6 +56,8 @@ class SparseState(GenerationState):
                 total["dense_from_step"] = s.dense_from_step
             if s.density is not None:
                 total["density"] = s.density
+            if s.invalid_pattern is not None:
+                total["invalid_pattern"] = s.invalid_pattern
             per_shape = total["shapes"].setdefault(shape_text(shape), {"sparse_calls": 0, "dense_calls": 0})
             per_shape["sparse_calls"] += s.sparse_calls
             per_shape["dense_calls"] += s.dense_calls

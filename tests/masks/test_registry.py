@@ -13,6 +13,7 @@ from ditcompile.kernels.block_mask import BlockSparseMask
 from ditcompile.masks import POLICIES, PatternChoice, Policy, SparsePattern, parse_params, params_json
 from ditcompile.ops import attention_op
 from ditcompile.plans import AttentionPlan, SparseSpec
+from ditcompile.runtime.state import ModelRuntime, StepInfo, step_scope
 from ditcompile.step_cache_policies import CACHE_POLICIES
 from tests.models.zoo import get_tiny_model
 
@@ -117,3 +118,56 @@ def test_a_policy_added_to_the_registry_runs_through_config_passes_and_op(band_p
     allowed = (block[:, None] - block[None, :]).abs() <= 1
     expected = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=allowed)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- a policy that breaks the invariant
+
+
+def _shift_patterns(layout, block, p, device):
+    """Query block i attends only kv block i + 1: the last query block attends nothing."""
+    n = -(-layout.total // block)
+    i = torch.arange(n)
+    blocks = (i[None, :] - i[:, None]) == 1  # [NQB, NKB]
+    mask = BlockSparseMask.from_dense_block_mask(blocks.to(device), block, block, layout.total, layout.total)
+    return (SparsePattern(mask, None, name="shift"),)
+
+
+@pytest.fixture
+def shift_policy(monkeypatch):
+    policy = Policy(name="shift", params=BandParams, static_patterns=_shift_patterns, paper="a broken test policy")
+    monkeypatch.setitem(POLICIES, "shift", policy)
+    yield policy
+    ditcompile.clear_caches()
+
+
+def test_a_pattern_that_drops_queries_is_refused_and_the_site_runs_dense_with_the_reason(shift_policy, caplog):
+    spec = get_tiny_model("wan2.1-tiny")
+    report = ditcompile.explain(spec.build(), **spec.make_inputs(), strict=True, options={
+        "preset": "wan2.1", "compiler": "eager", "sparse.enabled": True, "sparse.policy": "shift",
+        "sparse.block_size": 16, "sparse.dense_steps": 0, "sparse.dense_blocks": []})
+    rows = {r["module"]: r for r in report.graphs[0].rows()}
+    row = rows["blocks.0.attn1"]
+    assert row["plan"].startswith("dense") and "no valid sparse pattern" in row["note"]
+    assert "query block 17" in row["note"] and "attends no key block" in row["note"]
+
+    # at run time (a plan written for the policy): exact attention, warned once, never zero rows
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, 96, 16, generator=g) for _ in range(3))
+    plan = AttentionPlan(site_path="t.shift", backend="triton", sparse=SparseSpec(
+        policy="shift", params_json=json.dumps({"width": 0}), grid=(2, 4, 12), block_size=16))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ditcompile"):
+        out = attention_op(q, k, v, "bhsd", None, False, plan.to_json())
+        attention_op(q, k, v, "bhsd", None, False, plan.to_json())
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, expected)
+    warnings = [r for r in caplog.records if "attends no key block" in r.getMessage()]
+    assert len(warnings) == 1 and "runs dense" in warnings[0].getMessage()
+    # inside a model call the site's stats say why it ran dense
+    runtime = ModelRuntime()
+    with step_scope(StepInfo(0, 0, 0, 1.0), runtime):
+        inside = attention_op(q, k, v, "bhsd", None, False, plan.to_json())
+    torch.testing.assert_close(inside, expected)
+    stats = runtime.sparse.summary()["t.shift"]
+    assert (stats["sparse_calls"], stats["dense_calls"]) == (0, 1)
+    assert "query block 5" in stats["invalid_pattern"]

@@ -5,6 +5,8 @@ Called by `ditaccel::attention` for plans with a `SparseSpec`:
     step unknown (inside a compiled call)                         -> dense attention (the safe path)
     a block in spec.dense_blocks (a regional block, at run time)  -> dense attention
     step < spec.dense_steps, or the guard switched the site off  -> dense attention
+    the policy's pattern leaves a query attending no key          -> dense attention, warned once
+                                                                     (sparse_stats: "invalid_pattern")
     otherwise:
         statics = policy.static_patterns(token layout, block, params)       (cached by the factories)
         choice  = statics[0] for all heads, or policy.choose(q, k, v, ...)  (reused for
@@ -31,7 +33,7 @@ from torch import Tensor
 
 from ...geometry import TokenLayout, block_of, heads_dim, seq_dim, to_bhsd
 from ...kernels.block_mask import BlockSparseMask
-from ...masks import ChoiceInputs, PatternChoice, SparsePattern, apply_permutation, get_policy, undo_permutation
+from ...masks import ChoiceInputs, PatternChoice, PatternInvariantError, SparsePattern, apply_permutation, get_policy, undo_permutation
 from ...plans import AttentionPlan, SparseSpec
 from ...runtime.sparse_state import SiteState
 from ...runtime.state import current_runtime, current_step, parent_grid
@@ -78,7 +80,15 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Option
         if site is not None:
             site.dense_calls += 1
         return dense(q, k, v)
-    choice = pattern_choice(q, k, v, layout, scale, spec, tokens, site, step)
+    try:
+        choice = pattern_choice(q, k, v, layout, scale, spec, tokens, site, step)
+    except PatternInvariantError as err:  # never run a pattern that leaves queries attending nothing
+        warn_once((plan.site_path, "invariant"), "ditaccel: sparse attention at %s: %s; this site runs dense "
+                  "for this shape", path, err)
+        if site is not None:
+            site.dense_calls += 1
+            site.invalid_pattern = str(err)
+        return dense(q, k, v)
     out = run_choice(q, k, v, layout, scale, choice, plan)
     if site is not None:
         site.density = choice.density

@@ -1,0 +1,192 @@
+"""Every option is checked once, up front, whichever way it arrives (dict, dotted key, TOML,
+DitConfig built directly, dataclasses.replace, torch.compile's mode=): NaN/inf, ranges,
+multiples, types, policy parameters against the block size, and deep merges into presets."""
+import dataclasses
+import math
+import typing
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import ditcompile
+from ditcompile.config import (
+    SECTIONS, CacheConfig, ConfigError, DitConfig, SparseConfig, check_options, load_preset, resolve_config,
+)
+from ditcompile.masks import POLICIES
+
+
+def _fields_of_type(kind):
+    """(dotted key, field) of every section field whose type is `kind` (the schema, read independently)."""
+    out = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        out += [(f"{section}.{f.name}", f) for f in dataclasses.fields(cls) if hints[f.name] is kind]
+    return out
+
+
+FLOAT_FIELDS = _fields_of_type(float)
+INT_FIELDS = _fields_of_type(int)
+
+
+def test_the_schema_sweep_sees_the_fields_the_issue_names():
+    keys = {k for k, _ in FLOAT_FIELDS + INT_FIELDS}
+    assert {"cache.threshold", "sparse.guard_budget", "sparse.block_size", "cache.compute_first"} <= keys
+
+
+@pytest.mark.parametrize("key", [k for k, _ in FLOAT_FIELDS])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused_for_every_float_option(key, bad):
+    with pytest.raises(ConfigError, match=rf"option '{key}' must be a finite number, got {bad!r}"):
+        resolve_config({key: bad})
+
+
+@pytest.mark.parametrize("key", [k for k, _ in FLOAT_FIELDS + INT_FIELDS])
+@pytest.mark.parametrize("bad", [True, "1", None, [1]])
+def test_numbers_refuse_bools_strings_and_lists(key, bad):
+    with pytest.raises(ConfigError, match=f"option '{key}' must be"):
+        resolve_config({key: bad})
+
+
+@pytest.mark.parametrize("key, field", INT_FIELDS)
+def test_every_int_option_refuses_floats_and_values_below_its_minimum(key, field):
+    with pytest.raises(ConfigError, match=f"option '{key}' must be an integer, got 2.0"):
+        resolve_config({key: 2.0})
+    low = field.metadata.get("min")
+    if low is not None:
+        with pytest.raises(ConfigError, match=f"option '{key}' must be"):
+            resolve_config({key: low - 1})
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"cache.threshold": float("nan")}, "option 'cache.threshold' must be a finite number, got nan"),
+    ({"sparse.guard_budget": float("nan")}, "option 'sparse.guard_budget' must be a finite number"),
+    ({"sparse.block_size": 24}, "option 'sparse.block_size' must be a multiple of 16, got 24 (e.g. 16 or 32)"),
+    ({"sparse.block_size": 8}, "option 'sparse.block_size' must be >= 16, got 8"),
+    ({"sparse.antidiagonal.stride": 0}, "sparse.antidiagonal: stride must be an int >= 1, got 0"),
+    ({"sparse.spatial_temporal.num_samples": 0}, "sparse.spatial_temporal: num_samples must be an int >= 1, got 0"),
+    ({"sparse.radial.decay_factor": float("inf")}, "sparse.radial: decay_factor must be a number in (0.0, inf)"),
+    ({"sparse.tile.window": [3, 0, 3]}, "sparse.tile: window[height] must be an int >= 1, got 0"),
+    ({"sparse.block_size": 16, "sparse.antidiagonal": {"stride": 32}},
+     "option 'sparse.antidiagonal' does not fit sparse.block_size=16: stride=32 must divide the block size 16"),
+    ({"sparse.policy": "antidiagonal", "sparse.block_size": 48, "sparse.antidiagonal.stride": 32},
+     "stride=32 must divide the block size 48"),
+    ({"sparse.radial": {"decay": 0.3}}, "sparse.radial: unknown parameter(s) ['decay']"),
+    ({"sparse.nope": {}}, "unknown option 'sparse.nope'"),
+    ({"sparse.dense_blocks": [0, -1]}, "option 'sparse.dense_blocks[1]' must be >= 0, got -1"),
+    ({"cache.teacache_coefficients": [1.0, float("nan")]}, "option 'cache.teacache_coefficients[1]' must be a finite"),
+    ({"cache.teacache_signal": "time proj"}, "option 'cache.teacache_signal' must be a dotted module path"),
+    ({"mode": "max_autotune"}, "option 'mode' must be one of ['default', 'reduce-overhead', 'max-autotune'"),
+    ({"inductor": {"max_autotune": "yes"}}, "option 'inductor.max_autotune' must be true or false"),
+    ({"inductor": {"max_autotune": 1}}, "option 'inductor.max_autotune' must be true or false"),
+    ({"preset": 3}, "options['preset'] must be a preset name or TOML path, got 3"),
+    ({"sparse": {"radial": 0.3}}, "option 'sparse.radial' must be a dict of parameter names to values"),
+])
+def test_bad_values_name_the_key_and_what_is_accepted(options, message):
+    with pytest.raises(ConfigError) as err:
+        check_options(options)
+    assert message in str(err.value)
+
+
+def test_good_neighbours_of_the_bad_values_are_accepted():
+    config = check_options({"cache.threshold": 0, "sparse.block_size": 64, "sparse.antidiagonal.stride": 16,
+                            "sparse.guard_budget": 1e-3, "sparse.dense_blocks": [0, 3], "mode": "max-autotune",
+                            "inductor": {"max_autotune": True, "coordinate_descent_tuning": False},
+                            "cache.teacache_signal": "condition_embedder.time_proj"})
+    assert config.cache.threshold == 0.0 and isinstance(config.cache.threshold, float)
+    assert config.sparse.block_size == 64 and config.sparse.params_for("antidiagonal").stride == 16
+    assert config.sparse.dense_blocks == (0, 3) and config.mode == "max-autotune"
+
+
+@given(st.integers(-64, 1024))
+@settings(max_examples=60, deadline=None)
+def test_block_size_is_accepted_exactly_when_it_is_a_positive_multiple_of_16(block):
+    ok = block >= 16 and block % 16 == 0
+    if ok:
+        assert resolve_config({"sparse.block_size": block}).sparse.block_size == block
+    else:
+        with pytest.raises(ConfigError, match="option 'sparse.block_size' must be"):
+            resolve_config({"sparse.block_size": block})
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+@settings(max_examples=60, deadline=None)
+def test_threshold_is_accepted_exactly_when_finite_and_non_negative(value):
+    if math.isfinite(value) and value >= 0:
+        assert resolve_config({"cache.threshold": value}).cache.threshold == value
+    else:
+        with pytest.raises(ConfigError, match="option 'cache.threshold' must be"):
+            resolve_config({"cache.threshold": value})
+
+
+@pytest.mark.parametrize("override", [
+    {"sparse.radial.decay_factor": 0.3},                # dotted key into the preset's table
+    {"sparse": {"radial": {"decay_factor": 0.3}}},      # nested dict into the preset's table
+    {"sparse.radial": {"decay_factor": 0.3}},           # a table given under its dotted name
+])
+def test_overrides_merge_into_the_preset_tables_instead_of_replacing_them(override):
+    preset = load_preset("hunyuan_video")["sparse"]["radial"]
+    assert preset == {"sink": False}  # the value this test relies on (not the dataclass default True)
+    radial = resolve_config({"preset": "hunyuan_video", **override}).sparse.params_for("radial")
+    assert radial.decay_factor == 0.3 and radial.sink is False
+    wan = resolve_config({"preset": "wan2.1", **override}).sparse.params_for("radial")
+    assert wan.decay_factor == 0.3 and wan.sink is True
+    # the other keys of the preset's sections stay as well
+    config = resolve_config({"preset": "wan2.1", **override})
+    assert config.sparse.dense_steps == 10 and config.sparse.dense_blocks == (0,)
+
+
+def test_inductor_patches_merge_into_the_preset_patches(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[preset]\ndescription = "x"\nmodels = []\n[inductor]\nmax_autotune = true\n')
+    config = resolve_config({"preset": str(path), "inductor.coordinate_descent_tuning": True})
+    assert dict(config.inductor) == {"max_autotune": True, "coordinate_descent_tuning": True}
+
+
+def test_a_config_built_directly_is_checked_like_a_dict():
+    with pytest.raises(ConfigError, match="option 'cache.threshold' must be a finite number"):
+        CacheConfig(threshold=float("nan"))
+    with pytest.raises(ConfigError, match="option 'sparse.block_size' must be a multiple of 16"):
+        dataclasses.replace(SparseConfig(), block_size=24)
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        DitConfig(preset="nope")
+    with pytest.raises(ConfigError, match="option 'mode' must be one of"):
+        DitConfig(mode="fast")
+    with pytest.raises(ConfigError, match="unknown option 'cache.treshold'. Did you mean 'cache.threshold'"):
+        DitConfig(cache={"treshold": 0.1})
+    # sections may be given as dicts and lists are normalised, so equal configs compare equal
+    built = DitConfig(cache={"threshold": 1}, graph={"token_grid": [1, 2, 3]}, sparse={"radial": {"sink": False}})
+    assert built == resolve_config({"cache.threshold": 1.0, "graph.token_grid": (1, 2, 3), "sparse.radial.sink": False})
+    assert hash(built) == hash(resolve_config({"cache.threshold": 1.0, "graph.token_grid": (1, 2, 3),
+                                               "sparse.radial.sink": False}))
+    assert resolve_config(built) is built
+
+
+def test_every_policy_table_round_trips_and_rejects_unknown_parameters():
+    for name, policy in POLICIES.items():
+        config = resolve_config({f"sparse.{name}": dataclasses.asdict(policy.params())})
+        assert config.sparse.params_for(name) == policy.params()
+        with pytest.raises(ConfigError, match=rf"sparse.{name}: unknown parameter\(s\) \['bogus'\]"):
+            resolve_config({f"sparse.{name}.bogus": 1})
+
+
+def test_check_options_is_public_and_returns_what_the_backend_uses():
+    assert ditcompile.check_options is check_options
+    assert check_options({"preset": "wan2.1"}) == resolve_config("wan2.1")
+
+
+def _compile_error(**compile_kwargs):
+    model = torch.nn.Linear(4, 4)
+    compiled = torch.compile(model, backend="ditaccel", **compile_kwargs)
+    torch._dynamo.reset()
+    with pytest.raises(Exception) as err:
+        compiled(torch.randn(2, 4))
+    torch._dynamo.reset()
+    return err.value
+
+
+def test_the_error_through_torch_compile_names_the_key_and_the_accepted_values():
+    err = _compile_error(options={"compiler": "eager", "cache.threshold": float("nan")})
+    assert "option 'cache.threshold' must be a finite number, got nan" in str(err)
+    err = _compile_error(mode="max_autotune")
+    assert "option 'mode' must be one of ['default', 'reduce-overhead', 'max-autotune'" in str(err)
