@@ -14,7 +14,8 @@ device and shapes:
     dense plan        -> impl/dense.py (SDPA, the Triton kernel or its reference: select.py)
 
 Gradients: dense attention recomputed with SDPA (exact for dense plans; for approximate plans
--- int8, sparse -- the gradient of the exact attention, a straight-through estimate).
+-- int8, sparse -- the gradient of the exact attention, a straight-through estimate, warned once
+per site at the first backward).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ..geometry import check_tensor_layout
 from ..plans import AttentionPlan, parse_plan
 from .impl.dense import dense_attention, sdpa
 from .impl.sparse import sparse_attention
+from .select import warn_once
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, layout: str) -> None:
@@ -76,10 +78,25 @@ def _setup_context(ctx, inputs, output):
     q, k, v, layout, scale, is_causal, plan, grid = inputs
     ctx.save_for_backward(q, k, v)
     ctx.static = (layout, scale, is_causal)
+    parsed = parse_plan(plan)
+    ctx.approximate = approximate_kind(parsed)
+    ctx.site = parsed.site_path
+
+
+def approximate_kind(plan: AttentionPlan) -> Optional[str]:
+    """What makes `plan`'s forward differ from exact attention ("sparse", "int8"), or None."""
+    if plan.sparse is not None:
+        return "sparse"
+    return plan.quant if plan.quant != "none" else None
 
 
 def _backward(ctx, grad_out):
-    # Recompute dense attention under autograd: exact gradients for the dense plan.
+    # Recompute dense attention under autograd: exact gradients for the dense plan; for an
+    # approximate plan the gradient of exact attention (straight-through), said once per site.
+    if ctx.approximate is not None:
+        warn_once(("backward", ctx.site, ctx.approximate),
+                  "ditaccel: backward through %s attention at %s: the gradient is that of exact dense attention "
+                  "(straight-through), while the forward was approximate", ctx.approximate, ctx.site)
     q, k, v = (t.detach().requires_grad_(True) for t in ctx.saved_tensors)
     with torch.enable_grad():
         out = sdpa(q, k, v, *ctx.static)
@@ -94,4 +111,4 @@ attention_op = torch.ops.ditaccel.attention.default
 PLAN_ARG = 6  # position of `plan` in the op's arguments (q, k, v, layout, scale, is_causal, plan, grid)
 GRID_ARG = 7  # position of `grid` (the run-time token grid of a dynamic-shape graph, or absent)
 
-__all__ = ["attention", "attention_op", "run_plan", "PLAN_ARG", "GRID_ARG"]
+__all__ = ["attention", "attention_op", "run_plan", "approximate_kind", "PLAN_ARG", "GRID_ARG"]

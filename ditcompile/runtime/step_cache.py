@@ -9,7 +9,9 @@ The decision is the policy's (`step_cache_policies.CACHE_POLICIES`), made outsid
 region. State belongs to this runner (`CallObserver`: per model instance and caller), and within
 it to one CFG branch and one input shape (a call at a new resolution starts fresh state); it
 restarts with each generation. When the step is unknown every call computes the body (the safe
-path). The runner receives the pieces as plain data (`GraphSplit`, built by
+path). The step cache is for inference: a call that autograd records (grad mode on and an input
+or parameter requiring grad) also computes the body, stores nothing and warns once, so
+gradients are exact and no call's graph is kept alive by the cache. The runner receives the pieces as plain data (`GraphSplit`, built by
 `passes.step_cache.split`); it never imports the passes.
 """
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .state import step_scope
 from .wrapper import CallObserver
 
 log = logging.getLogger("ditcompile")
+
+_AUTOGRAD_WARNED: set = set()  # frames (or runners) already told that autograd turns caching off
 
 
 @dataclass
@@ -104,12 +108,17 @@ class StepCacheRunner:
                 signal = env[split.modulated_input]
             else:
                 signal = env[split.stream_after_head_blocks] - env[split.stream_before_blocks]
-            # unknown step: the safe path computes every call and keeps no history
+            # unknown step, or autograd recording: the safe path computes every call and keeps no
+            # history (stored residuals would hold this call's autograd graph)
+            recording = _autograd_recording(args)
+            if recording:
+                self._warn_autograd()
             history = list(branch.history)  # this call's view, whatever a reset elsewhere does
-            compute = info.step is None or decide(self.cfg, branch, signal, info.step) or not history
+            compute = (info.step is None or recording or decide(self.cfg, branch, signal, info.step)
+                       or not history)
             if compute:
                 env.update(zip(split.body.outputs, self.body(*[env[k] for k in split.body.inputs])))
-                if info.step is not None:
+                if info.step is not None and not recording:
                     residuals = [env[o] - env[i] for i, o in split.streams]
                     # a second evaluation of a step (Heun) replaces that step's residuals
                     kept = [(s, r) for s, r in history if s != info.step]
@@ -124,6 +133,22 @@ class StepCacheRunner:
             outputs = self.tail(*[env[k] for k in split.tail.inputs])
         self.observer.record_output(runtime, info, outputs)
         return outputs
+
+    def _warn_autograd(self) -> None:
+        key = self.observer.frame if self.observer.frame is not None else id(self)  # once per frame
+        if key not in _AUTOGRAD_WARNED:
+            if len(_AUTOGRAD_WARNED) > 1024:
+                _AUTOGRAD_WARNED.clear()
+            _AUTOGRAD_WARNED.add(key)
+            log.warning("ditaccel step cache: autograd is recording this call (grad mode on and an input or "
+                        "parameter requires grad), so every step is computed and gradients are exact; the step "
+                        "cache reuses steps only under torch.no_grad() or torch.inference_mode() (inference)")
+
+
+def _autograd_recording(args: tuple) -> bool:
+    """True when this call builds an autograd graph: grad mode on and a tensor input (the compiled
+    graph's inputs include the parameters) requires grad."""
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
 __all__ = ["GraphSplit", "Piece", "StepCacheRunner", "decide"]

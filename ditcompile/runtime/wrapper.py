@@ -159,6 +159,7 @@ class CallObserver:
     def __init__(self, roles: CallRoles, name: str = "graph", config: Any = None, frame: Any = None) -> None:
         self.roles = roles
         self.name = name
+        self.frame = frame
         trackers = frame_trackers(frame, config, name) if frame is not None else None
         self.runtimes = RuntimeTable(name=name, config=config, trackers=trackers)
         self._warned: set[str] = set()
