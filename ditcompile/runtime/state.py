@@ -230,7 +230,18 @@ def request_scope(name: str = "request", keep: bool = False) -> RequestScope:
     state lives until `scope.close()` (or until the scope is dropped). Entering a scope made
     without `keep` a second time raises RuntimeError (its state was released at the first exit).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"request_scope(name): name must be a string, got {name!r}")
+    if not isinstance(keep, bool):
+        raise TypeError(f"request_scope(keep): keep must be True or False, got {keep!r}")
     return RequestScope(name, keep)
+
+
+def check_model(model: Any, function: str) -> None:
+    """TypeError unless `model` is an nn.Module (a `torch.compile` wrapper of one is an nn.Module)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"ditcompile.{function}(model): model must be a torch.nn.Module (or the torch.compile "
+                        f"wrapper of one), got {type(model).__name__}")
 
 
 # ----------------------------------------------------------------------------- step context
@@ -312,6 +323,7 @@ def new_generation(model: Any, all_callers: bool = False) -> int:
     Returns how many runtime states were reset (0 if the model has not run through a ditaccel
     graph that tracks steps yet: the next call then starts a generation anyway).
     """
+    check_model(model, "new_generation")
     caller = None if all_callers else current_caller()
     states = [s for s in INDEX.for_model(model) if caller is None or (s.caller is not None and s.caller() is caller)]
     for state in states:
@@ -339,6 +351,7 @@ def generation(model: Any) -> Iterator[None]:
     another evaluation or CFG branch. Use it for one sampling run; it is what makes stochastic
     samplers (SDE, ancestral), whose latents do not continue from step to step, keep their
     step-dependent plans."""
+    check_model(model, "generation")
     new_generation(model)
     params = frozenset(id(p) for m in (model, getattr(model, "_orig_mod", None)) if isinstance(m, torch.nn.Module)
                        for p in m.parameters())
@@ -353,6 +366,7 @@ def generation(model: Any) -> Iterator[None]:
 def _runtimes(model: Any) -> list[ModelRuntime]:
     """The runtimes of `model`: of every compiled callable for a module, of that wrapper's own
     callables for a `torch.compile` wrapper whose ditaccel options can be read."""
+    check_model(model, "sparse_stats / cache_stats / cache_report")
     runtimes = INDEX.for_model(model)
     config = _wrapper_config(model)
     return runtimes if config is None else [r for r in runtimes if r.config == config]

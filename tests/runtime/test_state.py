@@ -1,6 +1,7 @@
 """Typed run-time state: one slot per feature, reset together, summarised per generation and shape."""
 import gc
 
+import pytest
 import torch
 
 import ditcompile
@@ -108,3 +109,19 @@ def test_a_request_scope_has_its_own_runtime_and_releases_its_tensors_at_exit():
         inside.step_cache.record(branch, True)
     assert branch.history == [] and list(inside.step_cache.finished) == [] and inside.step_cache.data  # summary kept
     assert table.get(param) is outside
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ditcompile.new_generation(3), lambda: ditcompile.sparse_stats(None), lambda: ditcompile.cache_stats("m"),
+    lambda: ditcompile.cache_report(object()), lambda: ditcompile.generation(lambda x: x).__enter__(),
+])
+def test_model_arguments_that_are_not_modules_get_a_type_error_naming_the_function(call):
+    with pytest.raises(TypeError, match=r"ditcompile\.\w+.*\(model\): model must be a torch.nn.Module"):
+        call()
+
+
+def test_request_scope_checks_its_arguments():
+    with pytest.raises(TypeError, match="name must be a string, got 3"):
+        ditcompile.request_scope(3)
+    with pytest.raises(TypeError, match="keep must be True or False, got 'yes'"):
+        ditcompile.request_scope("r", keep="yes")
