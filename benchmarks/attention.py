@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ditcompile.autotune import TuneSettings, cuda_median_ms
+from ditcompile.fileio import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -136,8 +137,10 @@ def flex_block_mask(mask, eager: bool):
         dense_blocks = mask.to_dense_block_mask()  # [1, H, NQB, NKB]
         bm, bn = mask.block_m, mask.block_n
 
-        def mask_mod(b, h, q_idx, kv_idx):
+        def block_mask_mod(b, h, q_idx, kv_idx):
             return dense_blocks[0, h, q_idx // bm, kv_idx // bn]
+
+        mask_mod = block_mask_mod
 
     return BlockMask.from_kv_blocks(
         torch.zeros_like(mask.kv_num_blocks), torch.zeros_like(mask.kv_indices),
@@ -356,7 +359,7 @@ def main(argv=None) -> int:
         "elapsed_s": round(time.perf_counter() - bench.start, 1),
         "results": [asdict(r) for r in bench.results],
     }
-    out.write_text(json.dumps(payload, indent=2))
+    atomic_write_text(out, json.dumps(payload, indent=2))
     print(f"\nwrote {out} ({payload['elapsed_s']} s)")
     return 0
 

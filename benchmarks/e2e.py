@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _e2e_models import MODELS, ModelSpec, build_model, model_kwargs, parameter_count  # noqa: E402
 
+from ditcompile.fileio import atomic_path, atomic_write_text  # noqa: E402
 from ditcompile.masks import POLICIES as SPARSE_POLICIES  # noqa: E402
 from ditcompile.step_cache_policies import CACHE_POLICIES  # noqa: E402
 DEFAULT_MODELS = "wan2.1-1.3b"
@@ -572,7 +573,8 @@ def write_chart(rows: list[Row], path: Path) -> str:
             ax.text(v, y, f" {v:.2f}x", va="center")
         ax.set_title(title)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
         plt.close(fig)
         return f"wrote {path} (matplotlib)"
     except ImportError:
@@ -597,7 +599,8 @@ def write_chart(rows: list[Row], path: Path) -> str:
         draw.text((label_w + int(v * scale) + 5, y + 4), f"{v:.2f}x", fill="black", font=font)
     x1 = label_w + int(scale)
     draw.line([x1, top - 4, x1, top + row_h * len(bars)], fill="black")  # 1.0x
-    img.save(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return f"wrote {path} (pillow)"
 
 
@@ -740,7 +743,7 @@ def main(argv=None) -> int:
     def save() -> float:  # after every variant, so a run cut short still leaves its rows
         payload = {"environment": env, "args": vars(args), "reference": REFERENCE,
                    "elapsed_s": round(budget.elapsed(), 1), "models": models, "rows": [asdict(r) for r in rows]}
-        out.write_text(json.dumps(payload, indent=2, default=str))
+        atomic_write_text(out, json.dumps(payload, indent=2, default=str))
         return payload["elapsed_s"]
 
     for name in names:

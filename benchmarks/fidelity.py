@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import ditcompile
 from ditcompile.config import resolve_config
+from ditcompile.fileio import atomic_path, atomic_write_text
 from ditcompile.fidelity.attention import capture_attention
 from ditcompile.fidelity.model import load_fidelity_model, sample, text_embeddings, token_grid
 from ditcompile.fidelity.videos import generate_videos, label_name
@@ -133,7 +134,8 @@ def strip(videos: list[torch.Tensor], path: Path, scale: int = 3) -> None:
     array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     picture = Image.fromarray(array)
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    picture.save(path)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
 
 
 def main(argv=None) -> int:
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         model = load_fidelity_model(args.weights, device=device)
-    except (FileNotFoundError, RuntimeError) as err:
+    except (OSError, ValueError) as err:  # missing file, WeightsFileError (corrupt, wrong tensors, checksum)
         print(f"fidelity.py: cannot load the fidelity model: {err}", file=sys.stderr)
         return 2
     grid = token_grid()
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
             platform.processor() or "cpu", "torch": torch.__version__, "steps": args.steps, "labels": labels,
             "label_names": [label_name(label) for label in labels], "rows": list(strips), "strips": strip_paths,
             "command": " ".join(sys.argv)}
-    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    atomic_write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"wrote {args.out} and {', '.join(strip_paths)} (rows: {', '.join(strips)})")
     return 0
 

@@ -1,26 +1,37 @@
 """The `ditaccel` command.
 
-    ditaccel demo    [--model wan2.1-tiny] [--steps 10] [--compiler inductor|eager] [--device auto]
-    ditaccel explain --model wan2.1-tiny [--preset NAME] [-o key=value ...] [--json]
-    ditaccel masks   --preset wan2.1 [--resolution 480x832x81 | --grid 21x30x52] [-o sparse.policy=tile]
-    ditaccel presets
+    ditaccel [-v] demo    [--model wan2.1-tiny] [--steps 10] [--compiler inductor|eager] [--device auto]
+    ditaccel [-v] explain --model wan2.1-tiny [--preset NAME] [--batch 1] [-o key=value ...] [--json]
+    ditaccel [-v] masks   --preset wan2.1 [--resolution 480x832x81 | --grid 21x30x52] [--text N] [--out DIR]
+                          [-o sparse.policy=tile]
+    ditaccel [-v] presets
 
 `--model` takes a built-in example model (`ditcompile.models`) or `package.module:NAME`, an
 object with `build()`, `make_inputs(...)` and `preset` (e.g. a `ditcompile.models.TinyModel`).
+
+Every argument is checked before anything runs (argparse types and choices below; `--preset`
+and the `-o` overrides through `resolve_config`). Exit status: 0 done, 1 a run-time failure (no
+CUDA, a file that cannot be written, a missing optional package, ...), 2 a usage error (a bad
+argument or option), 130 interrupted. Errors are one line on stderr; `-v/--verbose` adds the
+traceback (and logs the backend's report).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
+import os
+import re
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from .config import ConfigError, available_presets, preset_metadata, resolve_config
-from .demo import run_demo
+from .demo import resolve_device, run_demo
 from .explain import explain
 from .geometry import TextSegment, TokenLayout
 from .masks import draw_pattern, get_policy
@@ -31,12 +42,179 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    """'graph.token_grid=[1,4,4]' -> ('graph.token_grid', [1, 4, 4]); bare words are strings."""
+# Optional third-party packages a command may need: import name -> what to pip install.
+OPTIONAL_PACKAGES = {"diffusers": "ditaccel[diffusers]", "PIL": "pillow", "safetensors": "safetensors",
+                     "triton": "ditaccel[triton]", "matplotlib": "matplotlib"}
+
+
+class UsageError(Exception):
+    """A bad argument (or combination of arguments) found after parsing: exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument types: each returns the parsed value or raises argparse.ArgumentTypeError, which argparse
+# reports as "argument --NAME: <message>" with exit status 2.
+# --------------------------------------------------------------------------------------------------
+
+
+def _integer(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text, 10)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a decimal integer >= 1.
+
+    Raises:
+        argparse.ArgumentTypeError: "must be an integer >= 1, got 0" (also for '1.5', 'abc').
+    """
+    return _integer(text, 1, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a decimal integer >= 0.
+
+    Raises:
+        argparse.ArgumentTypeError: "must be an integer >= 0, got -1" (also for '1.5', 'abc').
+    """
+    return _integer(text, 0, "an integer >= 0")
+
+
+def float_in_range(low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False,
+                   high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in [low, high] (``low_open``/``high_open`` exclude the ends).
+
+    ``None`` leaves that side unbounded. The type function raises ``argparse.ArgumentTypeError``
+    ("must be a finite number in (0, 1], got nan") for NaN, infinities, non-numbers and values
+    out of range.
+    """
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    span = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be a finite number in {span}, got {text!r}") from None
+        ok = math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be a finite number in {span}, got {text}")
+        return value
+
+    parse.__name__ = f"float in {span}"
+    return parse
+
+
+def _writable_dir(directory: Path) -> Optional[str]:
+    """Why files cannot be created in ``directory`` (None when they can)."""
+    if not directory.exists():
+        return f"folder {directory} does not exist"
+    if not directory.is_dir():
+        return f"{directory} is not a folder"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"folder {directory} is not writable"
+    return None
+
+
+def output_file(text: str) -> Path:
+    """argparse type: a file path that can be written: its folder exists and is writable, and the
+    path is not a folder.
+
+    Raises:
+        argparse.ArgumentTypeError: naming the path and what is wrong.
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("must be a file path, got ''")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder, not a file")
+    problem = _writable_dir(path.parent if str(path.parent) else Path("."))
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {problem}")
+    return path
+
+
+def output_dir(text: str) -> Path:
+    """argparse type: a folder to write into: an existing writable folder, or a new one whose
+    nearest existing parent is a writable folder (the command creates it).
+
+    Raises:
+        argparse.ArgumentTypeError: naming the path and what is wrong (e.g. a parent is a file).
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("must be a folder path, got ''")
+    path = Path(text).expanduser()
+    if path.exists():
+        problem = _writable_dir(path)
+    else:
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        problem = _writable_dir(ancestor)
+        if problem:
+            problem = f"cannot create it: {problem}"
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write into {path}: {problem}")
+    return path
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+")
+
+
+def device_arg(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. (Whether that device exists is
+    checked when the command runs: a missing GPU is a run-time failure, not a usage error.)
+
+    Raises:
+        argparse.ArgumentTypeError: listing the accepted spellings.
+    """
+    if not _DEVICE.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (N >= 0), got {text!r}")
+    return text.strip()
+
+
+def dims3(layout: str) -> Callable[[str], tuple[int, int, int]]:
+    """An argparse type for three positive integers written AxBxC; ``layout`` names them in the
+    messages (e.g. "FRAMESxHEIGHTxWIDTH"). Raises ``argparse.ArgumentTypeError`` otherwise."""
+
+    def parse(text: str) -> tuple[int, int, int]:
+        parts = text.lower().split("x")
+        try:
+            values = tuple(int(p, 10) for p in parts)
+        except ValueError:
+            values = ()
+        if len(values) != 3 or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"must look like {layout} with three integers >= 1, got {text!r}")
+        return values  # type: ignore[return-value]
+
+    parse.__name__ = layout
+    return parse
+
+
+def option_override(text: str) -> tuple[str, Any]:
+    """argparse type for ``-o KEY=VALUE``: 'graph.token_grid=[1,4,4]' -> ('graph.token_grid', [1, 4, 4]).
+
+    The value is read as TOML (numbers, booleans, lists, quoted strings); anything else is a bare
+    string. Whether the key and value are accepted is checked by ``resolve_config`` once all
+    arguments are parsed. Raises ``argparse.ArgumentTypeError`` without ``=`` or with no key.
+    """
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"option {text!r} must look like key=value, e.g. compiler=eager")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise argparse.ArgumentTypeError(f"option {text!r} has no key before '='")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -44,52 +222,93 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _options(args: argparse.Namespace, default_preset: Optional[str]) -> dict:
-    options: dict = {}
-    preset = args.preset or default_preset
-    if preset:
-        options["preset"] = preset
-    for key, value in args.option or []:
-        options[key] = value
-    return options
+_parse_override = option_override  # the old name
 
 
-def _model_spec(parser: argparse.ArgumentParser, name: str) -> Any:
-    """The model `--model` names; a parser error listing the built-in names otherwise."""
+def model_arg(name: str) -> Any:
+    """argparse type: a built-in model name or ``package.module:NAME`` -> the model spec.
+
+    Raises:
+        argparse.ArgumentTypeError: unknown name, or the module/attribute cannot be loaded.
+    """
     try:
         return load_model_spec(name)
     except KeyError:
         reason = "not a built-in model"
     except ValueError as err:
         reason = str(err)
-    parser.error(f"unknown model {name!r} ({reason}); choose from {sorted(list_tiny_models())} "
-                 "or give package.module:NAME")
+    raise argparse.ArgumentTypeError(f"unknown model {name!r} ({reason}); choose from "
+                                     f"{sorted(list_tiny_models())} or give package.module:NAME")
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {key: value for key, value in (getattr(args, "option", None) or [])}
+
+
+def _options(args: argparse.Namespace, default_preset: Optional[str]) -> dict:
+    options: dict = {}
+    preset = getattr(args, "preset", None) or default_preset
+    if preset:
+        options["preset"] = preset
+    options.update(_overrides(args))
+    return options
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Validate --preset and the -o overrides up front (UsageError naming the argument)."""
+    if not hasattr(args, "option"):
+        return
+    if getattr(args, "preset", None):
+        try:
+            resolve_config({"preset": args.preset})
+        except ConfigError as err:
+            raise UsageError(f"argument --preset: {err}") from err
+    if args.command == "demo":
+        options = dict(_options(args, args.model.preset), compiler=args.compiler)
+    elif args.command == "explain":
+        options = _options(args, args.model.preset)
+    else:
+        options = _options(args, None)
+    try:
+        args.config = resolve_config(options)
+    except ConfigError as err:
+        raise UsageError(f"argument -o/--option: {err}") from err
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    result = run_demo(args.model_spec, steps=args.steps, compiler=args.compiler, device=args.device,
-                      options={k: v for k, v in (args.option or [])})
+    device = resolve_device(args.device, hint="use --device cpu")
+    result = run_demo(args.model, steps=args.steps, compiler=args.compiler, device=device, options=_overrides(args))
     print(result.report)
     print()
     print(result.format())
-    return 0
+    return EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    spec = args.model_spec
+    spec = args.model
     model = spec.build()
     inputs = spec.make_inputs(batch_size=args.batch, seed=0, dtype=torch.float32, device="cpu")
     report = explain(model, **inputs, options=_options(args, spec.preset))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
-    return 0
+    return EXIT_OK
 
 
-def grid_for_resolution(preset: str, resolution: str) -> tuple[int, int, int]:
-    """Video tokens after the VAE and patching, e.g. wan2.1 at 480x832x81 -> (21, 30, 52)."""
+def grid_for_resolution(preset: str, resolution: str | Sequence[int]) -> tuple[int, int, int]:
+    """Video tokens after the VAE and patching, e.g. wan2.1 at 480x832x81 -> (21, 30, 52).
+
+    ``resolution``: "HEIGHTxWIDTHxFRAMES" or (height, width, frames). Raises ``ConfigError`` for a
+    malformed resolution or a preset without ``vae_stride``/``patch_size``.
+    """
     meta = preset_metadata(preset)
     try:
-        height, width, frames = (int(x) for x in resolution.lower().split("x"))
-    except ValueError as err:
+        parts = resolution.lower().split("x") if isinstance(resolution, str) else resolution
+        height, width, frames = (int(x) for x in parts)
+    except (ValueError, TypeError) as err:
         raise ConfigError(f"--resolution must look like HEIGHTxWIDTHxFRAMES (e.g. 480x832x81), got {resolution!r}") from err
     if "vae_stride" not in meta or "patch_size" not in meta:
         raise ConfigError(f"preset {preset!r} has no vae_stride/patch_size; give --grid FxHxW instead")
@@ -97,19 +316,35 @@ def grid_for_resolution(preset: str, resolution: str) -> tuple[int, int, int]:
     return ((frames - 1) // vt + 1) // pt, height // vh // ph, width // vw // pw
 
 
-def cmd_masks(args: argparse.Namespace) -> int:
-    config = resolve_config(_options(args, None))
-    meta = preset_metadata(args.preset) if args.preset else {}
+def _masks_grid(args: argparse.Namespace, meta: dict) -> tuple[int, int, int]:
     if args.grid:
-        try:
-            grid = tuple(int(x) for x in args.grid.lower().split("x"))
-            assert len(grid) == 3
-        except (ValueError, AssertionError) as err:
-            raise ConfigError(f"--grid must look like FRAMESxHEIGHTxWIDTH (e.g. 21x30x52), got {args.grid!r}") from err
-    elif args.preset:
-        grid = grid_for_resolution(args.preset, args.resolution or meta.get("default_resolution", ""))
+        return args.grid
+    if not args.preset:
+        raise UsageError("give --preset (with optional --resolution) or --grid FRAMESxHEIGHTxWIDTH")
+    if args.resolution:
+        height, width, frames = args.resolution
+        resolution, source = f"{height}x{width}x{frames}", "argument --resolution"
     else:
-        raise ConfigError("give --preset (with optional --resolution) or --grid")
+        resolution, source = meta.get("default_resolution", ""), f"preset {args.preset!r}'s default_resolution"
+        if not resolution:
+            raise UsageError(f"preset {args.preset!r} has no default_resolution: give --resolution "
+                             "HEIGHTxWIDTHxFRAMES or --grid FRAMESxHEIGHTxWIDTH")
+    try:
+        grid = grid_for_resolution(args.preset, resolution)
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+    if min(grid) < 1:
+        raise UsageError(f"{source}: {resolution} gives a token grid of {'x'.join(map(str, grid))} after the VAE "
+                         f"stride {meta['vae_stride']} and patch {meta['patch_size']}; give a larger resolution")
+    return grid
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    config = args.config
+    meta = preset_metadata(args.preset) if args.preset else {}
+    if args.resolution and not args.preset:
+        raise UsageError("argument --resolution: needs --preset (its VAE stride and patch size); or give --grid")
+    grid = _masks_grid(args, meta)
     text_tokens = args.text if args.text is not None else int(meta.get("text_tokens", 0))
     position = config.graph.text_position if config.graph.text_position in ("before", "after") else "after"
     text = TextSegment(position, text_tokens, "cli") if text_tokens else None
@@ -118,80 +353,154 @@ def cmd_masks(args: argparse.Namespace) -> int:
     statics = policy.static_patterns(TokenLayout.of(grid, text), sparse.block_size, sparse.params_for(policy.name),
                                      "cpu")
     if not statics:
-        print(f"ditaccel masks: policy {sparse.policy!r} chooses blocks from each call's q and k (data-dependent); "
-              "there is no static mask to draw", file=sys.stderr)
-        return 2
+        raise UsageError(f"policy {sparse.policy!r} chooses blocks from each call's q and k (data-dependent); "
+                         "there is no static mask to draw; choose another with -o sparse.policy=NAME")
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot create the output folder {out_dir} ({err.strerror})") from err
     name = Path(args.preset).name.removesuffix(".toml") if args.preset else "grid"
     stem = f"{name}_{sparse.policy}_{grid[0]}x{grid[1]}x{grid[2]}"
     patterns = {stem if len(statics) == 1 else f"{stem}_{p.name}": p for p in statics}
     for name, pattern in patterns.items():
         path = out_dir / f"{name}.png"
-        draw_pattern(pattern, path, title=name)
+        draw_pattern(pattern, path, title=name)  # atomic: an interrupted run keeps the previous PNG
         print(f"{path}: grid {grid[0]}x{grid[1]}x{grid[2]}, text {text_tokens}, block {sparse.block_size}, "
               f"density {pattern.density:.3f}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in available_presets():
         meta = preset_metadata(name)
         print(f"{name:<15} {meta.get('description', '')}  [{', '.join(meta.get('models', []))}]")
-    return 0
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser and main
+# --------------------------------------------------------------------------------------------------
+
+_VERBOSE_HELP = "log the backend's report (INFO) and show the traceback of an error"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ditaccel", description="torch.compile backend for Diffusion Transformers")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log the backend's report (INFO)")
+    parser = argparse.ArgumentParser(prog="ditaccel", description="torch.compile backend for Diffusion Transformers",
+                                     epilog="exit status: 0 done, 1 run-time failure, 2 bad arguments, 130 interrupted")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
+    # `-v` is accepted after the command too (default SUPPRESS: it does not reset the global flag)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
+    models = ", ".join(list_tiny_models())
 
-    demo = sub.add_parser("demo", help="denoising loop on a tiny random DiT: eager vs ditaccel")
-    demo.add_argument("--model", default="wan2.1-tiny",
-                      help=f"a built-in model ({', '.join(list_tiny_models())}) or package.module:NAME")
-    demo.add_argument("--steps", type=int, default=10)
+    demo = sub.add_parser("demo", parents=[common], help="denoising loop on a tiny random DiT: eager vs ditaccel")
+    demo.add_argument("--model", type=model_arg, default="wan2.1-tiny",
+                      help=f"a built-in model ({models}) or package.module:NAME")
+    demo.add_argument("--steps", type=positive_int, default=10, help="denoising steps (>= 1, default 10)")
     demo.add_argument("--compiler", choices=["inductor", "eager"], default="inductor")
-    demo.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
-    demo.add_argument("-o", "--option", action="append", type=_parse_override, metavar="KEY=VALUE",
+    demo.add_argument("--device", type=device_arg, default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
+    demo.add_argument("-o", "--option", action="append", type=option_override, metavar="KEY=VALUE",
                       help="backend option, e.g. -o attention.enabled=false")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, parser=demo)
 
-    explain = sub.add_parser("explain", help="table of attention sites and what the passes do to them")
-    explain.add_argument("--model", default="wan2.1-tiny",
-                         help=f"a built-in model ({', '.join(list_tiny_models())}) or package.module:NAME")
+    explain = sub.add_parser("explain", parents=[common],
+                             help="table of attention sites and what the passes do to them")
+    explain.add_argument("--model", type=model_arg, default="wan2.1-tiny",
+                         help=f"a built-in model ({models}) or package.module:NAME")
     explain.add_argument("--preset", help="preset name or TOML path (default: the model's preset)")
-    explain.add_argument("--batch", type=int, default=1)
-    explain.add_argument("-o", "--option", action="append", type=_parse_override, metavar="KEY=VALUE",
+    explain.add_argument("--batch", type=positive_int, default=1, help="batch size of the example inputs (>= 1)")
+    explain.add_argument("-o", "--option", action="append", type=option_override, metavar="KEY=VALUE",
                          help="backend option, e.g. -o graph.token_grid=[1,8,8]")
     explain.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    explain.set_defaults(func=cmd_explain)
+    explain.set_defaults(func=cmd_explain, parser=explain)
 
-    masks = sub.add_parser("masks", help="draw a preset's sparse-attention mask as PNG, with its density")
+    masks = sub.add_parser("masks", parents=[common],
+                           help="draw a preset's sparse-attention mask as PNG, with its density")
     masks.add_argument("--preset", help="preset name or TOML path (its [sparse] section and video geometry)")
-    masks.add_argument("--resolution", help="HEIGHTxWIDTHxFRAMES of the generated video (default: the preset's)")
-    masks.add_argument("--grid", help="FRAMESxHEIGHTxWIDTH of the tokens, instead of --resolution")
-    masks.add_argument("--text", type=int, help="text tokens in joint attention (default: the preset's)")
-    masks.add_argument("--out", default="masks", help="output folder (default: ./masks)")
-    masks.add_argument("-o", "--option", action="append", type=_parse_override, metavar="KEY=VALUE",
+    where = masks.add_mutually_exclusive_group()
+    where.add_argument("--resolution", type=dims3("HEIGHTxWIDTHxFRAMES"),
+                       help="HEIGHTxWIDTHxFRAMES of the generated video (default: the preset's)")
+    where.add_argument("--grid", type=dims3("FRAMESxHEIGHTxWIDTH"),
+                       help="FRAMESxHEIGHTxWIDTH of the tokens, instead of --resolution")
+    masks.add_argument("--text", type=non_negative_int, help="text tokens in joint attention (default: the preset's)")
+    masks.add_argument("--out", type=output_dir, default="masks", help="output folder (default: ./masks)")
+    masks.add_argument("-o", "--option", action="append", type=option_override, metavar="KEY=VALUE",
                        help="e.g. -o sparse.policy=tile -o sparse.block_size=64")
-    masks.set_defaults(func=cmd_masks)
+    masks.set_defaults(func=cmd_masks, parser=masks)
 
-    presets = sub.add_parser("presets", help="list the shipped presets")
-    presets.set_defaults(func=cmd_presets)
+    presets = sub.add_parser("presets", parents=[common], help="list the shipped presets")
+    presets.set_defaults(func=cmd_presets, parser=presets)
     return parser
 
 
+def _config_error(err: BaseException) -> Optional[ConfigError]:
+    """The ConfigError behind ``err`` (torch.compile wraps backend errors), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ConfigError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def describe_error(err: BaseException) -> tuple[int, str]:
+    """(exit status, one-line message) for an exception a command raised."""
+    config = _config_error(err)
+    if config is not None:
+        return EXIT_USAGE, f"bad option: {_one_line(config)}"
+    if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in OPTIONAL_PACKAGES:
+        package = OPTIONAL_PACKAGES[err.name.split(".")[0]]
+        return EXIT_FAILURE, f"needs the optional package {err.name!r}, which is not installed: pip install '{package}'"
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        return EXIT_FAILURE, _one_line(f"{where}{err.strerror}")
+    if isinstance(err, (ImportError, OSError, RuntimeError, ValueError)) and str(err):
+        return EXIT_FAILURE, _one_line(err)
+    return EXIT_FAILURE, _one_line(f"{type(err).__name__}: {err} (run with --verbose for the traceback)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the `ditaccel` command line; returns the exit status (see the module docstring).
+
+    Every exception ends here: usage errors print argparse's usage and one line (status 2),
+    run-time failures one line (status 1), Ctrl-C one line (status 130); with ``--verbose``
+    the traceback is printed first.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    args: Optional[argparse.Namespace] = None
     try:
-        if args.command in ("demo", "explain"):
-            args.model_spec = _model_spec(parser, args.model)
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        _check_options(args)
         return args.func(args)
-    except ConfigError as err:
-        print(f"ditaccel: bad option: {err}", file=sys.stderr)
-        return 2
+    except SystemExit as exc:  # argparse: --help (0) or a bad argument (2, message already printed)
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    except BaseException as err:  # noqa: BLE001 - the one place errors become exit statuses
+        if not isinstance(err, Exception) and not isinstance(err, KeyboardInterrupt):
+            raise
+        verbose = bool(getattr(args, "verbose", False))
+        if verbose:
+            traceback.print_exc()
+        command = getattr(args, "command", None)
+        prog = f"ditaccel {command}" if command else "ditaccel"
+        if isinstance(err, KeyboardInterrupt):
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(err, UsageError):
+            sub = getattr(args, "parser", parser)
+            sub.print_usage(sys.stderr)
+            print(f"{sub.prog}: error: {_one_line(err)}", file=sys.stderr)
+            return EXIT_USAGE
+        status, message = describe_error(err)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the timings and how far the two final latents differ. Uses a GPU when one is pre
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,6 +43,38 @@ class DemoResult:
             f"  final latents, ditaccel vs eager: max |diff| = {self.max_abs_diff:.3e}, "
             f"relative L2 = {self.rel_l2_diff:.3e}",
         ])
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
+def resolve_device(device: str, hint: str = "use device='cpu'") -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; ``cpu``/``cuda``/``cuda:N`` checked.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        hint: what to do instead, appended to the error message.
+
+    Raises:
+        ValueError: any other spelling.
+        DeviceUnavailableError: CUDA is not available, or ``cuda:N`` does not exist; the message
+            gives the torch build and ``hint``.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if not match:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise DeviceUnavailableError(f"CUDA is not available on this machine (torch {torch.__version__}); {hint}")
+    index, count = int(match.group(1) or 0), torch.cuda.device_count()
+    if index >= count:
+        raise DeviceUnavailableError(f"CUDA device {index} does not exist: this machine has {count} "
+                                     f"(cuda:0 to cuda:{count - 1}); {hint}")
+    return device
 
 
 def _sync(device: str) -> None:
@@ -80,9 +113,22 @@ def _best_of(repeats: int, loop: Callable[[], torch.Tensor], device: str) -> tup
 
 def run_demo(model: Any = "wan2.1-tiny", steps: int = 10, compiler: str = "inductor",
              device: str = "auto", options: Any = None, repeats: int = 3) -> DemoResult:
-    """`model`: a built-in model name, "package.module:NAME", or a spec object (`TinyModel`)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    """Run the demo and return its timings and the difference of the final latents.
+
+    Args:
+        model: a built-in model name, "package.module:NAME", or a spec object (`TinyModel`).
+        steps, repeats: denoising steps and timed repetitions of the loop, each >= 1.
+        compiler: "inductor" or "eager"; device: see :func:`resolve_device`.
+
+    Raises:
+        ValueError: ``steps`` or ``repeats`` < 1, or a bad device spelling.
+        DeviceUnavailableError: the device does not exist on this machine.
+        ConfigError: a bad option.
+    """
+    for name, value in (("steps", steps), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    device = resolve_device(device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     spec = load_model_spec(model) if isinstance(model, str) else model
     model_name = getattr(spec, "name", str(model))

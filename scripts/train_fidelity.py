@@ -7,7 +7,9 @@ the model sees ``timestep = 1000 t`` and predicts the velocity ``noise - x0`` (t
 ``ditcompile.fidelity.videos.generate_videos`` (infinite data, deterministic from --seed).
 
 At the end it keeps the better of the raw and the EMA weights (by a fixed held-out loss),
-writes them to --out (safetensors, config in the metadata), prints the final loss and how
+writes them to --out (safetensors, config in the metadata; written atomically, and writing the
+shipped file also records its SHA-256 in ``fidelity_wan.safetensors.sha256``, which
+``load_fidelity_model`` checks), prints the final loss and how
 concentrated the self-attention is per layer, and writes a PNG strip of samples next to the
 weights (``<out stem>_samples.png``).
 
@@ -26,10 +28,11 @@ import copy
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from ditcompile.cli import device_arg, float_in_range, non_negative_int, output_file, positive_int
+from ditcompile.demo import resolve_device
 from ditcompile.fidelity.attention import attention_locality, format_locality
 from ditcompile.fidelity.model import (
     FIDELITY_CONFIG,
@@ -46,27 +49,29 @@ EVAL_SEED = 987_654_321
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
-    p.add_argument("--warmup", type=int, default=150, help="linear warm-up steps")
-    p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine decays to lr * this")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--ema", type=float, default=0.998, help="EMA decay (0 disables)")
-    p.add_argument("--label-dropout", type=float, default=0.1, help="null-prompt rate (for guidance)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help=f"weights file (default {WEIGHTS_PATH})")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (default 2000)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--lr", type=float_in_range(0, low_open=True), default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup", type=non_negative_int, default=150, help="linear warm-up steps")
+    p.add_argument("--min-lr-ratio", type=float_in_range(0, 1), default=0.05, help="cosine decays to lr * this")
+    p.add_argument("--weight-decay", type=float_in_range(0), default=0.01)
+    p.add_argument("--ema", type=float_in_range(0, 1, high_open=True), default=0.998, help="EMA decay (0 disables)")
+    p.add_argument("--label-dropout", type=float_in_range(0, 1), default=0.1, help="null-prompt rate (for guidance)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--out", type=output_file, default=WEIGHTS_PATH,
+                   help=f"weights file (default {WEIGHTS_PATH}; writing it also records its SHA-256 next to it)")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=non_negative_int, default=1,
                    help="CPU threads for torch (default 1: the dev machine is shared; 0 = torch's default)")
-    p.add_argument("--max-minutes", type=float, default=0.0,
+    p.add_argument("--max-minutes", type=float_in_range(0), default=0.0,
                    help="stop early (and still save) after this much training time; 0 = no limit")
-    p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--save-every", type=int, default=200, help="checkpoint to --out every N steps")
-    p.add_argument("--sample-steps", type=int, default=20, help="Euler steps for the PNG samples")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance for the PNG")
-    p.add_argument("--layers", type=int, default=FIDELITY_CONFIG["num_layers"])
-    p.add_argument("--ffn-dim", type=int, default=FIDELITY_CONFIG["ffn_dim"])
+    p.add_argument("--log-every", type=positive_int, default=25)
+    p.add_argument("--save-every", type=non_negative_int, default=200,
+                   help="checkpoint to --out every N steps (0: only at the end)")
+    p.add_argument("--sample-steps", type=positive_int, default=20, help="Euler steps for the PNG samples")
+    p.add_argument("--guidance", type=float_in_range(0), default=1.0, help="classifier-free guidance for the PNG")
+    p.add_argument("--layers", type=positive_int, default=FIDELITY_CONFIG["num_layers"])
+    p.add_argument("--ffn-dim", type=positive_int, default=FIDELITY_CONFIG["ffn_dim"])
     return p.parse_args(argv)
 
 
@@ -104,8 +109,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available())
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(resolve_device(args.device, hint="use --device cpu"))
     torch.manual_seed(args.seed)
     model = build_fidelity_model(num_layers=args.layers, ffn_dim=args.ffn_dim)
     with torch.no_grad():  # start as the zero-velocity predictor (DiT-style zero-init output layer)

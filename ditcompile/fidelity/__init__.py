@@ -24,6 +24,8 @@ from .model import (
     FIDELITY_CONFIG,
     NULL_LABEL,
     WEIGHTS_PATH,
+    WeightsChecksumError,
+    WeightsFileError,
     build_fidelity_model,
     flow_matching_loss,
     load_fidelity_model,
@@ -36,5 +38,5 @@ from .videos import NUM_CLASSES, generate_videos, label_name, label_of, save_str
 __all__ = [
     "FIDELITY_CONFIG", "NULL_LABEL", "NUM_CLASSES", "WEIGHTS_PATH", "build_fidelity_model", "flow_matching_loss",
     "generate_videos", "label_name", "label_of", "load_fidelity_model", "sample", "save_strip", "text_embeddings",
-    "token_grid",
+    "token_grid", "WeightsChecksumError", "WeightsFileError",
 ]

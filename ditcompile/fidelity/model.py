@@ -1,7 +1,9 @@
 """The fidelity model: a small diffusers Wan transformer trained on the shape videos.
 
 * :func:`build_fidelity_model` - the architecture (``WanTransformer3DModel``, random weights).
-* :func:`load_fidelity_model` - the same with the weights shipped in ``fidelity/weights/``.
+* :func:`load_fidelity_model` - the same with the weights shipped in ``fidelity/weights/``
+  (checked against their recorded SHA-256, ``fidelity_wan.safetensors.sha256``) or a file of
+  yours; a file that cannot be used raises :class:`WeightsFileError` naming it and the problem.
 * :func:`text_embeddings` - the tiny "prompt" (``encoder_hidden_states``) for class labels.
 * :func:`sample` - a rectified-flow Euler sampler that can call an accelerated transformer.
 * :func:`flow_matching_loss` - the training objective (used by ``scripts/train_fidelity.py``).
@@ -13,15 +15,18 @@ integrates ``dx/dt = v`` from ``t = 1`` down to ``t = 0``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..fileio import atomic_path, atomic_write_text
 from .videos import (
     DIRECTIONS,
     FRAMES,
@@ -33,6 +38,30 @@ from .videos import (
 )
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "fidelity_wan.safetensors"
+# The SHA-256 of the shipped weights, in `sha256sum` format; rewritten by save_fidelity_weights
+# whenever it writes WEIGHTS_PATH (scripts/train_fidelity.py regenerating them).
+WEIGHTS_SHA256_PATH = WEIGHTS_PATH.with_name(WEIGHTS_PATH.name + ".sha256")
+WEIGHTS_FORMAT = "ditaccel-fidelity-v1"
+_REINSTALL = ("reinstall ditaccel (e.g. pip install --force-reinstall ditaccel, or git checkout the file in a "
+              "source tree) or regenerate the weights with `python scripts/train_fidelity.py`")
+
+
+class WeightsFileError(ValueError):
+    """A fidelity-weights file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"fidelity weights {self.path}: {problem}")
+
+
+class WeightsChecksumError(WeightsFileError):
+    """The shipped weights do not match their recorded SHA-256 (corrupt or modified)."""
+
+    def __init__(self, path: str | os.PathLike, expected: str, actual: str) -> None:
+        self.expected, self.actual = expected, actual
+        super().__init__(path, f"SHA-256 {actual} does not match the recorded {expected} "
+                               f"({WEIGHTS_SHA256_PATH.name}): the file is corrupt or was modified; {_REINSTALL}")
 
 # Architecture of the shipped model. 8 x 32 x 32 RGB videos, (1, 4, 4) patches -> a token grid
 # of 8 x 8 x 8 = 512 video tokens per sample; 4 text tokens.
@@ -89,43 +118,180 @@ def build_fidelity_model(**overrides: Any):
 
 
 def save_fidelity_weights(model, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> None:
-    """Write the model's weights (fp32) and its config to a safetensors file."""
+    """Write the model's weights (fp32) and its config to a safetensors file, atomically.
+
+    Writing the shipped file (:data:`WEIGHTS_PATH`) also records its new SHA-256 in
+    :data:`WEIGHTS_SHA256_PATH`.
+
+    Raises:
+        OSError: ``path`` cannot be written (a previous file there is then unchanged).
+    """
     from safetensors.torch import save_file
 
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items()
            if k in FIDELITY_CONFIG or k in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len")}
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    meta = {"config": json.dumps(cfg), "format": "ditaccel-fidelity-v1"}
+    meta = {"config": json.dumps(cfg), "format": WEIGHTS_FORMAT}
     meta.update(extra_metadata or {})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    if _is_shipped(path):
+        record_weights_checksum(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as 64 lowercase hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_weights_checksum(path: str | os.PathLike | None = None) -> str:
+    """Record the SHA-256 of ``path`` (default: the shipped weights) in :data:`WEIGHTS_SHA256_PATH`.
+
+    Returns the digest. Raises ``OSError`` when either file cannot be read or written.
+    """
+    p = Path(path) if path is not None else WEIGHTS_PATH
+    digest = file_sha256(p)
+    atomic_write_text(WEIGHTS_SHA256_PATH, f"{digest}  {WEIGHTS_PATH.name}\n")
+    return digest
+
+
+def recorded_weights_checksum() -> str:
+    """The SHA-256 recorded for the shipped weights.
+
+    Raises:
+        WeightsFileError: the record is missing or not a SHA-256 (names the record and the fix).
+    """
+    try:
+        text = WEIGHTS_SHA256_PATH.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WeightsFileError(WEIGHTS_PATH, f"its checksum record {WEIGHTS_SHA256_PATH} is missing, so the "
+                                             f"shipped weights cannot be verified; {_REINSTALL}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise WeightsFileError(WEIGHTS_PATH, f"cannot read its checksum record {WEIGHTS_SHA256_PATH} ({err}); "
+                                             f"{_REINSTALL}") from err
+    fields = text.split()
+    if not fields or not re.fullmatch(r"[0-9a-fA-F]{64}", fields[0]):
+        raise WeightsFileError(WEIGHTS_PATH, f"its checksum record {WEIGHTS_SHA256_PATH} does not start with a "
+                                             f"SHA-256 (64 hex digits); {_REINSTALL}")
+    return fields[0].lower()
+
+
+def verify_shipped_weights(path: str | os.PathLike | None = None) -> str:
+    """Check the shipped weights (default :data:`WEIGHTS_PATH`) against the recorded SHA-256.
+
+    Returns the digest. Raises ``FileNotFoundError`` when the file is missing,
+    :class:`WeightsChecksumError` (naming the file, both digests and the fix) when it differs,
+    :class:`WeightsFileError` when the record is missing or malformed.
+    """
+    p = Path(path) if path is not None else WEIGHTS_PATH
+    _require_file(p, shipped=True)
+    expected = recorded_weights_checksum()
+    actual = file_sha256(p)
+    if actual != expected:
+        raise WeightsChecksumError(p, expected, actual)
+    return actual
+
+
+def _is_shipped(path: str | os.PathLike) -> bool:
+    try:
+        return Path(path).resolve() == WEIGHTS_PATH.resolve()
+    except OSError:  # pragma: no cover - unresolvable path
+        return False
+
+
+def _require_file(p: Path, shipped: bool) -> None:
+    if p.is_file():
+        return
+    if p.exists():
+        raise WeightsFileError(p, "not a regular file (a directory?)")
+    fix = _REINSTALL if shipped else f"give an existing file, or write one with `python scripts/train_fidelity.py --out {p}`"
+    raise FileNotFoundError(
+        f"fidelity model weights not found at {p}. The shipped ones live in the package "
+        f"(ditcompile/fidelity/weights/fidelity_wan.safetensors, regenerated by scripts/train_fidelity.py); {fix}")
+
+
+def _read_weights(p: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; :class:`WeightsFileError` naming it when unreadable."""
+    from safetensors import safe_open
+
+    size = p.stat().st_size
+    if size == 0:
+        raise WeightsFileError(p, "the file is empty (an interrupted download or write?)")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except OSError:
+        raise
+    except Exception as err:  # safetensors' own error types differ between releases
+        raise WeightsFileError(p, f"not a valid safetensors file ({size} bytes; truncated or corrupt?): "
+                                  f"{type(err).__name__}: {err}") from err
+    return meta, state
+
+
+def _config_from(p: Path, meta: dict[str, str]) -> dict[str, Any]:
+    if "format" in meta and meta["format"] != WEIGHTS_FORMAT:
+        raise WeightsFileError(p, f"format {meta['format']!r} is not {WEIGHTS_FORMAT!r}")
+    if "config" not in meta:
+        return {}
+    try:
+        cfg = json.loads(meta["config"])
+    except json.JSONDecodeError as err:
+        raise WeightsFileError(p, f"its 'config' metadata is not JSON ({err})") from err
+    if not isinstance(cfg, dict):
+        raise WeightsFileError(p, f"its 'config' metadata is a {type(cfg).__name__}, not a JSON object")
+    return cfg
 
 
 def load_fidelity_model(path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32):
     """The trained fidelity model (eval mode), from ``path`` or the weights shipped in the package.
 
-    Raises ``FileNotFoundError`` with instructions when the file is missing.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    The shipped weights (``path`` None or :data:`WEIGHTS_PATH`) are first checked against their
+    recorded SHA-256; a file of yours has nothing to compare with and is not.
 
+    Raises:
+        FileNotFoundError: the file does not exist (the message says how to get it).
+        WeightsChecksumError: the shipped file differs from its recorded SHA-256.
+        WeightsFileError: the file is empty, not a safetensors file (truncated, corrupt), has a bad
+            config, or its tensors do not fit the fidelity architecture (missing, unexpected or
+            wrongly shaped); the message names the file and the problem.
+    """
     p = Path(path) if path is not None else WEIGHTS_PATH
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"fidelity model weights not found at {p}. They ship with the repository "
-            f"(ditcompile/fidelity/weights/fidelity_wan.safetensors); regenerate them with "
-            f"`python scripts/train_fidelity.py --out {WEIGHTS_PATH}`.")
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
-    cfg = json.loads(meta["config"]) if "config" in meta else {}
-    model = build_fidelity_model(**cfg)
-    state = load_file(str(p))
+    shipped = path is None or _is_shipped(p)
+    if shipped:
+        verify_shipped_weights(p)
+    else:
+        _require_file(p, shipped=False)
+    meta, state = _read_weights(p)
+    cfg = _config_from(p, meta)
+    try:
+        model = build_fidelity_model(**cfg)
+    except ImportError:
+        raise
+    except Exception as err:
+        raise WeightsFileError(p, f"its config metadata does not build a fidelity model: "
+                                  f"{type(err).__name__}: {err}") from err
+    bad = [k for k, v in state.items() if not v.is_floating_point()]
+    if bad:
+        raise WeightsFileError(p, f"tensors {bad[:5]} are not floating point")
     state = {k: v.to(torch.float32) for k, v in state.items()}  # stored fp32 (or fp16): cast back
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise RuntimeError(f"{p} does not match the fidelity architecture: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+        raise WeightsFileError(p, f"does not match the fidelity architecture: {len(missing)} tensors missing "
+                                  f"{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}")
+    shapes = [f"{k}: {tuple(state[k].shape)} instead of {tuple(v.shape)}" for k, v in expected.items()
+              if state[k].shape != v.shape]
+    if shapes:
+        raise WeightsFileError(p, f"tensors have the wrong shape for the fidelity architecture: {shapes[:3]}")
+    model.load_state_dict(state)
     model = model.to(device)
     if dtype != torch.float32:
         model = model.to(dtype)
@@ -133,11 +299,25 @@ def load_fidelity_model(path: str | os.PathLike | None = None, device: torch.dev
 
 
 def training_metadata(path: str | os.PathLike | None = None) -> dict[str, str]:
-    """The metadata stored with the weights (config, training steps, final loss, ...)."""
+    """The metadata stored with the weights (config, training steps, final loss, ...).
+
+    Raises ``FileNotFoundError`` or :class:`WeightsFileError` (naming the file) as
+    :func:`load_fidelity_model` does; the checksum is not checked.
+    """
     from safetensors import safe_open
 
-    with safe_open(str(path or WEIGHTS_PATH), framework="pt") as f:
-        return dict(f.metadata() or {})
+    p = Path(path) if path is not None else WEIGHTS_PATH
+    _require_file(p, shipped=path is None or _is_shipped(p))
+    if p.stat().st_size == 0:
+        raise WeightsFileError(p, "the file is empty (an interrupted download or write?)")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except OSError:
+        raise
+    except Exception as err:
+        raise WeightsFileError(p, f"not a valid safetensors file (truncated or corrupt?): "
+                                  f"{type(err).__name__}: {err}") from err
 
 
 # --------------------------------------------------------------------------------------------------

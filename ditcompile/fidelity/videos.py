@@ -18,9 +18,12 @@ take). The class label of a video is ``shape * NUM_DIRECTIONS + direction``; see
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
+
+from ..fileio import atomic_path
 
 SHAPES = ("disc", "square", "triangle", "bar")
 DIRECTIONS = ("right", "left", "down", "up")  # image axes: +x, -x, +y (down), -y (up)
@@ -205,9 +208,16 @@ def frame_correlation(videos: torch.Tensor) -> float:
     return float(corr.mean())
 
 
-def save_strip(videos: torch.Tensor, path: str, scale: int = 4, gap: int = 2) -> None:
-    """Write a PNG: one row per video, its frames left to right (needs pillow)."""
-    from PIL import Image
+def save_strip(videos: torch.Tensor, path: str | os.PathLike, scale: int = 4, gap: int = 2) -> None:
+    """Write a PNG (atomically): one row per video, its frames left to right (needs pillow).
+
+    Raises ``ImportError`` without pillow, ``OSError`` when ``path`` cannot be written (a
+    previous file there is then unchanged).
+    """
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise ImportError("save_strip needs pillow: pip install pillow (or ditaccel[test])") from err
 
     v = ((videos.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     B, _, F, H, W = v.shape
@@ -219,4 +229,5 @@ def save_strip(videos: torch.Tensor, path: str, scale: int = 4, gap: int = 2) ->
             fr = fr.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
             y0, x0 = gap + b * cell_h, gap + f * cell_w
             canvas[y0:y0 + H * scale, x0:x0 + W * scale] = fr
-    Image.fromarray(canvas.numpy()).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas.numpy()).save(tmp, format="PNG")

@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 
+from ..fileio import atomic_path
 from .pattern import SparsePattern
 
 __all__ = ["draw_pattern", "image_size"]
@@ -77,6 +78,10 @@ def draw_pattern(
 
     title: heading (default: the pattern's name); density and block geometry are appended.
     scale: pixels per block side (default: as large as fits 512 px per panel, at most 16).
+
+    The file is written atomically (temporary file + rename): an interrupted or failed write
+    leaves a previous PNG at ``path`` unchanged. Raises ``ImportError`` without pillow,
+    ``ValueError`` for a bad ``pattern`` or ``scale``, ``OSError`` when ``path`` cannot be written.
     """
     try:
         from PIL import Image, ImageDraw, ImageFont
@@ -118,5 +123,6 @@ def draw_pattern(
         label = "shared by all heads" if panels == 1 else f"b{b} h{h}"
         draw.text((x, y), f"{label}: {float(computed[b, h].float().mean()):.3f}", fill=INK, font=font)
         img.paste(tile, (x, y + LABEL_H))
-    img.save(os.fspath(path), format="PNG")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return img
