@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from .config import ConfigError, DitConfig, resolve_config
+from .config import ConfigError, DitConfig, inductor_patch_dict, resolve_config
 from .graph.analysis import analyze_graph
 from .graph.sites import GraphAnalysis
 from .passes.base import PassContext, step_dependent
@@ -194,7 +194,7 @@ def _inductor_patches(config: DitConfig, mode: Optional[str]) -> dict:
     patches: dict = {}
     if mode and mode != "default":
         patches.update(torch._inductor.list_mode_options(mode))
-    patches.update(dict(config.inductor))
+    patches.update(inductor_patch_dict(config.inductor))
     return patches
 
 

@@ -24,6 +24,8 @@ import dataclasses
 import difflib
 import functools
 import math
+import numbers
+import os
 import re
 import typing
 from typing import Any, Mapping
@@ -113,8 +115,9 @@ def _scalar(name: str, value: Any, hint: Any, meta: Mapping) -> Any:
             raise ConfigError(f"option {name!r} must be true or false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # int, numpy integers
             raise ConfigError(f"option {name!r} must be an integer, got {value!r}")
+        value = int(value)
         _check_bounds(name, value, meta)
         multiple = meta.get("multiple")
         if multiple and value % multiple:
@@ -123,13 +126,15 @@ def _scalar(name: str, value: Any, hint: Any, meta: Mapping) -> Any:
                               f"{(value // multiple + 1) * multiple})")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # int, float, numpy scalars
             raise ConfigError(f"option {name!r} must be a number, got {value!r}")
         if not math.isfinite(value):
             raise ConfigError(f"option {name!r} must be a finite number, got {value!r}")
         _check_bounds(name, value, meta)
         return value if type(value) is float else float(value)
     if hint is str:
+        if meta.get("preset") and isinstance(value, os.PathLike):
+            value = os.fspath(value)
         choices = meta.get("choices")
         if not isinstance(value, str) or (choices and value not in choices):
             accepted = f"one of {list(choices)}" if choices else "a string"
@@ -160,8 +165,7 @@ def _check_regexes(name: str, patterns: tuple[str, ...]) -> None:
 
 def _tables(name: str, value: Any, registry: Mapping) -> tuple[tuple[str, Any], ...]:
     """(entry name, its params dataclass) pairs, sorted, from a dict or pairs of tables/dataclasses."""
-    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
-        value = dict(value)
+    value = _pairs_to_dict(value)
     if not isinstance(value, Mapping):
         raise ConfigError(f"option {name!r} must be a dict of {sorted(registry)} tables, got {value!r}")
     prefix = name.rsplit(".", 1)[0] + "." if "." in name else ""
@@ -171,6 +175,9 @@ def _tables(name: str, value: Any, registry: Mapping) -> tuple[tuple[str, Any], 
             raise ConfigError(f"unknown option {prefix}{key!r}; tables accepted here: {sorted(registry)}")
         policy = registry[key]
         if not isinstance(table, policy.params):
+            if dataclasses.is_dataclass(table):
+                raise ConfigError(f"option '{prefix}{key}' must be a {policy.params.__name__} (or a dict of its "
+                                  f"parameters), got a {type(table).__name__}")
             if not isinstance(table, Mapping) or not all(isinstance(k, str) for k in table):
                 raise ConfigError(f"option '{prefix}{key}' must be a dict of parameter names to values, got {table!r}")
             try:
@@ -182,29 +189,76 @@ def _tables(name: str, value: Any, registry: Mapping) -> tuple[tuple[str, Any], 
 
 
 def _inductor_patches(name: str, value: Any) -> tuple[tuple[str, Any], ...]:
-    """Sorted (key, value) pairs of torch._inductor.config patches; each key must exist and each
-    value must have the type of the key's current value (bool, int, float or str)."""
-    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
-        value = dict(value)
+    """Sorted (key, value) pairs of torch._inductor.config patches, hashable: each key must be a
+    setting (sub-settings by dotted key, "triton.cudagraphs", or a nested dict) and each value
+    must have the type of the setting's current value (lists and sets are stored as tuples and
+    frozensets; `inductor_patch_dict` gives them back as the setting's type)."""
+    value = _pairs_to_dict(value)
     if not isinstance(value, Mapping):
         raise ConfigError(f"option {name!r} must be a dict of Inductor config keys, got {value!r}")
     if not value:
         return ()
     from torch._inductor import config as inductor_config  # third-party, only when patches are given
 
-    for key, patch in value.items():
-        found, current = _inductor_value(inductor_config, key) if isinstance(key, str) else (False, None)
+    out: dict = {}
+    for key, patch in _flatten_inductor(name, value, inductor_config).items():
+        found, current = _inductor_value(inductor_config, key)
         if not found:
             raise ConfigError(f"option {name!r}: {key!r} is not a key of torch._inductor.config "
                               "(e.g. 'max_autotune', 'coordinate_descent_tuning', 'triton.cudagraphs')")
-        kind = _kind(current)
-        if kind is not None and patch is not None and _kind(patch) != kind and not (kind == "a number"
-                                                                                    and _kind(patch) == "an integer"):
-            raise ConfigError(f"option '{name}.{key}' must be {kind} (like its current value {current!r}), "
-                              f"got {patch!r}")
+        where = f"option '{name}.{key}'"
+        if _is_group(current):
+            raise ConfigError(f"{where} is a group of Inductor settings; set its keys ('{name}.{key}.<setting>')")
+        kind, given = _kind(current), _kind(patch)
+        if kind == "a dict":
+            raise ConfigError(f"{where}: dict-valued Inductor settings cannot be given as options; use "
+                              "torch._inductor.config.patch(...) around the first call")
+        if kind in ("a list", "a set") and given in ("a list", "a set"):
+            try:
+                patch = tuple(patch) if kind == "a list" else frozenset(patch)
+                hash(patch)
+            except TypeError:
+                raise ConfigError(f"{where}: the items of {patch!r} must be plain values (strings, numbers)") from None
+        elif kind is not None and (patch is not None or kind == "true or false") and given != kind and not (
+                kind == "a number" and given == "an integer"):
+            raise ConfigError(f"{where} must be {kind} (like its current value {current!r}), got {patch!r}")
         if kind == "a number" and patch is not None and not math.isfinite(patch):
-            raise ConfigError(f"option '{name}.{key}' must be a finite number, got {patch!r}")
-    return tuple(sorted(value.items()))
+            raise ConfigError(f"{where} must be a finite number, got {patch!r}")
+        out[key] = patch
+    return tuple(sorted(out.items()))
+
+
+def inductor_patch_dict(patches: tuple[tuple[str, Any], ...]) -> dict:
+    """The `inductor` option as the dict `torch._inductor.config.patch` takes (tuples and
+    frozensets back to the list or set the setting holds)."""
+    return {key: list(v) if isinstance(v, tuple) else set(v) if isinstance(v, frozenset) else v
+            for key, v in patches}
+
+
+def _is_group(value: Any) -> bool:
+    return type(value).__name__ == "SubConfigProxy"  # torch.utils._config_module: a sub-config
+
+
+def _flatten_inductor(name: str, value: Mapping, module: Any, prefix: str = "") -> dict:
+    """{"triton": {"cudagraphs": False}} (what a dotted option key or a TOML sub-table gives) ->
+    {"triton.cudagraphs": False}: Inductor's sub-configs are set by dotted keys. A dict given to
+    a setting that is not a group stays a value (and is refused by the type check)."""
+    out: dict = {}
+    for key, patch in value.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"option {name!r}: keys must be strings, got {key!r}")
+        if isinstance(patch, Mapping) and _is_group(_inductor_value(module, prefix + key)[1]):
+            out.update(_flatten_inductor(name, patch, module, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = patch
+    return out
+
+
+def _pairs_to_dict(value: Any) -> Any:
+    """A list or tuple of (key, value) pairs as a dict; anything else unchanged."""
+    if isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        return dict((k, v) for k, v in value)
+    return value
 
 
 def _kind(value: Any) -> Any:
@@ -216,6 +270,12 @@ def _kind(value: Any) -> Any:
         return "a number"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, (set, frozenset)):
+        return "a set"
+    if isinstance(value, Mapping):
+        return "a dict"
     return None
 
 
@@ -228,4 +288,4 @@ def _inductor_value(module: Any, dotted: str) -> tuple[bool, Any]:
     return True, obj
 
 
-__all__ = ["check_section", "check_value", "build"]
+__all__ = ["check_section", "check_value", "build", "inductor_patch_dict"]

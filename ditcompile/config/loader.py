@@ -32,8 +32,9 @@ def resolve_config(options: Any = None) -> DitConfig:
     """The `DitConfig` of `options` (see the module docstring), every value checked.
 
     Dict entries merge into the preset key by key, tables included: `{"preset": "wan2.1",
-    "sparse.radial.decay_factor": 0.3}` keeps the preset's other radial parameters.
-    Raises ConfigError naming the key and what would be accepted."""
+    "sparse.radial.decay_factor": 0.3}` keeps the preset's other radial parameters; a parameter
+    dataclass given as a table (`{"sparse.radial": RadialParams(...)}`) is the whole table, its
+    defaults included. Raises ConfigError naming the key and what would be accepted."""
     if options is None:
         return DitConfig()
     if isinstance(options, DitConfig):

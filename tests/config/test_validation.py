@@ -79,6 +79,15 @@ def test_every_int_option_refuses_floats_and_values_below_its_minimum(key, field
     ({"mode": "max_autotune"}, "option 'mode' must be one of ['default', 'reduce-overhead', 'max-autotune'"),
     ({"inductor": {"max_autotune": "yes"}}, "option 'inductor.max_autotune' must be true or false"),
     ({"inductor": {"max_autotune": 1}}, "option 'inductor.max_autotune' must be true or false"),
+    ({"inductor": {"max_autotune": None}}, "option 'inductor.max_autotune' must be true or false"),
+    ({"inductor": {"triton": True}}, "option 'inductor.triton' is a group of Inductor settings"),
+    ({"inductor.cpp": 3}, "option 'inductor.cpp' is a group of Inductor settings"),
+    ({"inductor.triton.cudagraphs": "no"}, "option 'inductor.triton.cudagraphs' must be true or false"),
+    ({"inductor.triton.no_such": True}, "'triton.no_such' is not a key of torch._inductor.config"),
+    ({"inductor": {"pre_grad_fusion_options": {}}}, "dict-valued Inductor settings cannot be given as options"),
+    ({"inductor": {"reorder_for_compute_comm_overlap_passes": 5}}, "must be a list"),
+    ({"sparse.tile": __import__("ditcompile").masks.RadialParams()},
+     "option 'sparse.tile' must be a TileParams (or a dict of its parameters), got a RadialParams"),
     ({"preset": 3}, "options['preset'] must be a preset name or TOML path, got 3"),
     ({"sparse": {"radial": 0.3}}, "option 'sparse.radial' must be a dict of parameter names to values"),
 ])
@@ -190,3 +199,58 @@ def test_the_error_through_torch_compile_names_the_key_and_the_accepted_values()
     assert "option 'cache.threshold' must be a finite number, got nan" in str(err)
     err = _compile_error(mode="max_autotune")
     assert "option 'mode' must be one of ['default', 'reduce-overhead', 'max-autotune'" in str(err)
+
+
+@pytest.mark.parametrize("options", [
+    {"inductor.triton.cudagraphs": False},                 # a dotted key into a group
+    {"inductor": {"triton": {"cudagraphs": False}}},       # a nested dict (a TOML [inductor.triton] table)
+    {"inductor": {"triton.cudagraphs": False}},            # Inductor's own dotted name
+])
+def test_inductor_sub_settings_become_inductors_dotted_keys(options):
+    from ditcompile.config import inductor_patch_dict
+
+    config = check_options(options)
+    assert config.inductor == (("triton.cudagraphs", False),)
+    assert inductor_patch_dict(config.inductor) == {"triton.cudagraphs": False}
+    hash(config)
+
+
+def test_list_valued_inductor_settings_are_stored_hashable_and_given_back_as_lists():
+    from ditcompile.config import inductor_patch_dict
+
+    config = check_options({"inductor": {"reorder_for_compute_comm_overlap_passes": ["a", "b"]}})
+    hash(config)
+    assert inductor_patch_dict(config.inductor) == {"reorder_for_compute_comm_overlap_passes": ["a", "b"]}
+    from ditcompile.config import config_to_dict
+
+    assert check_options(config_to_dict(config)) == config
+
+
+def test_inductor_sub_settings_reach_inductor(monkeypatch):
+    """The flattened key is what the backend hands to Inductor (a dotted key would crash it)."""
+    seen = {}
+    monkeypatch.setattr("torch._inductor.compile_fx.compile_fx",
+                        lambda gm, inputs, config_patches=None: seen.update(config_patches or {}) or gm.forward)
+    model = torch.nn.Linear(4, 4)
+    compiled = torch.compile(model, backend="ditaccel", options={"inductor.triton.cudagraphs": False,
+                                                                 "inductor.max_autotune": False})
+    torch._dynamo.reset()
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(compiled(x), model(x))
+    torch._dynamo.reset()
+    assert seen["triton.cudagraphs"] is False and seen["max_autotune"] is False
+
+
+def test_numpy_scalars_and_paths_are_accepted_like_python_values(tmp_path):
+    import numpy as np
+
+    from ditcompile.config import PRESET_DIR
+
+    config = check_options({"sparse.block_size": np.int64(64), "cache.threshold": np.float32(0.25)})
+    assert config.sparse.block_size == 64 and type(config.sparse.block_size) is int
+    assert config.cache.threshold == 0.25 and type(config.cache.threshold) is float
+    path = PRESET_DIR / "wan2.1.toml"
+    assert DitConfig(preset=path).preset == str(path)
+    assert check_options({"preset": path}).preset == str(path)
+    pairs = SparseConfig(policy_params=[("radial", {"sink": False})]).policy_params
+    assert pairs == SparseConfig(policy_params={"radial": {"sink": False}}).policy_params
