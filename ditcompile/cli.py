@@ -53,6 +53,14 @@ class UsageError(Exception):
     """A bad argument (or combination of arguments) found after parsing: exit status 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line ("ditaccel demo: error: argument --steps: ...
+    (see ditaccel demo --help)") and exit status 2, without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 # --------------------------------------------------------------------------------------------------
 # Argument types: each returns the parsed value or raises argparse.ArgumentTypeError, which argparse
 # reports as "argument --NAME: <message>" with exit status 2.
@@ -386,11 +394,11 @@ _VERBOSE_HELP = "log the backend's report (INFO) and show the traceback of an er
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ditaccel", description="torch.compile backend for Diffusion Transformers",
+    parser = OneLineParser(prog="ditaccel", description="torch.compile backend for Diffusion Transformers",
                                      epilog="exit status: 0 done, 1 run-time failure, 2 bad arguments, 130 interrupted")
     parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     # `-v` is accepted after the command too (default SUPPRESS: it does not reset the global flag)
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     models = ", ".join(list_tiny_models())
@@ -495,8 +503,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_INTERRUPTED
         if isinstance(err, UsageError):
             sub = getattr(args, "parser", parser)
-            sub.print_usage(sys.stderr)
-            print(f"{sub.prog}: error: {_one_line(err)}", file=sys.stderr)
+            print(f"{sub.prog}: error: {_one_line(err)} (see {sub.prog} --help)", file=sys.stderr)
             return EXIT_USAGE
         status, message = describe_error(err)
         print(f"{prog}: error: {message}", file=sys.stderr)

@@ -6,6 +6,7 @@ import fnmatch
 import hashlib
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,13 @@ def test_weights_with_wrong_tensors_name_the_file(tmp_path):
     save_file(state, str(bad_config), metadata=dict(meta, config="{not json"))
     with pytest.raises(WeightsFileError, match=f"{bad_config}: its 'config' metadata is not JSON"):
         load_fidelity_model(bad_config)
+    for bad_value in (float("nan"), float("inf")):
+        poisoned = {k: v.clone() for k, v in state.items()}
+        poisoned[key].view(-1)[RNG.randrange(poisoned[key].numel())] = bad_value
+        bad = tmp_path / "non_finite.safetensors"
+        save_file(poisoned, str(bad), metadata=meta)
+        with pytest.raises(WeightsFileError, match=f"{bad}: tensors \\['{re.escape(key)}'\\] hold NaN or infinite"):
+            load_fidelity_model(bad)
     loaded = load_fidelity_model(good)  # the untouched file still loads, with the same tensors
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 

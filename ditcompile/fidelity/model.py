@@ -281,6 +281,10 @@ def load_fidelity_model(path: str | os.PathLike | None = None, device: torch.dev
     if bad:
         raise WeightsFileError(p, f"tensors {bad[:5]} are not floating point")
     state = {k: v.to(torch.float32) for k, v in state.items()}  # stored fp32 (or fp16): cast back
+    non_finite = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise WeightsFileError(p, f"tensors {non_finite[:5]} hold NaN or infinite values "
+                                  f"({len(non_finite)} such tensors; a diverged training run or a corrupt file?)")
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

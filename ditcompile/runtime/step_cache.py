@@ -11,7 +11,9 @@ it to one CFG branch and one input shape (a call at a new resolution starts fres
 restarts with each generation. When the step is unknown every call computes the body (the safe
 path). The step cache is for inference: a call that autograd records (grad mode on and an input
 or parameter requiring grad) also computes the body, stores nothing and warns once, so
-gradients are exact and no call's graph is kept alive by the cache. The runner receives the pieces as plain data (`GraphSplit`, built by
+gradients are exact and no call's graph is kept alive by the cache; such a call runs the pieces
+without Inductor (the backward of Inductor-compiled pieces chained by hand was wrong on a second
+`backward(retain_graph=True)` on torch 2.13). The runner receives the pieces as plain data (`GraphSplit`, built by
 `passes.step_cache.split`); it never imports the passes.
 """
 from __future__ import annotations
@@ -102,22 +104,26 @@ class StepCacheRunner:
         branch = state.branch(info, shape)
         split = self.split
         env = dict(zip(split.placeholders, args))
+        # autograd recording: the pieces run as they are (not compiled): Inductor's backward of
+        # chained pieces gave wrong gradients on a second backward(retain_graph=True) (torch 2.13)
+        recording = _autograd_recording(args)
+        head, body, tail = ((split.head.gm, split.body.gm, split.tail.gm) if recording
+                            else (self.head, self.body, self.tail))
         with step_scope(info, runtime):
-            env.update(zip(split.head.outputs, self.head(*[env[k] for k in split.head.inputs])))
+            env.update(zip(split.head.outputs, head(*[env[k] for k in split.head.inputs])))
             if self.signal == MODULATED_INPUT and split.modulated_input is not None:
                 signal = env[split.modulated_input]
             else:
                 signal = env[split.stream_after_head_blocks] - env[split.stream_before_blocks]
             # unknown step, or autograd recording: the safe path computes every call and keeps no
             # history (stored residuals would hold this call's autograd graph)
-            recording = _autograd_recording(args)
             if recording:
                 self._warn_autograd()
             history = list(branch.history)  # this call's view, whatever a reset elsewhere does
             compute = (info.step is None or recording or decide(self.cfg, branch, signal, info.step)
                        or not history)
             if compute:
-                env.update(zip(split.body.outputs, self.body(*[env[k] for k in split.body.inputs])))
+                env.update(zip(split.body.outputs, body(*[env[k] for k in split.body.inputs])))
                 if info.step is not None and not recording:
                     residuals = [env[o] - env[i] for i, o in split.streams]
                     # a second evaluation of a step (Heun) replaces that step's residuals
@@ -130,7 +136,7 @@ class StepCacheRunner:
                     env[o] = env[i] + r
                 branch.consecutive_cached += 1
             StepCacheState.record(branch, compute)
-            outputs = self.tail(*[env[k] for k in split.tail.inputs])
+            outputs = tail(*[env[k] for k in split.tail.inputs])
         self.observer.record_output(runtime, info, outputs)
         return outputs
 
@@ -141,8 +147,8 @@ class StepCacheRunner:
                 _AUTOGRAD_WARNED.clear()
             _AUTOGRAD_WARNED.add(key)
             log.warning("ditaccel step cache: autograd is recording this call (grad mode on and an input or "
-                        "parameter requires grad), so every step is computed and gradients are exact; the step "
-                        "cache reuses steps only under torch.no_grad() or torch.inference_mode() (inference)")
+                        "parameter requires grad), so every step is computed, uncompiled, and gradients are exact; "
+                        "the step cache is for inference: run under torch.no_grad() or torch.inference_mode()")
 
 
 def _autograd_recording(args: tuple) -> bool:
