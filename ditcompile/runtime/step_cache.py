@@ -29,11 +29,12 @@ from ..config import CacheConfig
 from ..step_cache_policies import CACHE_POLICIES, MODULATED_INPUT, BranchState, extrapolate
 from .cache_state import StepCacheState, format_cache_stats
 from .state import step_scope
+from .steps import warn_once
 from .wrapper import CallObserver
 
 log = logging.getLogger("ditcompile")
 
-_AUTOGRAD_WARNED: set = set()  # frames (or runners) already told that autograd turns caching off
+_AUTOGRAD_WARNED: set = set()  # frames (or runners) already told that autograd turns caching off (one per frame)
 
 
 @dataclass
@@ -141,14 +142,11 @@ class StepCacheRunner:
         return outputs
 
     def _warn_autograd(self) -> None:
-        key = self.observer.frame if self.observer.frame is not None else id(self)  # once per frame
-        if key not in _AUTOGRAD_WARNED:
-            if len(_AUTOGRAD_WARNED) > 1024:
-                _AUTOGRAD_WARNED.clear()
-            _AUTOGRAD_WARNED.add(key)
-            log.warning("ditaccel step cache: autograd is recording this call (grad mode on and an input or "
-                        "parameter requires grad), so every step is computed, uncompiled, and gradients are exact; "
-                        "the step cache is for inference: run under torch.no_grad() or torch.inference_mode()")
+        frame = self.observer.frame if self.observer.frame is not None else id(self)
+        warn_once(_AUTOGRAD_WARNED, f"frame {frame}", "ditaccel step cache: autograd is recording this call (grad "
+                  "mode on and an input or parameter requires grad), so every step is computed, uncompiled, and "
+                  "gradients are exact; the step cache is for inference: run under torch.no_grad() or "
+                  "torch.inference_mode()")
 
 
 def _autograd_recording(args: tuple) -> bool:
