@@ -225,7 +225,11 @@ def option_override(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"option {text!r} has no key before '='")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as err:
+        if raw.strip()[:1] in ('[', '{', '"'):  # meant as a TOML list, table or string
+            raise argparse.ArgumentTypeError(
+                f"option {text!r}: the value is not valid TOML ({err}); write regular expressions in single "
+                "quotes, e.g. attention.skip=['blocks\\.0\\..*']") from None
         value = raw
     return key.strip(), value
 
@@ -277,7 +281,11 @@ def _check_options(args: argparse.Namespace) -> None:
         except ConfigError as err:
             raise UsageError(f"argument --preset: {err}") from err
     if args.command == "demo":
-        options = dict(_options(args, args.model.preset), compiler=args.compiler)
+        options = _options(args, args.model.preset)
+        if args.compiler is not None and options.get("compiler", args.compiler) != args.compiler:
+            raise UsageError(f"argument --compiler: --compiler {args.compiler} conflicts with "
+                             f"-o compiler={options['compiler']}; give one")
+        options.setdefault("compiler", args.compiler or "inductor")
     elif args.command == "explain":
         options = _options(args, args.model.preset)
     else:
@@ -407,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", type=model_arg, default="wan2.1-tiny",
                       help=f"a built-in model ({models}) or package.module:NAME")
     demo.add_argument("--steps", type=positive_int, default=10, help="denoising steps (>= 1, default 10)")
-    demo.add_argument("--compiler", choices=["inductor", "eager"], default="inductor")
+    demo.add_argument("--compiler", choices=["inductor", "eager"], default=None,
+                      help="inductor (default) or eager (the rewritten graph without Inductor)")
     demo.add_argument("--device", type=device_arg, default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
     demo.add_argument("-o", "--option", action="append", type=option_override, metavar="KEY=VALUE",
                       help="backend option, e.g. -o attention.enabled=false")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -111,7 +111,7 @@ def _best_of(repeats: int, loop: Callable[[], torch.Tensor], device: str) -> tup
     return result, best
 
 
-def run_demo(model: Any = "wan2.1-tiny", steps: int = 10, compiler: str = "inductor",
+def run_demo(model: Any = "wan2.1-tiny", steps: int = 10, compiler: Optional[str] = None,
              device: str = "auto", options: Any = None, repeats: int = 3) -> DemoResult:
     """Run the demo and return its timings and the difference of the final latents.
 
@@ -137,7 +137,9 @@ def run_demo(model: Any = "wan2.1-tiny", steps: int = 10, compiler: str = "induc
     opts = dict(options or {})
     if spec.preset is not None:
         opts.setdefault("preset", spec.preset)
-    opts["compiler"] = compiler
+    if compiler is not None and opts.get("compiler", compiler) != compiler:
+        raise ValueError(f"compiler={compiler!r} conflicts with options['compiler']={opts['compiler']!r}; give one")
+    opts["compiler"] = compiler or opts.get("compiler", "inductor")
 
     report = explain(transformer, **inputs, options=opts).format()
     torch._dynamo.reset()

@@ -327,3 +327,24 @@ def test_subprocess_usage_error_and_runtime_failure():
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("ditaccel demo: error: CUDA is not available on this machine")
+
+
+def test_demo_compiler_flag_and_option_must_agree(capsys):
+    code, _, err = run(capsys, "demo", "--steps", "1", "--compiler", "inductor", "-o", "compiler=eager")
+    assert code == 2
+    assert error_lines(err) == ["ditaccel demo: error: argument --compiler: --compiler inductor conflicts with "
+                                "-o compiler=eager; give one (see ditaccel demo --help)"]
+
+
+def test_option_value_that_is_not_valid_toml_says_so(capsys):
+    code, _, err = run(capsys, "explain", "-o", 'attention.skip=["blocks\\.0\\..*"]')
+    assert code == 2
+    (line,) = error_lines(err)
+    assert "argument -o/--option" in line and "the value is not valid TOML" in line and "single quotes" in line
+
+
+def test_run_demo_honours_the_compiler_option():
+    from ditcompile.demo import run_demo
+
+    with pytest.raises(ValueError, match="compiler='inductor' conflicts with options\\['compiler'\\]='eager'"):
+        run_demo(steps=1, compiler="inductor", options={"compiler": "eager"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import random
 import re
@@ -227,6 +228,13 @@ def test_weights_with_wrong_tensors_name_the_file(tmp_path):
         bad = tmp_path / "non_finite.safetensors"
         save_file(poisoned, str(bad), metadata=meta)
         with pytest.raises(WeightsFileError, match=f"{bad}: tensors \\['{re.escape(key)}'\\] hold NaN or infinite"):
+            load_fidelity_model(bad)
+    for key_, bad_value in (("eps", float("nan")), ("eps", "abc"), ("num_layers", 0), ("patch_size", [1, 4])):
+        config = json.loads(meta["config"])
+        config[key_] = bad_value
+        bad = tmp_path / "bad_config_value.safetensors"
+        save_file(state, str(bad), metadata=dict(meta, config=json.dumps(config)))
+        with pytest.raises(WeightsFileError, match=f"{bad}: its 'config' metadata has {key_}="):
             load_fidelity_model(bad)
     loaded = load_fidelity_model(good)  # the untouched file still loads, with the same tensors
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

@@ -20,6 +20,7 @@ Every error is a `ConfigError` naming the dotted key, what was given and what is
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import functools
@@ -128,7 +129,7 @@ def _scalar(name: str, value: Any, hint: Any, meta: Mapping) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):  # int, float, numpy scalars
             raise ConfigError(f"option {name!r} must be a number, got {value!r}")
-        if not math.isfinite(value):
+        if not _finite(value):
             raise ConfigError(f"option {name!r} must be a finite number, got {value!r}")
         _check_bounds(name, value, meta)
         return value if type(value) is float else float(value)
@@ -190,9 +191,10 @@ def _tables(name: str, value: Any, registry: Mapping) -> tuple[tuple[str, Any], 
 
 def _inductor_patches(name: str, value: Any) -> tuple[tuple[str, Any], ...]:
     """Sorted (key, value) pairs of torch._inductor.config patches, hashable: each key must be a
-    setting (sub-settings by dotted key, "triton.cudagraphs", or a nested dict) and each value
-    must have the type of the setting's current value (lists and sets are stored as tuples and
-    frozensets; `inductor_patch_dict` gives them back as the setting's type)."""
+    setting of torch._inductor.config (sub-settings by dotted key, "triton.cudagraphs", or a
+    nested dict) and each value must fit the setting's declared type (its current value's type
+    where torch declares none); numbers are finite. Lists and sets are stored as tuples and
+    frozensets; `inductor_patch_dict` gives them back as the setting's type."""
     value = _pairs_to_dict(value)
     if not isinstance(value, Mapping):
         raise ConfigError(f"option {name!r} must be a dict of Inductor config keys, got {value!r}")
@@ -200,30 +202,32 @@ def _inductor_patches(name: str, value: Any) -> tuple[tuple[str, Any], ...]:
         return ()
     from torch._inductor import config as inductor_config  # third-party, only when patches are given
 
+    settings = _inductor_settings(inductor_config)
     out: dict = {}
-    for key, patch in _flatten_inductor(name, value, inductor_config).items():
-        found, current = _inductor_value(inductor_config, key)
-        if not found:
-            raise ConfigError(f"option {name!r}: {key!r} is not a key of torch._inductor.config "
-                              "(e.g. 'max_autotune', 'coordinate_descent_tuning', 'triton.cudagraphs')")
+    for key, patch in _flatten_inductor(name, value, settings).items():
         where = f"option '{name}.{key}'"
-        if _is_group(current):
-            raise ConfigError(f"{where} is a group of Inductor settings; set its keys ('{name}.{key}.<setting>')")
-        kind, given = _kind(current), _kind(patch)
-        if kind == "a dict":
+        if key not in settings:
+            if any(other.startswith(key + ".") for other in settings):
+                raise ConfigError(f"{where} is a group of Inductor settings; set its keys ('{name}.{key}.<setting>')")
+            close = difflib.get_close_matches(key, list(settings), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"option {name!r}: {key!r} is not a setting of torch._inductor.config.{hint} "
+                              "(e.g. 'max_autotune', 'coordinate_descent_tuning', 'triton.cudagraphs')")
+        declared, current = settings[key]
+        if isinstance(patch, numbers.Real) and not isinstance(patch, bool) and not _finite(patch):
+            raise ConfigError(f"{where} must be a finite number, got {patch!r}")
+        if isinstance(patch, Mapping) or isinstance(current, Mapping):
             raise ConfigError(f"{where}: dict-valued Inductor settings cannot be given as options; use "
                               "torch._inductor.config.patch(...) around the first call")
-        if kind in ("a list", "a set") and given in ("a list", "a set"):
+        if not _fits(patch, declared, current):
+            expected = declared if declared is not None else type(current).__name__
+            raise ConfigError(f"{where} must be {_type_text(expected)} (the setting's type), got {patch!r}")
+        if isinstance(patch, (list, tuple, set, frozenset)):
             try:
-                patch = tuple(patch) if kind == "a list" else frozenset(patch)
+                patch = frozenset(patch) if isinstance(current, (set, frozenset)) else tuple(patch)
                 hash(patch)
             except TypeError:
                 raise ConfigError(f"{where}: the items of {patch!r} must be plain values (strings, numbers)") from None
-        elif kind is not None and (patch is not None or kind == "true or false") and given != kind and not (
-                kind == "a number" and given == "an integer"):
-            raise ConfigError(f"{where} must be {kind} (like its current value {current!r}), got {patch!r}")
-        if kind == "a number" and patch is not None and not math.isfinite(patch):
-            raise ConfigError(f"{where} must be a finite number, got {patch!r}")
         out[key] = patch
     return tuple(sorted(out.items()))
 
@@ -235,20 +239,74 @@ def inductor_patch_dict(patches: tuple[tuple[str, Any], ...]) -> dict:
             for key, v in patches}
 
 
-def _is_group(value: Any) -> bool:
-    return type(value).__name__ == "SubConfigProxy"  # torch.utils._config_module: a sub-config
+def _inductor_settings(module: Any) -> dict:
+    """setting name -> (declared type or None, current value), from torch's config registry."""
+    entries = getattr(module, "_config", None)
+    values = module.get_config_copy()
+    if isinstance(entries, dict):
+        return {k: (getattr(entries.get(k), "value_type", None), v) for k, v in values.items()}
+    return {k: (None, v) for k, v in values.items()}
 
 
-def _flatten_inductor(name: str, value: Mapping, module: Any, prefix: str = "") -> dict:
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _fits(value: Any, declared: Any, current: Any) -> bool:
+    """True when `value` may be given to a setting of type `declared` (a typing form, or None:
+    then the type of its `current` value, anything when that is None)."""
+    if declared is None:
+        if current is None:
+            return True
+        declared = type(current)
+    options = typing.get_args(declared) if typing.get_origin(declared) in (typing.Union, _UNION) else (declared,)
+    return any(_fits_one(value, option) for option in options)
+
+
+_UNION = type(int | None)
+
+
+def _fits_one(value: Any, option: Any) -> bool:
+    origin = typing.get_origin(option) or option
+    if option is type(None):
+        return value is None
+    if option is Any or isinstance(option, typing.TypeVar):
+        return True
+    if origin is typing.Literal:
+        return value in typing.get_args(option)
+    if option is bool:
+        return isinstance(value, bool)
+    if option is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if option is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if origin in (list, tuple, set, frozenset):
+        return isinstance(value, (list, tuple, set, frozenset))
+    if origin is collections.abc.Callable:
+        return callable(value)
+    if isinstance(origin, type):
+        return isinstance(value, origin)
+    return True  # a typing form this check does not know: Inductor will judge
+
+
+def _type_text(declared: Any) -> str:
+    text = getattr(declared, "__name__", None) if isinstance(declared, type) else None
+    return text or str(declared).replace("typing.", "")
+
+
+def _flatten_inductor(name: str, value: Mapping, settings: dict, prefix: str = "") -> dict:
     """{"triton": {"cudagraphs": False}} (what a dotted option key or a TOML sub-table gives) ->
     {"triton.cudagraphs": False}: Inductor's sub-configs are set by dotted keys. A dict given to
-    a setting that is not a group stays a value (and is refused by the type check)."""
+    a real setting stays a value (and is refused)."""
     out: dict = {}
     for key, patch in value.items():
         if not isinstance(key, str):
             raise ConfigError(f"option {name!r}: keys must be strings, got {key!r}")
-        if isinstance(patch, Mapping) and _is_group(_inductor_value(module, prefix + key)[1]):
-            out.update(_flatten_inductor(name, patch, module, f"{prefix}{key}."))
+        if isinstance(patch, Mapping) and prefix + key not in settings:
+            out.update(_flatten_inductor(name, patch, settings, f"{prefix}{key}."))
         else:
             out[prefix + key] = patch
     return out
@@ -259,33 +317,6 @@ def _pairs_to_dict(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
         return dict((k, v) for k, v in value)
     return value
-
-
-def _kind(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, (set, frozenset)):
-        return "a set"
-    if isinstance(value, Mapping):
-        return "a dict"
-    return None
-
-
-def _inductor_value(module: Any, dotted: str) -> tuple[bool, Any]:
-    obj = module
-    for part in dotted.split("."):
-        if not hasattr(obj, part):
-            return False, None
-        obj = getattr(obj, part)
-    return True, obj
 
 
 __all__ = ["check_section", "check_value", "build", "inductor_patch_dict"]

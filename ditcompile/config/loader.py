@@ -85,6 +85,9 @@ def _merge(into: dict, update: Mapping) -> None:
     """Deep merge: a dict value merges into the dict already there (a section, a policy's table,
     Inductor patches); anything else replaces it. Values are copied, never aliased."""
     for key, value in update.items():
+        if isinstance(key, str) and "." in key:  # a dotted key inside a table ("sparse.enabled" = true in TOML)
+            _merge(into, _unflatten(key, value))
+            continue
         if isinstance(value, Mapping):
             if not isinstance(into.get(key), dict):
                 into[key] = {}

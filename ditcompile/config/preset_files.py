@@ -31,6 +31,8 @@ def preset_path(name: str) -> Path:
     """The TOML file of preset `name`; ConfigError naming the close matches when there is none."""
     if name.endswith(".toml") or os.sep in name or "/" in name:
         path = Path(name).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"preset file {name!r} is a folder; give a .toml file")
         if not path.is_file():
             raise ConfigError(f"preset file {name!r} does not exist")
         return path
@@ -55,15 +57,21 @@ def _read(name: str) -> dict:
 
 
 def load_preset(name: str) -> dict:
-    """The preset's settings as a nested dict (its [preset] metadata table removed)."""
+    """The preset's settings as a nested dict (its [preset] metadata table removed). A preset
+    file cannot name another preset (`preset = "wan2.1"` at the top): ConfigError."""
     data = _read(name)
-    data.pop("preset", None)
+    meta = data.pop("preset", None)
+    if meta is not None and not isinstance(meta, dict):
+        raise ConfigError(f"preset file {preset_path(name)}: preset = {meta!r} is not supported (a preset file cannot "
+                          "build on another preset): copy that preset's tables into this file, or pass a dict "
+                          f"{{'preset': {meta!r}, ...}} with your keys as options")
     return data
 
 
 def preset_metadata(name: str) -> dict:
     """The [preset] table of a preset: description, models, ..."""
-    return _read(name).get("preset", {})
+    meta = _read(name).get("preset", {})
+    return meta if isinstance(meta, dict) else {}
 
 
 __all__ = ["PRESET_DIR", "available_presets", "preset_path", "load_preset", "preset_metadata"]

@@ -245,6 +245,24 @@ def _config_from(p: Path, meta: dict[str, str]) -> dict[str, Any]:
         raise WeightsFileError(p, f"its 'config' metadata is not JSON ({err})") from err
     if not isinstance(cfg, dict):
         raise WeightsFileError(p, f"its 'config' metadata is a {type(cfg).__name__}, not a JSON object")
+    for key, value in cfg.items():  # each value of the kind FIDELITY_CONFIG holds, numbers finite
+        default = FIDELITY_CONFIG.get(key)
+        if default is None:
+            continue  # an unknown key: build_fidelity_model names it
+        if isinstance(default, tuple):
+            ok = isinstance(value, list) and len(value) == len(default) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise WeightsFileError(p, f"its 'config' metadata has {key}={value!r}; expected a value like "
+                                      f"{list(default) if isinstance(default, tuple) else default!r}")
     return cfg
 
 

@@ -6,6 +6,7 @@ tokens sit) lives in `ditcompile.geometry`.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -19,11 +20,12 @@ __all__ = ["check_int", "check_float", "check_bool", "check_triple", "shrink_cla
 
 def check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
     """``value`` must be an int in [lo, hi] (hi None: unbounded)."""
-    ok = not isinstance(value, bool) and isinstance(value, int) and value >= lo and (hi is None or value <= hi)
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= lo
+          and (hi is None or value <= hi))  # int or a numpy integer
     if not ok:
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name} must be an int {rng}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_bool(name: str, value) -> bool:
@@ -35,7 +37,12 @@ def check_bool(name: str, value) -> bool:
 
 def check_float(name: str, value, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> float:
     """``value`` must be a finite real number in the interval given (open/closed ends)."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and value == value  # not NaN
+    if ok:
+        try:
+            ok = math.isfinite(value)
+        except OverflowError:  # an int too large for a float
+            ok = False
     if ok:
         ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:

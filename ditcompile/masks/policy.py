@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
@@ -124,11 +125,21 @@ def parse_params(policy: Policy, values: Mapping[str, Any]) -> Any:
     unknown = sorted(set(values) - set(accepted))
     if unknown:
         raise ValueError(f"sparse.{policy.name}: unknown parameter(s) {unknown}; accepted: {accepted}")
-    freeze = lambda v: tuple(freeze(x) for x in v) if isinstance(v, (list, tuple)) else v  # noqa: E731
     try:
-        return policy.params(**{k: freeze(v) for k, v in values.items()})
+        return policy.params(**{k: _plain(v) for k, v in values.items()})
     except ValueError as err:
         raise ValueError(f"sparse.{policy.name}: {err}") from err
+
+
+def _plain(value: Any) -> Any:
+    """Lists as tuples, numpy scalars as Python numbers (a params dataclass is hashed and JSON'd)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(x) for x in value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def params_json(params: Any) -> str:

@@ -56,7 +56,7 @@ def test_toml_path(tmp_path):
     ({"attention.skip": "blocks"}, "option 'attention.skip' must be a list"),
     ({"attention.skip": ["("]}, "is not a valid regular expression"),
     ({"attention": 3}, "option 'attention' is a section"),
-    ({"inductor": {"no_such_flag": 1}}, "'no_such_flag' is not a key of torch._inductor.config"),
+    ({"inductor": {"no_such_flag": 1}}, "'no_such_flag' is not a setting of torch._inductor.config"),
     ({"preset": "wan"}, "unknown preset 'wan'. Did you mean ['wan2.1']?"),
     ({"preset": "/nope/x.toml"}, "preset file '/nope/x.toml' does not exist"),
     ({"graph..token_grid": 1}, "malformed"),

@@ -77,15 +77,25 @@ def test_every_int_option_refuses_floats_and_values_below_its_minimum(key, field
     ({"cache.teacache_coefficients": [1.0, float("nan")]}, "option 'cache.teacache_coefficients[1]' must be a finite"),
     ({"cache.teacache_signal": "time proj"}, "option 'cache.teacache_signal' must be a dotted module path"),
     ({"mode": "max_autotune"}, "option 'mode' must be one of ['default', 'reduce-overhead', 'max-autotune'"),
-    ({"inductor": {"max_autotune": "yes"}}, "option 'inductor.max_autotune' must be true or false"),
-    ({"inductor": {"max_autotune": 1}}, "option 'inductor.max_autotune' must be true or false"),
-    ({"inductor": {"max_autotune": None}}, "option 'inductor.max_autotune' must be true or false"),
+    ({"inductor": {"max_autotune": "yes"}}, "option 'inductor.max_autotune' must be bool (the setting's type)"),
+    ({"inductor": {"max_autotune": 1}}, "option 'inductor.max_autotune' must be bool (the setting's type)"),
+    ({"inductor": {"max_autotune": None}}, "option 'inductor.max_autotune' must be bool (the setting's type)"),
     ({"inductor": {"triton": True}}, "option 'inductor.triton' is a group of Inductor settings"),
     ({"inductor.cpp": 3}, "option 'inductor.cpp' is a group of Inductor settings"),
-    ({"inductor.triton.cudagraphs": "no"}, "option 'inductor.triton.cudagraphs' must be true or false"),
-    ({"inductor.triton.no_such": True}, "'triton.no_such' is not a key of torch._inductor.config"),
+    ({"inductor.triton.cudagraphs": "no"}, "option 'inductor.triton.cudagraphs' must be bool (the setting's type)"),
+    ({"inductor.triton.no_such": True}, "'triton.no_such' is not a setting of torch._inductor.config"),
     ({"inductor": {"pre_grad_fusion_options": {}}}, "dict-valued Inductor settings cannot be given as options"),
-    ({"inductor": {"reorder_for_compute_comm_overlap_passes": 5}}, "must be a list"),
+    ({"inductor": {"reorder_for_compute_comm_overlap_passes": 5}},
+     "option 'inductor.reorder_for_compute_comm_overlap_passes' must be list["),
+    ({"inductor": {"cpp.simdlen": float("nan")}}, "option 'inductor.cpp.simdlen' must be a finite number, got nan"),
+    ({"inductor": {"post_grad_custom_pre_pass": 5}}, "option 'inductor.post_grad_custom_pre_pass' must be"),
+    ({"inductor": {"compile_threads": "4"}}, "option 'inductor.compile_threads' must be int | None"),
+    ({"inductor": {"__class__": 1}}, "'__class__' is not a setting of torch._inductor.config"),
+    ({"inductor": {"get_config_copy": 1}}, "'get_config_copy' is not a setting of torch._inductor.config"),
+    ({"inductor": {"triton.__doc__": "x"}}, "'triton.__doc__' is not a setting of torch._inductor.config"),
+    ({"cache.threshold": 10 ** 400}, "option 'cache.threshold' must be a finite number"),
+    ({"cache.teacache_coefficients": [1.0, 10 ** 400]}, "option 'cache.teacache_coefficients[1]' must be a finite"),
+    ({"sparse.radial.decay_factor": 10 ** 400}, "sparse.radial: decay_factor must be a number"),
     ({"sparse.tile": __import__("ditcompile").masks.RadialParams()},
      "option 'sparse.tile' must be a TileParams (or a dict of its parameters), got a RadialParams"),
     ({"preset": 3}, "options['preset'] must be a preset name or TOML path, got 3"),
@@ -254,3 +264,28 @@ def test_numpy_scalars_and_paths_are_accepted_like_python_values(tmp_path):
     assert check_options({"preset": path}).preset == str(path)
     pairs = SparseConfig(policy_params=[("radial", {"sink": False})]).policy_params
     assert pairs == SparseConfig(policy_params={"radial": {"sink": False}}).policy_params
+
+
+def test_a_preset_file_naming_another_preset_is_refused_and_dotted_toml_keys_work(tmp_path):
+    inherit = tmp_path / "inherit.toml"
+    inherit.write_text('preset = "wan2.1"\n[sparse]\nenabled = true\n')
+    with pytest.raises(ConfigError, match=r"preset = 'wan2.1' is not supported \(a preset file cannot build on"):
+        check_options(str(inherit))
+    dotted = tmp_path / "dotted.toml"
+    dotted.write_text('"sparse.enabled" = true\n"cache.threshold" = 0.2\n[inductor]\n"triton.cudagraphs" = false\n')
+    config = check_options(str(dotted))
+    assert config.sparse.enabled and config.cache.threshold == 0.2
+    assert config.inductor == (("triton.cudagraphs", False),)
+    with pytest.raises(ConfigError, match="is a folder; give a .toml file"):
+        check_options(str(tmp_path))
+
+
+def test_numpy_scalars_in_policy_tables_become_python_numbers():
+    import numpy as np
+
+    from ditcompile.masks import params_json
+
+    radial = check_options({"sparse.radial.band": np.int64(2), "sparse.radial.decay_factor": np.float32(0.5)}
+                           ).sparse.params_for("radial")
+    assert (radial.band, radial.decay_factor) == (2, 0.5) and type(radial.band) is int
+    assert params_json(radial) == '{"band":2,"decay_factor":0.5,"min_window":null,"sink":true}'
