@@ -234,9 +234,6 @@ def option_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-_parse_override = option_override  # the old name
-
-
 def model_arg(name: str) -> Any:
     """argparse type: a built-in model name or ``package.module:NAME`` -> the model spec.
 
