@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import ditcompile
 from ditcompile.config import resolve_config
-from ditcompile.fileio import atomic_path, atomic_write_text
+from ditcompile.fileio import atomic_write_text
+from ditcompile.fidelity.metrics import cosine, psnr, ssim
 from ditcompile.fidelity.attention import capture_attention
 from ditcompile.fidelity.model import load_fidelity_model, sample, text_embeddings, token_grid
-from ditcompile.fidelity.videos import generate_videos, label_name
+from ditcompile.fidelity.videos import generate_videos, label_name, save_strip
 from ditcompile.geometry import TokenLayout
 from ditcompile.masks import POLICIES, get_policy, pattern_token_rows
 
@@ -69,31 +68,6 @@ def variants(grid) -> dict[str, dict]:
     }
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of videos in [-1, 1] (mapped to [0, 1])."""
-    mse = F.mse_loss((a + 1) / 2, (b + 1) / 2).item()
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:
-    """Mean SSIM over frames (Gaussian window, per channel), videos [B, C, F, H, W] in [-1, 1]."""
-    x, y = ((t + 1) / 2 for t in (a, b))
-    x, y = (t.permute(0, 2, 1, 3, 4).reshape(-1, t.shape[1], t.shape[3], t.shape[4]).float() for t in (x, y))
-    coords = torch.arange(window, dtype=torch.float32) - window // 2
-    g = torch.exp(-(coords ** 2) / (2 * 1.5 ** 2))
-    kernel = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, window, window)
-    blur = lambda t: F.conv2d(t, kernel, groups=x.shape[1])  # noqa: E731
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    return s.mean().item()
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
-
-
 def attention_probs(model, labels, seed: int = 7) -> list[torch.Tensor]:
     """Self-attention probabilities [B, heads, N, N] per block, on noised real videos at t = 0.5."""
     videos = generate_videos(len(labels), seed=seed, labels=torch.as_tensor(labels)).videos
@@ -123,19 +97,6 @@ def mass_kept(options: dict, grid, probs: list[torch.Tensor]):
         per_mask = torch.stack([(layer * a).sum(-1).mean(-1) for a in allowed])  # [masks, B, H]
         kept.append(per_mask.max(0).values.mean().item())
     return sum(kept) / len(kept)
-
-
-def strip(videos: list[torch.Tensor], path: Path, scale: int = 3) -> None:
-    """One row per video [3, F, H, W] (frames side by side), rows stacked, as a PNG."""
-    from PIL import Image
-
-    rows = [torch.cat(list(v.permute(1, 0, 2, 3)), dim=-1) for v in videos]  # [3, H, F*W]
-    image = torch.cat(rows, dim=-2)
-    array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    picture = Image.fromarray(array)
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    with atomic_path(path) as tmp:
-        picture.save(tmp, format="PNG")
 
 
 def main(argv=None) -> int:
@@ -200,7 +161,7 @@ def main(argv=None) -> int:
     strip_paths = []
     for i, label in enumerate(labels[:2]):
         path = out_dir / f"fidelity_strip_label{label}.png"
-        strip([v[i].cpu() for v in strips.values()], path)
+        save_strip(torch.stack([v[i].cpu() for v in strips.values()]), path, scale=3, gap=0)
         strip_paths.append(str(path))
     meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device == "cuda" else
             platform.processor() or "cpu", "torch": torch.__version__, "steps": args.steps, "labels": labels,

@@ -10,7 +10,8 @@ procedurally generated pixel videos (no VAE), and the pieces to use it:
 * :mod:`.model` - ``build_fidelity_model``, ``load_fidelity_model`` (the shipped weights),
   ``text_embeddings`` (the tiny prompt for a label) and ``sample`` (a rectified-flow Euler
   sampler taking an optional accelerated ``transformer_call``);
-* :mod:`.attention` - the self-attention probabilities and how local they are.
+* :mod:`.attention` - the self-attention probabilities and how local they are;
+* :mod:`.metrics` - PSNR, SSIM and cosine of a generation against a reference generation.
 
 Quick use::
 
@@ -33,10 +34,11 @@ from .model import (
     text_embeddings,
     token_grid,
 )
+from .metrics import cosine, psnr, ssim
 from .videos import NUM_CLASSES, generate_videos, label_name, label_of, save_strip
 
 __all__ = [
     "FIDELITY_CONFIG", "NULL_LABEL", "NUM_CLASSES", "WEIGHTS_PATH", "build_fidelity_model", "flow_matching_loss",
     "generate_videos", "label_name", "label_of", "load_fidelity_model", "sample", "save_strip", "text_embeddings",
-    "token_grid", "WeightsChecksumError", "WeightsFileError",
+    "token_grid", "WeightsChecksumError", "WeightsFileError", "psnr", "ssim", "cosine",
 ]
