@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .config import ConfigError, available_presets, preset_metadata, resolve_config
-from .demo import resolve_device, run_demo
+from .demo import DEVICE_PATTERN, resolve_device, run_demo
 from .explain import explain
 from .geometry import TextSegment, TokenLayout
 from .masks import draw_pattern, get_policy
@@ -178,9 +177,6 @@ def output_dir(text: str) -> Path:
     return path
 
 
-_DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+")
-
-
 def device_arg(text: str) -> str:
     """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. (Whether that device exists is
     checked when the command runs: a missing GPU is a run-time failure, not a usage error.)
@@ -188,7 +184,7 @@ def device_arg(text: str) -> str:
     Raises:
         argparse.ArgumentTypeError: listing the accepted spellings.
     """
-    if not _DEVICE.fullmatch(text.strip()):
+    if not DEVICE_PATTERN.fullmatch(text.strip()):
         raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (N >= 0), got {text!r}")
     return text.strip()
 

@@ -45,6 +45,10 @@ class DemoResult:
         ])
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(?::(\d+))?")
+"""The accepted device spellings (re.fullmatch): auto, cpu, cuda, cuda:N (group 1: N)."""
+
+
 class DeviceUnavailableError(RuntimeError):
     """The requested device does not exist on this machine."""
 
@@ -61,9 +65,9 @@ def resolve_device(device: str, hint: str = "use device='cpu'") -> str:
         DeviceUnavailableError: CUDA is not available, or ``cuda:N`` does not exist; the message
             gives the torch build and ``hint``.
     """
+    match = DEVICE_PATTERN.fullmatch(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
     if not match:
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if device == "cpu":

@@ -12,7 +12,8 @@ checked the same way. A field's metadata says what it accepts:
     module    a dotted module path ("condition_embedder.time_proj") or empty
     tables    a registry: the field holds one parameter dataclass per entry, set through
               keys named after the entries (`sparse.radial = {...}`)
-    inductor  a dict of torch._inductor.config keys to values of the same type
+    inductor  a dict of torch._inductor.config settings (dotted for sub-settings) to values of
+              the type torch declares for each
     preset    a shipped preset name or a .toml path
 
 Numbers are always finite (NaN and infinities are refused); bools are never numbers.
