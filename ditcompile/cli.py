@@ -1,12 +1,15 @@
 """The `ditaccel` command.
 
-    ditaccel [-v] demo    [--model wan2.1-tiny] [--steps 10] [--compiler inductor|eager] [--device auto]
+    ditaccel [-v] demo    [--labels 1,10] [--steps 10] [--seed 0] [--variants eager,compile,cache,sparse,int8,all]
+                          [--out ditaccel-demo] [--device auto] [--dtype auto] [--compiler auto] [--rounds 3] [--quick]
+    ditaccel [-v] demo    --model wan2.1-tiny [--steps 10] [--compiler inductor|eager] [--device auto]
     ditaccel [-v] explain --model wan2.1-tiny [--preset NAME] [--batch 1] [-o key=value ...] [--json]
     ditaccel [-v] masks   --preset wan2.1 [--resolution 480x832x81 | --grid 21x30x52] [--text N] [--out DIR]
                           [-o sparse.policy=tile]
     ditaccel [-v] presets
 
-`--model` takes a built-in example model (`ditcompile.models`) or `package.module:NAME`, an
+`ditaccel demo` runs the trained fidelity model (real videos, one table row per ditaccel family);
+with `--model` it runs the plumbing demo on a random tiny model instead. `--model` takes a built-in example model (`ditcompile.models`) or `package.module:NAME`, an
 object with `build()`, `make_inputs(...)` and `preset` (e.g. a `ditcompile.models.TinyModel`).
 
 Every argument is checked before anything runs (argparse types and choices below; `--preset`
@@ -28,9 +31,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .config import ConfigError, available_presets, preset_metadata, resolve_config
-from .demo import DEVICE_PATTERN, resolve_device, run_demo
+from .demo import (DEVICE_PATTERN, DTYPES, VARIANT_KEYS, check_labels, resolve_device, run_demo,
+                   run_trained_demo, write_outputs)
+from .demo.trained import COMPILERS, DEFAULT_LABELS
+from .demo.variants import DITACCEL_BASE, QUICK_KEYS
+from .fidelity import NUM_CLASSES, label_name
 from .explain import explain
 from .geometry import TextSegment, TokenLayout
 from .masks import draw_pattern, get_policy
@@ -189,6 +197,37 @@ def device_arg(text: str) -> str:
     return text.strip()
 
 
+def label_list(text: str) -> list[int]:
+    """argparse type: comma-separated class labels of the fidelity model, e.g. '1,10'.
+
+    Raises:
+        argparse.ArgumentTypeError: a non-integer, a label outside [0, 16), or an empty list.
+    """
+    try:
+        labels = [int(part, 10) for part in text.split(",")]
+        return check_labels(labels)
+    except ValueError:
+        examples = ", ".join(f"{i} = {label_name(i)}" for i in (0, 1, 10))
+        raise argparse.ArgumentTypeError(f"must be comma-separated labels in [0, {NUM_CLASSES}), e.g. 1,10 "
+                                         f"({examples}), got {text!r}") from None
+
+
+def variant_list(text: str) -> list[str]:
+    """argparse type: comma-separated demo variants, e.g. 'cache,all'.
+
+    Raises:
+        argparse.ArgumentTypeError: an unknown or repeated variant, or an empty list.
+    """
+    keys = [part.strip() for part in text.split(",")]
+    unknown = [k for k in keys if k not in VARIANT_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"must be comma-separated variants from {','.join(VARIANT_KEYS)}, got {text!r}")
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"variant {repeated[0]!r} is given twice in {text!r}")
+    return keys
+
+
 def dims3(layout: str) -> Callable[[str], tuple[int, int, int]]:
     """An argparse type for three positive integers written AxBxC; ``layout`` names them in the
     messages (e.g. "FRAMESxHEIGHTxWIDTH"). Raises ``argparse.ArgumentTypeError`` otherwise."""
@@ -273,7 +312,11 @@ def _check_options(args: argparse.Namespace) -> None:
             resolve_config({"preset": args.preset})
         except ConfigError as err:
             raise UsageError(f"argument --preset: {err}") from err
-    if args.command == "demo":
+    if args.command == "demo" and args.model is None:
+        _check_trained_demo_args(args)
+        options = {**DITACCEL_BASE, **_overrides(args)}
+    elif args.command == "demo":
+        _check_plumbing_demo_args(args)
         options = _options(args, args.model.preset)
         if args.compiler is not None and options.get("compiler", args.compiler) != args.compiler:
             raise UsageError(f"argument --compiler: --compiler {args.compiler} conflicts with "
@@ -289,11 +332,40 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"argument -o/--option: {err}") from err
 
 
+_TRAINED_ONLY = ("labels", "seed", "variants", "out", "dtype", "rounds")
+
+
+def _check_trained_demo_args(args: argparse.Namespace) -> None:
+    if "compiler" in _overrides(args):
+        raise UsageError("argument -o/--option: the demo sets each variant's compiler; use --compiler "
+                         f"{'|'.join(COMPILERS)} instead of -o compiler=...")
+
+
+def _check_plumbing_demo_args(args: argparse.Namespace) -> None:
+    given = [name for name in _TRAINED_ONLY if getattr(args, name) is not None] + (["quick"] if args.quick else [])
+    if given:
+        raise UsageError(f"argument --{given[0]}: applies to the trained-model demo (ditaccel demo without --model); "
+                         "--model runs the plumbing demo, which takes --steps, --compiler, --device and -o")
+    if args.compiler == "auto":
+        raise UsageError("argument --compiler: the plumbing demo (--model) takes inductor or eager")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device, hint="use --device cpu")
-    result = run_demo(args.model, steps=args.steps, compiler=args.compiler, device=device, options=_overrides(args))
-    print(result.report)
-    print()
+    if args.model is not None:
+        device = resolve_device(args.device, hint="use --device cpu")
+        result = run_demo(args.model, steps=args.steps or 10, compiler=args.compiler, device=device,
+                          options=_overrides(args))
+        print(result.report)
+        print()
+        print(result.format())
+        return EXIT_OK
+    result = run_trained_demo(
+        labels=args.labels, steps=args.steps, seed=args.seed if args.seed is not None else 0, variants=args.variants,
+        device=args.device, dtype=args.dtype or "auto", compiler=args.compiler or "auto", rounds=args.rounds,
+        options=_overrides(args), quick=args.quick,
+        progress=lambda total: tqdm(total=total, desc="ditaccel demo: generations", unit="gen", file=sys.stderr,
+                                    disable=None, leave=False))
+    write_outputs(result, args.out if args.out is not None else Path("ditaccel-demo"), command=" ".join(sys.argv))
     print(result.format())
     return EXIT_OK
 
@@ -404,15 +476,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     models = ", ".join(list_tiny_models())
 
-    demo = sub.add_parser("demo", parents=[common], help="denoising loop on a tiny random DiT: eager vs ditaccel")
-    demo.add_argument("--model", type=model_arg, default="wan2.1-tiny",
-                      help=f"a built-in model ({models}) or package.module:NAME")
-    demo.add_argument("--steps", type=positive_int, default=10, help="denoising steps (>= 1, default 10)")
-    demo.add_argument("--compiler", choices=["inductor", "eager"], default=None,
-                      help="inductor (default) or eager (the rewritten graph without Inductor)")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="real videos from the trained fidelity model: speed and quality of each family",
+        description="Generate the same labelled videos with the shipped, trained fidelity model eagerly, with "
+                    "torch.compile, and with each ditaccel family (step cache, sparse attention, 8-bit attention) "
+                    "on its own and composed; print one table (time per generation, speed-up, PSNR / SSIM "
+                    "against eager, steps reused, attention density, compile time) and write a PNG strip and a "
+                    "GIF per video into --out. With --model, run the plumbing demo on a random tiny model instead.")
+    trained = demo.add_argument_group("trained-model demo (the default)")
+    label_help = ", ".join(f"{i} {label_name(i)}" for i in range(NUM_CLASSES))
+    trained.add_argument("--labels", type=label_list, default=None,
+                         help=f"comma-separated labels, one video each (default {','.join(map(str, DEFAULT_LABELS))}; "
+                              f"--quick: the first): {label_help}")
+    trained.add_argument("--seed", type=non_negative_int, default=None, help="seed of the starting noise (default 0)")
+    trained.add_argument("--variants", type=variant_list, default=None,
+                         help=f"comma-separated subset of {','.join(VARIANT_KEYS)} (default: all; --quick: "
+                              f"{','.join(QUICK_KEYS)}); eager always runs, as the quality reference")
+    trained.add_argument("--out", type=output_dir, default=None, help="folder for the images and results.json "
+                                                                      "(default ./ditaccel-demo)")
+    trained.add_argument("--dtype", choices=["auto", *DTYPES], default=None,
+                         help="auto (default: bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16")
+    trained.add_argument("--rounds", type=positive_int, default=None,
+                         help="timed generations per variant, interleaved (default 3; --quick: 1)")
+    trained.add_argument("--quick", action="store_true",
+                         help="one label, 8 steps, one round, variants eager,cache,sparse,all (under 30 s on 2 CPU cores)")
+    demo.add_argument("--model", type=model_arg, default=None,
+                      help=f"run the plumbing demo on a random built-in model ({models}) or package.module:NAME")
+    demo.add_argument("--steps", type=positive_int, default=None,
+                      help="denoising steps (>= 1; default 10, trained demo with --quick: 8)")
+    demo.add_argument("--compiler", choices=COMPILERS, default=None,
+                      help="what ditaccel compiles with: inductor, eager (the rewritten graph without Inductor) or "
+                           "auto (trained demo default: Inductor on a GPU, eager on the CPU; the plumbing demo's "
+                           "default is inductor)")
     demo.add_argument("--device", type=device_arg, default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
     demo.add_argument("-o", "--option", action="append", type=option_override, metavar="KEY=VALUE",
-                      help="backend option, e.g. -o attention.enabled=false")
+                      help="backend option for every ditaccel variant, e.g. -o cache.threshold=0.2")
     demo.set_defaults(func=cmd_demo, parser=demo)
 
     explain = sub.add_parser("explain", parents=[common],

@@ -330,10 +330,15 @@ def test_subprocess_usage_error_and_runtime_failure():
 
 
 def test_demo_compiler_flag_and_option_must_agree(capsys):
-    code, _, err = run(capsys, "demo", "--steps", "1", "--compiler", "inductor", "-o", "compiler=eager")
+    code, _, err = run(capsys, "demo", "--model", "wan2.1-tiny", "--steps", "1", "--compiler", "inductor",
+                       "-o", "compiler=eager")
     assert code == 2
     assert error_lines(err) == ["ditaccel demo: error: argument --compiler: --compiler inductor conflicts with "
                                 "-o compiler=eager; give one (see ditaccel demo --help)"]
+    code, _, err = run(capsys, "demo", "-o", "compiler=eager")  # the trained demo sets each row's compiler
+    assert code == 2
+    assert error_lines(err) == ["ditaccel demo: error: argument -o/--option: the demo sets each variant's compiler; "
+                                "use --compiler auto|inductor|eager instead of -o compiler=... (see ditaccel demo --help)"]
 
 
 def test_option_value_that_is_not_valid_toml_says_so(capsys):

@@ -35,10 +35,10 @@ from .model import (
     token_grid,
 )
 from .metrics import cosine, psnr, ssim
-from .videos import NUM_CLASSES, generate_videos, label_name, label_of, save_strip
+from .videos import NUM_CLASSES, generate_videos, label_name, label_of, save_gif, save_strip
 
 __all__ = [
     "FIDELITY_CONFIG", "NULL_LABEL", "NUM_CLASSES", "WEIGHTS_PATH", "build_fidelity_model", "flow_matching_loss",
-    "generate_videos", "label_name", "label_of", "load_fidelity_model", "sample", "save_strip", "text_embeddings",
+    "generate_videos", "label_name", "label_of", "load_fidelity_model", "sample", "save_gif", "save_strip", "text_embeddings",
     "token_grid", "WeightsChecksumError", "WeightsFileError", "psnr", "ssim", "cosine",
 ]

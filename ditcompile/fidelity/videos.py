@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -208,26 +209,76 @@ def frame_correlation(videos: torch.Tensor) -> float:
     return float(corr.mean())
 
 
-def save_strip(videos: torch.Tensor, path: str | os.PathLike, scale: int = 4, gap: int = 2) -> None:
-    """Write a PNG (atomically): one row per video, its frames left to right (needs pillow).
-
-    Raises ``ImportError`` without pillow, ``OSError`` when ``path`` cannot be written (a
-    previous file there is then unchanged).
-    """
+def _pillow():
     try:
-        from PIL import Image
+        from PIL import Image, ImageDraw, ImageFont
     except ImportError as err:
-        raise ImportError("save_strip needs pillow: pip install pillow (or ditaccel[test])") from err
+        raise ImportError("writing PNG / GIF images needs pillow: pip install pillow (or ditaccel[demo])") from err
+    return Image, ImageDraw, ImageFont
 
-    v = ((videos.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    B, _, F, H, W = v.shape
+
+def _compose(v: torch.Tensor, frames: Sequence[int], scale: int, gap: int, row_labels: Sequence[str] | None):
+    """One picture: a row per video of uint8 ``v`` [B, 3, F, H, W], the given frames left to right,
+    each frame enlarged ``scale`` times (nearest), ``gap`` white pixels between cells; with
+    ``row_labels`` (one per video) a white left margin holds each row's label."""
+    Image, ImageDraw, ImageFont = _pillow()
+    B, _, _, H, W = v.shape
+    try:
+        font = ImageFont.load_default(size=13)  # Pillow >= 10.1 (FreeType)
+    except (TypeError, AttributeError, OSError):
+        font = ImageFont.load_default()
+    pad = 6
+    margin = 0 if not row_labels else pad * 2 + max(int(math.ceil(font.getlength(t))) for t in row_labels)
     cell_h, cell_w = H * scale + gap, W * scale + gap
-    canvas = torch.full((B * cell_h + gap, F * cell_w + gap, 3), 255, dtype=torch.uint8)
+    canvas = torch.full((B * cell_h + gap, margin + len(frames) * cell_w + gap, 3), 255, dtype=torch.uint8)
     for b in range(B):
-        for f in range(F):
-            fr = v[b, :, f].permute(1, 2, 0)
-            fr = fr.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-            y0, x0 = gap + b * cell_h, gap + f * cell_w
+        for col, f in enumerate(frames):
+            fr = v[b, :, f].permute(1, 2, 0).repeat_interleave(scale, 0).repeat_interleave(scale, 1)  # [H*s, W*s, 3]
+            y0, x0 = gap + b * cell_h, margin + gap + col * cell_w
             canvas[y0:y0 + H * scale, x0:x0 + W * scale] = fr
+    image = Image.fromarray(canvas.numpy())
+    if row_labels:
+        draw = ImageDraw.Draw(image)
+        for b, text in enumerate(row_labels):
+            top, bottom = font.getbbox(text)[1], font.getbbox(text)[3]
+            y = gap + b * cell_h + (H * scale - (bottom - top)) // 2 - top
+            draw.text((pad, y), text, fill=(0, 0, 0), font=font)
+    return image
+
+
+def _uint8_videos(videos: torch.Tensor, row_labels: Sequence[str] | None) -> torch.Tensor:
+    if videos.dim() != 5 or videos.shape[1] != 3:
+        raise ValueError(f"videos must be [B, 3, F, H, W], got shape {tuple(videos.shape)}")
+    if row_labels is not None and len(row_labels) != videos.shape[0]:
+        raise ValueError(f"row_labels has {len(row_labels)} labels for {videos.shape[0]} videos")
+    return ((videos.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def save_strip(videos: torch.Tensor, path: str | os.PathLike, scale: int = 4, gap: int = 2,
+               row_labels: Sequence[str] | None = None) -> None:
+    """Write a PNG (atomically): one row per video of ``videos`` [B, 3, F, H, W] (values in
+    [-1, 1]), its frames left to right, enlarged ``scale`` times; ``row_labels`` (one per video)
+    are written in a left margin. Needs pillow.
+
+    Raises ``ImportError`` without pillow, ``ValueError`` for a wrong shape or label count,
+    ``OSError`` when ``path`` cannot be written (a previous file there is then unchanged).
+    """
+    v = _uint8_videos(videos, row_labels)
+    image = _compose(v, range(v.shape[2]), scale, gap, row_labels)
     with atomic_path(path) as tmp:
-        Image.fromarray(canvas.numpy()).save(tmp, format="PNG")
+        image.save(tmp, format="PNG")
+
+
+def save_gif(videos: torch.Tensor, path: str | os.PathLike, scale: int = 4, gap: int = 2,
+             row_labels: Sequence[str] | None = None, frame_ms: int = 160) -> None:
+    """Write an animated GIF (atomically, looping): the videos of ``videos`` [B, 3, F, H, W] one
+    above the other, playing together at ``frame_ms`` milliseconds per frame; labels as in
+    :func:`save_strip`. Needs pillow.
+
+    Raises ``ImportError`` without pillow, ``ValueError`` for a wrong shape or label count,
+    ``OSError`` when ``path`` cannot be written (a previous file there is then unchanged).
+    """
+    v = _uint8_videos(videos, row_labels)
+    images = [_compose(v, [f], scale, gap, row_labels) for f in range(v.shape[2])]
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)

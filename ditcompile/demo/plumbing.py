@@ -1,4 +1,4 @@
-"""`ditaccel demo`: a 10-step flow-matching denoising loop, eager vs the ditaccel backend.
+"""`ditaccel demo --model NAME`: a 10-step flow-matching denoising loop, eager vs the ditaccel backend.
 
 Builds a small randomly initialised DiT from the built-in example models (default: a diffusers
 Wan transformer), runs the same denoising loop (diffusers' FlowMatchEulerDiscreteScheduler) once
@@ -7,15 +7,15 @@ the timings and how far the two final latents differ. Uses a GPU when one is pre
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
-from .explain import explain
-from .models import load_model_spec, run_model
+from ..explain import explain
+from ..models import load_model_spec, run_model
+from .devices import resolve_device, sync
 
 
 @dataclass
@@ -45,47 +45,6 @@ class DemoResult:
         ])
 
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(?::(\d+))?")
-"""The accepted device spellings (re.fullmatch): auto, cpu, cuda, cuda:N (group 1: N)."""
-
-
-class DeviceUnavailableError(RuntimeError):
-    """The requested device does not exist on this machine."""
-
-
-def resolve_device(device: str, hint: str = "use device='cpu'") -> str:
-    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; ``cpu``/``cuda``/``cuda:N`` checked.
-
-    Args:
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        hint: what to do instead, appended to the error message.
-
-    Raises:
-        ValueError: any other spelling.
-        DeviceUnavailableError: CUDA is not available, or ``cuda:N`` does not exist; the message
-            gives the torch build and ``hint``.
-    """
-    match = DEVICE_PATTERN.fullmatch(device)
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not match:
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if device == "cpu":
-        return device
-    if not torch.cuda.is_available():
-        raise DeviceUnavailableError(f"CUDA is not available on this machine (torch {torch.__version__}); {hint}")
-    index, count = int(match.group(1) or 0), torch.cuda.device_count()
-    if index >= count:
-        raise DeviceUnavailableError(f"CUDA device {index} does not exist: this machine has {count} "
-                                     f"(cuda:0 to cuda:{count - 1}); {hint}")
-    return device
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def denoise(call: Callable[..., torch.Tensor], inputs: dict, steps: int, seed: int = 0) -> torch.Tensor:
     """Flow-matching Euler loop from pure noise shaped like inputs['hidden_states']."""
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -107,10 +66,10 @@ def _best_of(repeats: int, loop: Callable[[], torch.Tensor], device: str) -> tup
     """Run `loop` `repeats` times; its result and the fastest wall time (robust to a busy machine)."""
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         result = loop()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return result, best
 
@@ -159,7 +118,7 @@ def run_demo(model: Any = "wan2.1-tiny", steps: int = 10, compiler: Optional[str
     with torch.no_grad():
         start = time.perf_counter()
         denoise(compiled_call, inputs, steps)  # Dynamo + Inductor compile happen here
-        _sync(device)
+        sync(device)
         compile_s = time.perf_counter() - start
         reference, eager_s = _best_of(repeats, lambda: denoise(eager_call, inputs, steps), device)
         result, compiled_s = _best_of(repeats, lambda: denoise(compiled_call, inputs, steps), device)
