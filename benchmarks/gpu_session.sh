@@ -20,6 +20,9 @@ print(datetime.date.today(), torch.__version__, triton.__version__, torch.cuda.g
 PY
 echo "== correctness on CUDA (kernels, dispatch)"
 timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/kernels tests/ops 2>&1 | tail -15 | tee "$OUT/tests.txt"
+echo "== ditaccel demo on the trained fidelity model (issue 12 target: 'all' >= 2x torch.compile at >= 30 dB)"
+timeout 150 python3 -m ditcompile demo --device cuda --variants compile,cache,all --out "$OUT/demo" 2>&1 \
+  | grep -v Warning | tail -22 | tee "$OUT/demo.txt"
 echo "== attention kernels vs cuDNN / FA2 / FlexAttention (Wan2.1-1.3B shape)"
 timeout 170 python3 benchmarks/attention.py --quick --out "$OUT/attention.json" 2>&1 | tail -25 | tee "$OUT/attention.txt"
 echo "== end to end (Wan2.1-1.3B 480p, quick subset)"
