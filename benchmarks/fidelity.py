@@ -27,7 +27,7 @@ from ditcompile.config import resolve_config
 from ditcompile.fileio import atomic_write_text
 from ditcompile.fidelity.metrics import cosine, psnr, ssim
 from ditcompile.fidelity.attention import capture_attention
-from ditcompile.fidelity.model import load_fidelity_model, sample, text_embeddings, token_grid
+from ditcompile.fidelity.model import compute_device_dtype, load_fidelity_model, sample, text_embeddings, token_grid
 from ditcompile.fidelity.videos import generate_videos, label_name, save_strip
 from ditcompile.geometry import TokenLayout
 from ditcompile.masks import POLICIES, get_policy, pattern_token_rows
@@ -73,10 +73,10 @@ def attention_probs(model, labels, seed: int = 7) -> list[torch.Tensor]:
     videos = generate_videos(len(labels), seed=seed, labels=torch.as_tensor(labels)).videos
     noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(seed))
     x = 0.5 * videos + 0.5 * noise
-    param = next(model.parameters())
+    device, dtype = compute_device_dtype(model)
     with torch.no_grad(), capture_attention(model) as store:
-        model(hidden_states=x.to(param), timestep=torch.full((len(labels),), 500.0, device=param.device),
-              encoder_hidden_states=text_embeddings(labels, device=param.device, dtype=param.dtype))
+        model(hidden_states=x.to(device, dtype), timestep=torch.full((len(labels),), 500.0, device=device),
+              encoder_hidden_states=text_embeddings(labels, device=device, dtype=dtype))
     return [p.cpu() for p in store]
 
 

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -36,7 +37,8 @@ from tqdm.auto import tqdm
 from .config import ConfigError, available_presets, preset_metadata, resolve_config
 from .demo import (DEVICE_PATTERN, DTYPES, VARIANT_KEYS, check_labels, resolve_device, run_demo,
                    run_trained_demo, write_outputs)
-from .demo.trained import COMPILERS, DEFAULT_LABELS
+from .demo.images import prepare_out_dir, stale_files
+from .demo.trained import COMPILERS, DEFAULT_LABELS, MAX_SEED
 from .demo.variants import DITACCEL_BASE, QUICK_KEYS
 from .fidelity import NUM_CLASSES, label_name
 from .explain import explain
@@ -91,6 +93,18 @@ def positive_int(text: str) -> int:
         argparse.ArgumentTypeError: "must be an integer >= 1, got 0" (also for '1.5', 'abc').
     """
     return _integer(text, 1, "an integer >= 1")
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, a decimal integer in [0, 2**63 - 1].
+
+    Raises:
+        argparse.ArgumentTypeError: "must be an integer in [0, 2**63 - 1], got ..." (also for 'abc').
+    """
+    value = _integer(text, 0, "an integer in [0, 2**63 - 1]")
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got {value}")
+    return value
 
 
 def non_negative_int(text: str) -> int:
@@ -254,7 +268,7 @@ def option_override(text: str) -> tuple[str, Any]:
     arguments are parsed. Raises ``argparse.ArgumentTypeError`` without ``=`` or with no key.
     """
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"option {text!r} must look like key=value, e.g. compiler=eager")
+        raise argparse.ArgumentTypeError(f"option {text!r} must look like key=value, e.g. cache.threshold=0.2")
     key, raw = text.split("=", 1)
     if not key.strip():
         raise argparse.ArgumentTypeError(f"option {text!r} has no key before '='")
@@ -359,15 +373,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print()
         print(result.format())
         return EXIT_OK
+    out = prepare_out_dir(args.out if args.out is not None else Path("ditaccel-demo"))  # fail before the run
     result = run_trained_demo(
         labels=args.labels, steps=args.steps, seed=args.seed if args.seed is not None else 0, variants=args.variants,
         device=args.device, dtype=args.dtype or "auto", compiler=args.compiler or "auto", rounds=args.rounds,
-        options=_overrides(args), quick=args.quick,
-        progress=lambda total: tqdm(total=total, desc="ditaccel demo: generations", unit="gen", file=sys.stderr,
-                                    disable=None, leave=False))
-    write_outputs(result, args.out if args.out is not None else Path("ditaccel-demo"), command=" ".join(sys.argv))
+        options=_overrides(args), quick=args.quick, progress=_progress)
+    written = write_outputs(result, out, command=" ".join(["ditaccel", *map(shlex.quote, args.argv)]))
     print(result.format())
+    stale = stale_files(out, written)
+    if stale:
+        print(f"note: {out} also holds {len(stale)} image(s) from an earlier run, not from this one: "
+              f"{', '.join(stale[:6])}{' ...' if len(stale) > 6 else ''}")
     return EXIT_OK
+
+
+class LineProgress:
+    """Progress for a stderr that is not a terminal (a log file): one line per generation."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.key = total, 0, ""
+
+    def set_postfix_str(self, key: str) -> None:
+        self.key = key
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        print(f"ditaccel demo: generation {self.done}/{self.total} ({self.key})", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int) -> Any:
+    """A tqdm bar on a terminal, one line per generation otherwise."""
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc="ditaccel demo: generations", unit="gen", file=sys.stderr, leave=False)
+    return LineProgress(total)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -488,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     trained.add_argument("--labels", type=label_list, default=None,
                          help=f"comma-separated labels, one video each (default {','.join(map(str, DEFAULT_LABELS))}; "
                               f"--quick: the first): {label_help}")
-    trained.add_argument("--seed", type=non_negative_int, default=None, help="seed of the starting noise (default 0)")
+    trained.add_argument("--seed", type=seed_int, default=None, help="seed of the starting noise (default 0)")
     trained.add_argument("--variants", type=variant_list, default=None,
                          help=f"comma-separated subset of {','.join(VARIANT_KEYS)} (default: all; --quick: "
                               f"{','.join(QUICK_KEYS)}); eager always runs, as the quality reference")
@@ -585,6 +626,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args: Optional[argparse.Namespace] = None
     try:
         args = parser.parse_args(argv)
+        args.argv = list(argv if argv is not None else sys.argv[1:])
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
         _check_options(args)
         return args.func(args)

@@ -73,4 +73,5 @@ def device_name(device: str) -> str:
     """The GPU's name, or the CPU's (platform.processor(), else "cpu") with its thread count."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine() or 'cpu'} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine() or 'cpu'} ({threads} thread{'' if threads == 1 else 's'})"

@@ -10,6 +10,8 @@ import math
 from typing import Any, Optional
 
 DASH = "-"
+NOISY_SPREAD = 1.5
+"""A row whose slowest timed generation is more than this times its fastest makes the legend warn."""
 
 COLUMNS = (  # header, width, alignment
     ("variant", 25, "<"), ("runs on", 21, "<"), ("s/gen", 6, ">"), ("speed-up", 8, ">"), ("PSNR dB", 7, ">"),
@@ -30,8 +32,10 @@ def row_cells(row: Any, reference_key: str) -> list[str]:
     psnr = "ref" if row.key == reference_key else _num(row.psnr_db, ".2f")
     ssim = "ref" if row.key == reference_key else _num(row.ssim, ".4f")
     steps = DASH if row.steps_computed is None else f"{row.steps_computed}/{row.steps_reused}"
-    if row.compile_s is not None:
-        compile_s = _num(row.compile_s, ".1f") if row.runs_on != "eager" else DASH
+    if row.runs_on == "eager":  # nothing to compile
+        compile_s = DASH
+    elif row.compile_s is not None:
+        compile_s = _num(row.compile_s, ".1f")
     else:  # untimed: only the first call (compile + one generation) is known, an upper bound
         compile_s = f"<{row.first_call_s:.1f}"
     speed = DASH if row.speedup is None else f"{row.speedup:.2f}x"
@@ -53,7 +57,7 @@ def legend(result: Any) -> list[str]:
     """How to read the table, for the rows and device of this result."""
     base = "torch.compile" if result.baseline == "compile" else "eager"
     out = [
-        f"s/gen: median seconds per generation over {result.rounds} interleaved round(s); speed-up: {base}'s "
+        f"s/gen: median seconds per generation over {_plural(result.rounds, 'round')}, interleaved; speed-up: {base}'s "
         "median / the row's (measured side by side in this process).",
         "PSNR / SSIM: each row's videos against eager dense from the same noise (inf dB / 1.0000: identical; "
         "above ~30 dB differences are hard to see).",
@@ -66,18 +70,29 @@ def legend(result: Any) -> list[str]:
         out.append("reference path: on this device sparse / 8-bit attention runs the kernels' pure-torch reference "
                    "(the same function, much slower): the row shows quality, not speed; run on a GPU "
                    "(--device cuda) for the real kernels.")
-    if result.compiler == "eager" and any(r.runs_on.startswith("ditaccel") for r in result.rows):
+    if any(r.runs_on == "ditaccel, no Inductor" for r in result.rows):
+        compiled = "; torch.compile's row uses Inductor" if any(r.runs_on == "Inductor" for r in result.rows) else ""
         out.append("ditaccel rows ran their rewritten graph without Inductor (--compiler eager, the CPU default: a "
-                   "cold Inductor compile costs ~40 s per variant on 2 cores); torch.compile's row uses Inductor. "
-                   "--compiler inductor compiles them too.")
+                   f"cold Inductor compile costs ~40 s per variant on 2 cores){compiled}. --compiler inductor "
+                   "compiles them with Inductor.")
+    noisy = [r for r in result.rows if r.spread is not None and r.spread > NOISY_SPREAD]
+    if noisy:
+        worst = max(noisy, key=lambda r: r.spread)
+        out.append(f"WARNING: the timings were noisy ({worst.title}: {min(worst.times_s):.2f} to "
+                   f"{max(worst.times_s):.2f} s over {len(worst.times_s)} rounds): something else was using this "
+                   "machine; the speed-ups are unreliable. Rerun on an idle machine or with more --rounds.")
     return out
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def format_result(result: Any) -> str:
     """Header line, table, legend and the files written."""
     labels = ", ".join(f"{label} ({name})" for label, name in zip(result.labels, result.label_names()))
     head = (f"ditaccel demo: the trained fidelity model (diffusers Wan DiT, 8x32x32 RGB videos, 512 tokens), "
-            f"{len(result.labels)} video(s) x {result.steps} steps, seed {result.seed}, on {result.device} "
+            f"{_plural(len(result.labels), 'video')} x {_plural(result.steps, 'step')}, seed {result.seed}, on {result.device} "
             f"({result.device_name}), {result.dtype}, torch {result.versions.get('torch')}\nlabels: {labels}")
     parts = [head, "", format_table(result), ""] + legend(result)
     if result.files:

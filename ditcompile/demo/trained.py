@@ -16,22 +16,22 @@ decision the op makes at run time.
 """
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Optional
 
 import torch
 
-from ..config import resolve_config
 from ..fidelity import FIDELITY_CONFIG, NUM_CLASSES, label_name, load_fidelity_model, psnr, sample, ssim, token_grid
 from ..ops.select import REFERENCE, SDPA, select_impl
 from ..runtime.state import cache_stats, new_generation, sparse_stats
 from .devices import device_name, resolve_device, resolve_dtype, sync
 from .table import format_result
 from .timing import interleaved_times, median
-from .variants import COMPILE, EAGER, Variant, select_variants
+from .variants import COMPILE, EAGER, Variant, as_run, select_variants
 
 DEFAULT_LABELS = (1, 10)
 """disc moving left, triangle moving down."""
@@ -69,8 +69,16 @@ class Row:
 
     @property
     def compile_s(self) -> Optional[float]:
-        """First call minus a steady generation (None for an untimed row: only ``first_call_s``)."""
-        return None if not self.timed else max(0.0, self.first_call_s - self.median_s)
+        """First call minus a steady generation (None for the eager row, which compiles nothing,
+        and for an untimed row: only ``first_call_s`` is known)."""
+        if not self.timed or self.runs_on == "eager":
+            return None
+        return max(0.0, self.first_call_s - self.median_s)
+
+    @property
+    def spread(self) -> Optional[float]:
+        """Slowest / fastest timed generation (1.0: perfectly steady; None: untimed)."""
+        return max(self.times_s) / min(self.times_s) if self.timed and min(self.times_s) > 0 else None
 
 
 @dataclass
@@ -97,28 +105,44 @@ class TrainedDemoResult:
         return format_result(self)
 
     def to_dict(self) -> dict:
-        """Everything but the videos, JSON-ready (``inf`` PSNR stays a float: json writes Infinity)."""
-        rows = [{**asdict(r), "median_s": r.median_s, "compile_s": r.compile_s} for r in self.rows]
+        """Everything but the videos, as strict-JSON-ready values: ``psnr_db`` is None (null) for
+        videos identical to the reference (an infinite PSNR)."""
+        rows = []
+        for r in self.rows:
+            row = {**asdict(r), "median_s": r.median_s, "compile_s": r.compile_s, "spread": r.spread}
+            if row["psnr_db"] is not None and math.isinf(row["psnr_db"]):
+                row["psnr_db"] = None
+            rows.append(row)
         meta = {k: v for k, v in asdict(self).items() if k not in ("rows", "videos")}
         meta["label_names"] = self.label_names()
         return {"meta": meta, "rows": rows}
 
 
-def check_labels(labels: Sequence[int]) -> list[int]:
-    """The labels as ints, each in [0, 16).
+def check_labels(labels: Any) -> list[int]:
+    """The labels as a list of distinct ints, each in [0, 16) (a list, tuple or 1-D tensor).
 
     Raises:
-        ValueError: an empty list, a label out of range or not an integer (naming it).
+        ValueError: not a sequence, empty, a label out of range, not an integer, or given twice
+            (naming it).
     """
+    if isinstance(labels, torch.Tensor):
+        labels = labels.reshape(-1).tolist() if not labels.is_floating_point() else labels.tolist()
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple)):
+        raise ValueError(f"labels must be a list of integers in [0, {NUM_CLASSES}), e.g. [1, 10], got {labels!r}")
     out = []
     for label in labels:
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < NUM_CLASSES:
             raise ValueError(f"labels must be integers in [0, {NUM_CLASSES}), got {label!r} "
                              f"(e.g. 1 = {label_name(1)!r}, 10 = {label_name(10)!r})")
+        if label in out:
+            raise ValueError(f"label {label} is given twice (each label is one video and one set of files)")
         out.append(int(label))
     if not out:
         raise ValueError("labels must name at least one label")
     return out
+
+
+MAX_SEED = 2 ** 63 - 1
 
 
 def _positive(name: str, value: int) -> int:
@@ -152,33 +176,36 @@ def _cache_steps(wrapper: Any) -> tuple[Optional[int], Optional[int]]:
     return sum(b["computed"] for b in branches), sum(b["reused"] for b in branches)
 
 
-def _density(wrapper: Any) -> Optional[float]:
-    """Self-attention density of the current generation: sparse calls count their mask's density,
-    dense calls (warm-up steps, guard) count 1."""
+def _density(wrapper: Any) -> tuple[Optional[float], int]:
+    """Self-attention density of the current generation (sparse calls count their mask's density,
+    dense calls -- warm-up steps, guard -- count 1) and the number of sparse calls."""
     states = sparse_stats(wrapper)
     done = total = 0.0
+    sparse_calls = 0
     for state in states:
         for site in state["current"].values():
             dense, sparse = site["dense_calls"], site["sparse_calls"]
             done += dense + sparse * (site["density"] if site["density"] is not None else 1.0)
             total += dense + sparse
-    return done / total if total else None
+            sparse_calls += sparse
+    return (done / total if total else None), sparse_calls
 
 
-def _runs_on(variant: Variant, compiler: str) -> str:
+def _runs_on(variant: Variant) -> str:
     if variant.compiler is None:
         return "eager"
     if variant.compiler == "torch.compile":
         return "Inductor"
-    return "ditaccel + Inductor" if compiler == "inductor" else "ditaccel, no Inductor"
+    return "ditaccel + Inductor" if variant.options.get("compiler") == "inductor" else "ditaccel, no Inductor"
 
 
-def _make_call(model: torch.nn.Module, variant: Variant, compiler: str, overrides: dict) -> Any:
+def _make_call(model: torch.nn.Module, variant: Variant) -> Any:
+    """What `sample` calls for the variant (None: the model itself); ``variant`` as run (`as_run`)."""
     if variant.compiler is None:
         return None
     if variant.compiler == "torch.compile":
         return torch.compile(model)
-    return torch.compile(model, backend="ditaccel", options={**variant.options, "compiler": compiler, **overrides})
+    return torch.compile(model, backend="ditaccel", options=variant.options)
 
 
 def run_trained_demo(labels: Optional[Sequence[int]] = None, steps: Optional[int] = None, seed: int = 0,
@@ -217,29 +244,34 @@ def run_trained_demo(labels: Optional[Sequence[int]] = None, steps: Optional[int
         FileNotFoundError, WeightsFileError: the weights cannot be used.
         ImportError: diffusers is not installed.
     """
-    labels = check_labels(list(labels) if labels is not None else list(DEFAULT_LABELS[:1] if quick else DEFAULT_LABELS))
+    labels = check_labels(labels if labels is not None else list(DEFAULT_LABELS[:1] if quick else DEFAULT_LABELS))
     steps = _positive("steps", steps if steps is not None else (QUICK_STEPS if quick else DEFAULT_STEPS))
     rounds = _positive("rounds", rounds if rounds is not None else (QUICK_ROUNDS if quick else DEFAULT_ROUNDS))
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
     if compiler not in COMPILERS:
         raise ValueError(f"compiler must be one of {', '.join(COMPILERS)}, got {compiler!r}")
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"options must be a dict of ditaccel options (e.g. {{'cache.threshold': 0.2}}), "
+                         f"got {options!r}")
+    overrides = dict(options or {})
+    if "compiler" in overrides:
+        raise ValueError("options['compiler']: the demo sets each row's compiler; pass compiler='inductor' or "
+                         "'eager' (the ditaccel rows) instead")
     chosen = select_variants(variants, steps, quick=quick)
-    device = resolve_device(device, hint="use --device cpu")
+    device = resolve_device(str(device), hint="use --device cpu")
     torch_dtype = resolve_dtype(dtype, device)
     if compiler == "auto":
         compiler = "inductor" if device.startswith("cuda") else "eager"
-    overrides = dict(options or {})
-    for variant in chosen:  # every option checked before the model loads (ConfigError names the key)
-        if variant.compiler == "ditaccel":
-            resolve_config({**variant.options, "compiler": compiler, **overrides})
+    # every option checked before the model loads (ConfigError names the key); rows named after
+    # what the merged options really enable
+    chosen = [as_run(v, compiler, overrides)[0] for v in chosen]
 
     model = load_fidelity_model(weights, device=device, dtype=torch_dtype)
     grid = token_grid()
     q_shape = (len(labels), FIDELITY_CONFIG["num_attention_heads"], grid[0] * grid[1] * grid[2],
                FIDELITY_CONFIG["attention_head_dim"])
-    rows = {v.key: Row(v.key, v.title, _runs_on(v, compiler), reference_reason(v, device, torch_dtype, q_shape))
-            for v in chosen}
+    rows = {v.key: Row(v.key, v.title, _runs_on(v), reference_reason(v, device, torch_dtype, q_shape)) for v in chosen}
     timed = [v for v in chosen if not rows[v.key].note]
     bar = progress(len(chosen) + rounds * len(timed)) if progress is not None else None
 
@@ -248,7 +280,7 @@ def run_trained_demo(labels: Optional[Sequence[int]] = None, steps: Optional[int
             bar.set_postfix_str(key)
             bar.update(1)
 
-    calls = {v.key: _make_call(model, v, compiler, overrides) for v in chosen}
+    calls = {v.key: _make_call(model, v) for v in chosen}
 
     def generate(key: str) -> torch.Tensor:
         call = calls[key]
@@ -270,7 +302,10 @@ def run_trained_demo(labels: Optional[Sequence[int]] = None, steps: Optional[int
             else:
                 row.steps_computed, row.steps_reused = steps, 0
             if v.sparse:
-                row.density = _density(calls[v.key])
+                row.density, sparse_calls = _density(calls[v.key])
+                if sparse_calls == 0:
+                    row.note = "; ".join(filter(None, [row.note, f"no sparse call: all {steps} steps were dense "
+                                                                 "(the warm-up covers them)"]))
             tick(v.key)
         times = interleaved_times({v.key: (lambda key=v.key: generate(key)) for v in timed}, rounds,
                                   sync=lambda: sync(device), after_each=tick)

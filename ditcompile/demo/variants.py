@@ -12,8 +12,11 @@ mask blocks) and short (6-20 step) samplers; `benchmarks/fidelity.py` sweeps the
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
+
+from ..config import DitConfig, resolve_config
 
 EAGER, COMPILE, CACHE, SPARSE, INT8, ALL = "eager", "compile", "cache", "sparse", "int8", "all"
 VARIANT_KEYS = (EAGER, COMPILE, CACHE, SPARSE, INT8, ALL)
@@ -83,19 +86,56 @@ class Variant:
         return CACHE in self.families
 
 
+def ditaccel_title(families: Sequence[str], dense_steps: int) -> str:
+    """The row name of a ditaccel variant with these families (warm-up shown where sparse)."""
+    names = {CACHE: "step cache", SPARSE: f"sparse ({dense_steps} dense)", INT8: "8-bit attention"}
+    if set(families) == {CACHE, SPARSE, INT8}:
+        return "ditaccel all composed"
+    return "ditaccel " + (" + ".join(names[f] for f in families) if families else "dense")
+
+
+def families_of(cfg: DitConfig) -> tuple[str, ...]:
+    """The features a resolved config turns on, in table order."""
+    on = ((CACHE, cfg.cache.enabled), (SPARSE, cfg.sparse.enabled), (INT8, cfg.attention.quant == "int8"))
+    return tuple(name for name, enabled in on if enabled)
+
+
 def demo_variants(steps: int) -> dict[str, Variant]:
     """Every variant, by key (in table order), for a sampler of ``steps`` steps."""
     sparse = sparse_options(steps)
     warm = sparse["sparse.dense_steps"]
+
+    def ditaccel(key: str, options: dict, families: tuple[str, ...]) -> Variant:
+        return Variant(key, ditaccel_title(families, warm), "ditaccel", {**DITACCEL_BASE, **options}, families)
+
     return {v.key: v for v in (
         Variant(EAGER, "eager (dense)", None),
         Variant(COMPILE, "torch.compile", "torch.compile"),
-        Variant(CACHE, "ditaccel step cache", "ditaccel", {**DITACCEL_BASE, **CACHE_OPTIONS}, (CACHE,)),
-        Variant(SPARSE, f"ditaccel sparse ({warm} dense)", "ditaccel", {**DITACCEL_BASE, **sparse}, (SPARSE,)),
-        Variant(INT8, "ditaccel 8-bit attention", "ditaccel", {**DITACCEL_BASE, **INT8_OPTIONS}, (INT8,)),
-        Variant(ALL, "ditaccel all composed", "ditaccel", {**DITACCEL_BASE, **CACHE_OPTIONS, **sparse, **INT8_OPTIONS},
-                (CACHE, SPARSE, INT8)),
+        ditaccel(CACHE, CACHE_OPTIONS, (CACHE,)),
+        ditaccel(SPARSE, sparse, (SPARSE,)),
+        ditaccel(INT8, INT8_OPTIONS, (INT8,)),
+        ditaccel(ALL, {**CACHE_OPTIONS, **sparse, **INT8_OPTIONS}, (CACHE, SPARSE, INT8)),
     )}
+
+
+def as_run(variant: Variant, compiler: str, overrides: Optional[dict] = None) -> tuple[Variant, Optional[DitConfig]]:
+    """The variant as it will run, and its resolved config (None for eager / torch.compile).
+
+    Its options get the run's ``compiler`` ("inductor" or "eager") and the user's ``overrides``
+    on top; its families and title are read back from the resolved config, so an override that
+    turns a feature on or off or changes the dense warm-up shows in the row's name and in what the
+    demo measures for it.
+
+    Raises:
+        ConfigError: the merged options are refused (naming the key).
+    """
+    if variant.compiler != "ditaccel":
+        return variant, None
+    options = {**variant.options, "compiler": compiler, **(overrides or {})}
+    cfg = resolve_config(options)
+    families = families_of(cfg)
+    return dataclasses.replace(variant, options=options, families=families,
+                               title=ditaccel_title(families, cfg.sparse.dense_steps)), cfg
 
 
 def select_variants(keys: Optional[Sequence[str]], steps: int, quick: bool = False) -> list[Variant]:
@@ -106,6 +146,9 @@ def select_variants(keys: Optional[Sequence[str]], steps: int, quick: bool = Fal
         ValueError: an unknown or repeated key, naming it and the accepted keys.
     """
     table = demo_variants(steps)
+    if isinstance(keys, str) or (keys is not None and not isinstance(keys, (list, tuple))):
+        raise ValueError(f"variants must be a list of keys from {', '.join(VARIANT_KEYS)} (e.g. ['cache', 'all']), "
+                         f"got {keys!r}")
     if keys is None:
         chosen = list(QUICK_KEYS if quick else VARIANT_KEYS)
     else:
@@ -120,5 +163,5 @@ def select_variants(keys: Optional[Sequence[str]], steps: int, quick: bool = Fal
     return [table[k] for k in VARIANT_KEYS if k in wanted]
 
 
-__all__ = ["Variant", "VARIANT_KEYS", "QUICK_KEYS", "demo_variants", "select_variants", "sparse_options", "dense_warmup_steps",
+__all__ = ["Variant", "VARIANT_KEYS", "QUICK_KEYS", "demo_variants", "as_run", "families_of", "ditaccel_title", "select_variants", "sparse_options", "dense_warmup_steps",
            "CACHE_OPTIONS", "INT8_OPTIONS", "DITACCEL_BASE", "BLOCK"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model import NULL_LABEL, text_embeddings, token_grid
+from .model import NULL_LABEL, compute_device_dtype, text_embeddings, token_grid
 from .videos import generate_videos
 
 
@@ -134,8 +134,7 @@ def attention_locality(model, batch_size: int = 4, t: float = 0.5, seed: int = 1
     ``x_t = (1 - t) x0 + t noise`` with ``x0`` from :func:`generate_videos` (seeded) unless
     ``videos`` / ``labels`` are given; the model sees ``timestep = 1000 t`` and the labels' prompts.
     """
-    param = next(model.parameters())
-    dev, dtype = param.device, param.dtype
+    dev, dtype = compute_device_dtype(model)
     if videos is None:
         batch = generate_videos(batch_size, seed=seed)
         videos, labels = batch.videos, batch.labels

@@ -316,8 +316,41 @@ def load_fidelity_model(path: str | os.PathLike | None = None, device: torch.dev
     model.load_state_dict(state)
     model = model.to(device)
     if dtype != torch.float32:
-        model = model.to(dtype)
+        cast_keeping_fp32_modules(model, dtype)
     return model.eval()
+
+
+def compute_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and the dtype most of ``model``'s parameter elements have (the dtype its inputs
+    take: with float32-kept modules, the first parameter may not have it)."""
+    counts: dict[torch.dtype, int] = {}
+    device = None
+    for p in model.parameters():
+        device = device or p.device
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    if device is None:
+        raise ValueError("the model has no parameters")
+    return device, max(counts, key=counts.get) if counts else torch.float32
+
+
+def cast_keeping_fp32_modules(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast ``model``'s floating-point parameters and buffers to ``dtype`` in place, except those
+    of the modules diffusers keeps in float32 (``_keep_in_fp32_modules``: Wan's time embedder,
+    norms, scale-shift tables, rope), as ``from_pretrained(torch_dtype=...)`` does -- without
+    ``ModelMixin.to(dtype)``'s warning about exactly that."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            for kind in ("_parameters", "_buffers"):
+                for name, tensor in getattr(module, kind).items():
+                    full = f"{module_name}.{name}" if module_name else name
+                    if tensor is None or not tensor.is_floating_point() or any(k in full for k in keep):
+                        continue
+                    if kind == "_parameters":
+                        tensor.data = tensor.data.to(dtype)
+                    else:
+                        module._buffers[name] = tensor.to(dtype)
 
 
 def training_metadata(path: str | os.PathLike | None = None) -> dict[str, str]:
@@ -451,8 +484,7 @@ def sample(
     With ``guidance_scale != 1`` the conditional and null prompts run as one batch of 2B
     (classifier-free guidance). ``step_callback(i, t, x)`` sees the state after each step.
     """
-    param = next(model.parameters())
-    dev, dtype = param.device, param.dtype
+    dev, dtype = compute_device_dtype(model)
     call = transformer_call if transformer_call is not None else model
     labels_t = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
     B = labels_t.numel()

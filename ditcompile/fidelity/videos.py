@@ -217,10 +217,12 @@ def _pillow():
     return Image, ImageDraw, ImageFont
 
 
-def _compose(v: torch.Tensor, frames: Sequence[int], scale: int, gap: int, row_labels: Sequence[str] | None):
+def _compose(v: torch.Tensor, frames: Sequence[int], scale: int, gap: int, row_labels: Sequence[str] | None,
+             title: str | None = None):
     """One picture: a row per video of uint8 ``v`` [B, 3, F, H, W], the given frames left to right,
     each frame enlarged ``scale`` times (nearest), ``gap`` white pixels between cells; with
-    ``row_labels`` (one per video) a white left margin holds each row's label."""
+    ``row_labels`` (one per video) a white left margin holds each row's label, with ``title`` a
+    white band above the rows holds it."""
     Image, ImageDraw, ImageFont = _pillow()
     B, _, _, H, W = v.shape
     try:
@@ -229,19 +231,23 @@ def _compose(v: torch.Tensor, frames: Sequence[int], scale: int, gap: int, row_l
         font = ImageFont.load_default()
     pad = 6
     margin = 0 if not row_labels else pad * 2 + max(int(math.ceil(font.getlength(t))) for t in row_labels)
+    band = 0 if not title else font.getbbox(title)[3] + 2 * pad
     cell_h, cell_w = H * scale + gap, W * scale + gap
-    canvas = torch.full((B * cell_h + gap, margin + len(frames) * cell_w + gap, 3), 255, dtype=torch.uint8)
+    width = max(margin + len(frames) * cell_w + gap, 0 if not title else int(math.ceil(font.getlength(title))) + 2 * pad)
+    canvas = torch.full((band + B * cell_h + gap, width, 3), 255, dtype=torch.uint8)
     for b in range(B):
         for col, f in enumerate(frames):
             fr = v[b, :, f].permute(1, 2, 0).repeat_interleave(scale, 0).repeat_interleave(scale, 1)  # [H*s, W*s, 3]
-            y0, x0 = gap + b * cell_h, margin + gap + col * cell_w
+            y0, x0 = band + gap + b * cell_h, margin + gap + col * cell_w
             canvas[y0:y0 + H * scale, x0:x0 + W * scale] = fr
     image = Image.fromarray(canvas.numpy())
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
     if row_labels:
-        draw = ImageDraw.Draw(image)
         for b, text in enumerate(row_labels):
             top, bottom = font.getbbox(text)[1], font.getbbox(text)[3]
-            y = gap + b * cell_h + (H * scale - (bottom - top)) // 2 - top
+            y = band + gap + b * cell_h + (H * scale - (bottom - top)) // 2 - top
             draw.text((pad, y), text, fill=(0, 0, 0), font=font)
     return image
 
@@ -255,22 +261,22 @@ def _uint8_videos(videos: torch.Tensor, row_labels: Sequence[str] | None) -> tor
 
 
 def save_strip(videos: torch.Tensor, path: str | os.PathLike, scale: int = 4, gap: int = 2,
-               row_labels: Sequence[str] | None = None) -> None:
+               row_labels: Sequence[str] | None = None, title: str | None = None) -> None:
     """Write a PNG (atomically): one row per video of ``videos`` [B, 3, F, H, W] (values in
     [-1, 1]), its frames left to right, enlarged ``scale`` times; ``row_labels`` (one per video)
-    are written in a left margin. Needs pillow.
+    are written in a left margin, ``title`` in a band above. Needs pillow.
 
     Raises ``ImportError`` without pillow, ``ValueError`` for a wrong shape or label count,
     ``OSError`` when ``path`` cannot be written (a previous file there is then unchanged).
     """
     v = _uint8_videos(videos, row_labels)
-    image = _compose(v, range(v.shape[2]), scale, gap, row_labels)
+    image = _compose(v, range(v.shape[2]), scale, gap, row_labels, title)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
 
 def save_gif(videos: torch.Tensor, path: str | os.PathLike, scale: int = 4, gap: int = 2,
-             row_labels: Sequence[str] | None = None, frame_ms: int = 160) -> None:
+             row_labels: Sequence[str] | None = None, frame_ms: int = 160, title: str | None = None) -> None:
     """Write an animated GIF (atomically, looping): the videos of ``videos`` [B, 3, F, H, W] one
     above the other, playing together at ``frame_ms`` milliseconds per frame; labels as in
     :func:`save_strip`. Needs pillow.
@@ -279,6 +285,6 @@ def save_gif(videos: torch.Tensor, path: str | os.PathLike, scale: int = 4, gap:
     ``OSError`` when ``path`` cannot be written (a previous file there is then unchanged).
     """
     v = _uint8_videos(videos, row_labels)
-    images = [_compose(v, [f], scale, gap, row_labels) for f in range(v.shape[2])]
+    images = [_compose(v, [f], scale, gap, row_labels, title) for f in range(v.shape[2])]
     with atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)

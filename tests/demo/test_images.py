@@ -24,10 +24,11 @@ def _cells_equal(image, videos, frames, scale, gap):
     px = torch.from_numpy(__import__("numpy").asarray(image.convert("RGB")).copy())  # [H, W, 3]
     b_count, _, _, h, w = videos.shape
     margin = px.shape[1] - len(frames) * (w * scale + gap) - gap
+    band = px.shape[0] - b_count * (h * scale + gap) - gap  # the title's band above the rows
     expected = ((videos.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     for b in range(b_count):
         for col, f in enumerate(frames):
-            y0, x0 = gap + b * (h * scale + gap), margin + gap + col * (w * scale + gap)
+            y0, x0 = band + gap + b * (h * scale + gap), margin + gap + col * (w * scale + gap)
             cell = px[y0:y0 + h * scale, x0:x0 + w * scale]
             want = expected[b, :, f].permute(1, 2, 0).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
             assert torch.equal(cell, want), (b, f)
@@ -45,6 +46,18 @@ def test_strip_cells_and_label_margin(tmp_path):
     assert margin > 0
     band = torch.from_numpy(__import__("numpy").asarray(Image.open(labelled).convert("L")).copy())[:, :margin]
     assert (band < 128).any(), "the labels are drawn (dark text in the white margin)"
+
+
+def test_strip_title_band(tmp_path):
+    videos = _videos(2, f=6, w=20)  # rows wider than the title: the cells start right after the margin
+    path = tmp_path / "titled.png"
+    save_strip(videos, path, scale=2, gap=1, row_labels=["a", "b"], title="label 1: disc moving left")
+    image = Image.open(path)
+    rows_height = 2 * (videos.shape[3] * 2 + 1) + 1
+    assert image.height > rows_height
+    _cells_equal(image, videos, range(6), 2, 1)
+    top = torch.from_numpy(__import__("numpy").asarray(image.convert("L")).copy())[:image.height - rows_height]
+    assert (top < 128).any(), "the title is drawn in the band above the rows"
 
 
 def test_gif_plays_the_frames(tmp_path):
@@ -76,8 +89,10 @@ def test_bad_inputs(tmp_path):
 def _result(labels):
     rows = [SimpleNamespace(key=k, title=t) for k, t in (("eager", "eager (dense)"), ("cache", "ditaccel step cache"))]
     videos = {r.key: _videos(len(labels)) for r in rows}
-    data = {"meta": {"psnr": math.inf, "labels": labels}, "rows": [{"psnr_db": math.inf}, {"psnr_db": 31.5}]}
-    return SimpleNamespace(rows=rows, labels=labels, videos=videos, files=[], to_dict=lambda: data)
+    result = SimpleNamespace(rows=rows, labels=labels, videos=videos, files=[], steps=4, seed=0)
+    result.to_dict = lambda: {"meta": {"psnr": math.inf, "labels": labels, "files": list(result.files)},
+                              "rows": [{"psnr_db": math.inf}, {"psnr_db": 31.5}]}
+    return result
 
 
 def test_write_outputs(tmp_path):
@@ -90,9 +105,26 @@ def test_write_outputs(tmp_path):
         strip = Image.open(out / f"strip_label{label}.png")
         strip.verify()
         assert Image.open(out / f"video_label{label}.gif").n_frames == 3
-    data = json.loads((out / "results.json").read_text())  # strict JSON: inf written as a string
-    assert data["rows"][0]["psnr_db"] == "inf" and data["rows"][1]["psnr_db"] == 31.5
+    text = (out / "results.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert data["rows"][0]["psnr_db"] is None and data["rows"][1]["psnr_db"] == 31.5  # non-finite -> null
     assert data["meta"]["command"] == "ditaccel demo"
+    assert data["meta"]["files"] == written and written[-1].endswith("results.json")
+
+
+def test_stale_files_and_unwritable_folder(tmp_path):
+    from ditcompile.demo.images import prepare_out_dir, stale_files
+
+    out = tmp_path / "o"
+    result = _result([3])
+    old = write_outputs(_result([5]), out)
+    written = write_outputs(result, out)
+    assert stale_files(out, written) == ["strip_label5.png", "video_label5.gif"]
+    assert all(__import__("os").path.exists(p) for p in old), "earlier files are kept, never deleted"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot write into the output folder"):
+        prepare_out_dir(blocker / "sub")
 
 
 def test_write_outputs_without_pillow(tmp_path, monkeypatch, caplog):

@@ -9,7 +9,7 @@ RNG = random.Random()
 
 
 def _result(compiler="eager"):
-    t = [RNG.uniform(0.5, 2.0) for _ in range(3)]
+    t = [RNG.uniform(1.0, 1.4) for _ in range(3)]
     rows = [
         Row("eager", "eager (dense)", "eager", first_call_s=2.0, times_s=t, psnr_db=math.inf, ssim=1.0,
             steps_computed=10, steps_reused=0),
@@ -59,3 +59,18 @@ def test_format_result_names_labels_and_files():
     text = result.format()
     assert "1 (disc moving left), 10 (triangle moving down)" in text
     assert text.rstrip().endswith("wrote: out/strip_label1.png, out/results.json")
+
+
+def test_noisy_timings_are_flagged():
+    result = _result()
+    assert not any("noisy" in line for line in legend(result))  # spreads <= 1.4
+    result.rows[1].times_s = [1.0, 4.8, 1.1]
+    (warning,) = [line for line in legend(result) if "noisy" in line]
+    assert warning.startswith("WARNING") and "torch.compile: 1.00 to 4.80 s over 3 rounds" in warning
+
+
+def test_plurals():
+    result = _result()
+    result.labels, result.steps, result.rounds = [1], 1, 1
+    text = result.format()
+    assert "1 video x 1 step," in text and "over 1 round," in text

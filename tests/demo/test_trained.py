@@ -39,15 +39,25 @@ def test_reference_reason_follows_select_impl(monkeypatch):
 
 
 @pytest.mark.parametrize("labels, message", [([], "at least one"), ([16], r"in \[0, 16\)"), ([-1], "got -1"),
-                                             ([1.0], "got 1.0"), ([True], "got True")])
+                                             ([1.0], "got 1.0"), ([True], "got True"), ([1, 1], "label 1 is given twice"),
+                                             (3, "must be a list"), ("1,10", "must be a list")])
 def test_check_labels(labels, message):
     with pytest.raises(ValueError, match=message):
         check_labels(labels)
 
 
+def test_check_labels_accepts_tensors_and_tuples():
+    labels = RNG.sample(range(16), 3)
+    assert check_labels(torch.tensor(labels)) == labels == check_labels(tuple(labels))
+
+
 @pytest.mark.parametrize("kwargs, message", [({"steps": 0}, "steps must be"), ({"rounds": 0}, "rounds must be"),
                                              ({"seed": -1}, "seed must be"), ({"compiler": "tvm"}, "compiler must"),
-                                             ({"dtype": "int8"}, "dtype must"), ({"variants": ["x"]}, "unknown variant")])
+                                             ({"dtype": "int8"}, "dtype must"), ({"variants": ["x"]}, "unknown variant"),
+                                             ({"variants": "cache"}, "variants must be a list"),
+                                             ({"seed": 2 ** 63}, "seed must be an integer in"),
+                                             ({"options": "flux"}, "options must be a dict"),
+                                             ({"options": {"compiler": "inductor"}}, "options\\['compiler'\\]")])
 def test_bad_arguments_fail_before_loading(kwargs, message, monkeypatch):
     monkeypatch.setattr(trained, "load_fidelity_model", lambda *a, **k: pytest.fail("loaded the model"))
     with pytest.raises(ValueError, match=message):
@@ -84,6 +94,19 @@ def test_rows_against_an_independent_eager_run():
     assert rows["sparse"].density < 1
 
 
+def test_overrides_rename_and_reclassify_rows():
+    """-o that turns sparse attention on in the cache row: the row says so, is not timed on the CPU
+    (reference path), and with 1 step all in the dense warm-up it says no sparse call ran."""
+    result = run_trained_demo(labels=[RNG.randrange(16)], steps=1, variants=["cache"], device=torch.device("cpu"),
+                              rounds=1, options={"sparse.enabled": True, "sparse.block_size": 16,
+                                                 "sparse.dense_steps": 1})
+    row = result.rows[1]
+    assert row.title == "ditaccel step cache + sparse (1 dense)"
+    assert row.note.startswith(REFERENCE_NOTE) and "no sparse call: all 1 steps were dense" in row.note
+    assert row.times_s == [] and row.speedup is None and row.density == 1.0
+    assert row.psnr_db == math.inf  # every call dense and the cache cannot reuse step 1: identical
+
+
 def test_cli_quick_end_to_end(capsys, tmp_path):
     pil = pytest.importorskip("PIL.Image")
     out = tmp_path / "demo"
@@ -105,6 +128,9 @@ def test_cli_quick_end_to_end(capsys, tmp_path):
     assert [r["key"] for r in data["rows"]] == list(QUICK_KEYS)
     assert data["meta"]["steps"] == 8 and data["meta"]["labels"] == [label]
     assert f"wrote: {out / f'strip_label{label}.png'}" in captured.out
+    assert data["meta"]["command"] == f"ditaccel demo --quick --out {out}"
+    assert data["meta"]["files"][-1] == str(out / "results.json")
+    assert f"ditaccel demo: generation 1/{len(QUICK_KEYS) + len(QUICK_KEYS) - 2}" in captured.err  # not a TTY: lines
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -117,8 +143,19 @@ def test_cli_quick_end_to_end(capsys, tmp_path):
     (["--model", "wan2.1-tiny", "--compiler", "auto"], "argument --compiler: the plumbing demo (--model) takes"),
     (["--dtype", "int8"], "argument --dtype: invalid choice"),
     (["-o", "cache.threshold=-1"], "argument -o/--option"),
+    (["--seed", str(2 ** 64)], "argument --seed: must be an integer in [0, 2**63 - 1]"),
 ])
 def test_cli_usage_errors(capsys, argv, fragment):
     code = main(["demo", *argv])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and fragment in err[0], err
+
+
+def test_cli_unwritable_out_fails_before_the_run(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(trained, "load_fidelity_model", lambda *a, **k: pytest.fail("ran before checking --out"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setattr("ditcompile.cli.output_dir", lambda text: __import__("pathlib").Path(text))
+    code = main(["demo", "--out", str(blocker / "sub")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "cannot write into the output folder" in err[0]

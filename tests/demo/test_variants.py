@@ -4,7 +4,9 @@ import random
 import pytest
 
 from ditcompile.config import resolve_config
-from ditcompile.demo.variants import QUICK_KEYS, VARIANT_KEYS, demo_variants, dense_warmup_steps, select_variants
+from ditcompile.config import ConfigError
+from ditcompile.demo.variants import (QUICK_KEYS, VARIANT_KEYS, as_run, demo_variants, dense_warmup_steps,
+                                         select_variants)
 
 RNG = random.Random()
 
@@ -24,7 +26,9 @@ def test_subset_keeps_table_order_and_always_has_eager():
 
 
 @pytest.mark.parametrize("keys, message", [(["cache", "nope"], "unknown variant 'nope'"),
-                                           (["int8", "int8"], "variant 'int8' is given twice")])
+                                           (["int8", "int8"], "variant 'int8' is given twice"),
+                                           ("cache", "variants must be a list of keys"),
+                                           (3, "variants must be a list of keys")])
 def test_bad_keys(keys, message):
     with pytest.raises(ValueError, match=message):
         select_variants(keys, 10)
@@ -51,3 +55,20 @@ def test_each_variant_enables_exactly_its_families(steps):
 def test_dense_warmup_is_a_fifth_of_the_steps():
     for steps in range(1, 60):
         assert dense_warmup_steps(steps) == max(1, round(steps / 5))
+
+
+def test_as_run_names_rows_after_what_the_options_enable():
+    """An override that turns a family on or off, or changes the warm-up, shows in the row."""
+    variants = demo_variants(10)
+    run, cfg = as_run(variants["cache"], "eager", {"sparse.enabled": True, "sparse.block_size": 16})
+    assert run.families == ("cache", "sparse") and run.sparse and cfg.sparse.enabled
+    assert run.title == "ditaccel step cache + sparse (0 dense)"
+    run, _ = as_run(variants["sparse"], "inductor", {"sparse.dense_steps": 0})
+    assert run.title == "ditaccel sparse (0 dense)" and run.options["compiler"] == "inductor"
+    run, _ = as_run(variants["all"], "eager", {"attention.quant": "none", "cache.enabled": False})
+    assert run.families == ("sparse",) and run.quant == "none" and not run.cached
+    run, _ = as_run(variants["int8"], "eager", {"attention.quant": "none"})
+    assert run.title == "ditaccel dense" and run.families == ()
+    assert as_run(variants["eager"], "eager", {"sparse.enabled": True}) == (variants["eager"], None)
+    with pytest.raises(ConfigError, match="cache.threshold"):
+        as_run(variants["cache"], "eager", {"cache.threshold": -1})
