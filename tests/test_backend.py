@@ -59,6 +59,8 @@ def test_attention_op_rejects_bad_arguments():
     with pytest.raises(ValueError, match="not JSON"):
         parse_plan("dense")
     with pytest.raises(ValueError, match="unknown fields"):
+        parse_plan('{"method": "dense", "colour": "radial"}')
+    with pytest.raises(ValueError, match="mask 'radial' is not one of"):
         parse_plan('{"method": "dense", "mask": "radial"}')
     with pytest.raises(ValueError, match="method"):
         parse_plan('{"method": "magic"}')

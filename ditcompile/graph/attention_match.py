@@ -92,7 +92,11 @@ def _match_sdpa(node: fx.Node, index: int) -> AttentionSite:
         scale=float(scale) if isinstance(scale, (int, float)) else None,
         dropout_p=float(dropout_p) if isinstance(dropout_p, (int, float)) else float("nan"))
     if mask is not None:
-        reasons.append("explicit attn_mask (kept as SDPA: masks are not part of the plan yet)")
+        kind, why = classify_mask(mask)
+        if why is not None:
+            reasons.append(why)
+        else:
+            site = dataclasses.replace(site, mask=mask, mask_kind=kind)
     if not isinstance(is_causal, bool):
         reasons.append("is_causal is computed at run time")
     if scale is not None and not isinstance(scale, (int, float)):
@@ -104,6 +108,29 @@ def _match_sdpa(node: fx.Node, index: int) -> AttentionSite:
     if enable_gqa is True:
         reasons.append("enable_gqa=True (grouped-query attention)")
     return _as_bshd(site) if site.supported and not reasons else site.with_reasons(reasons)
+
+
+def classify_mask(mask: object) -> tuple[str, Optional[str]]:
+    """(kind, None) for an SDPA ``attn_mask`` the op can carry, else ("", why not).
+
+    kind "key_padding": a bool or float mask of shape [B|1, 1, 1, Skv] (the same keys masked for
+    every head and query: text padding, as HunyuanVideo builds it); "dense": any other mask of up
+    to 4 dims (passed through exactly, SDPA semantics: bool True = attend, float = added to the
+    scores).
+    """
+    if not isinstance(mask, fx.Node):
+        return "", "attn_mask is not a tensor of the graph"
+    value = example_value(mask)
+    if not isinstance(value, torch.Tensor):
+        return "", "attn_mask has no example value"
+    if value.dtype != torch.bool and not value.is_floating_point():
+        return "", f"attn_mask of dtype {value.dtype} (SDPA takes bool or float masks)"
+    if value.dim() > 4:
+        return "", f"attn_mask with {value.dim()} dims"
+    shape = [1] * (4 - value.dim()) + list(value.shape)
+    if shape[1] == 1 and shape[2] == 1:
+        return "key_padding", None
+    return "dense", None
 
 
 def _as_bshd(site: AttentionSite) -> AttentionSite:

@@ -71,6 +71,8 @@ class AttentionSite:
     output: Optional[fx.Node] = field(default=None, repr=False)       # node producing [B,H,S,D]
     replaced: tuple = field(default=(), repr=False)                    # nodes made dead by a rewrite
     folded_heads: bool = False   # q/k/v are [B*H, S, D] (heads folded into batch)
+    mask: Optional[fx.Node] = field(default=None, repr=False)         # SDPA's attn_mask, carried to the op
+    mask_kind: str = "none"      # "none", "key_padding" ([B|1, 1, 1, Skv]) or "dense" (any other shape)
 
     @property
     def equal_lengths(self) -> bool:

@@ -1,12 +1,16 @@
 """`ditaccel::attention`: the custom op every rewritten attention site calls.
 
     ditaccel::attention(Tensor q, Tensor k, Tensor v, str layout, float? scale,
-                        bool is_causal, str plan, SymInt[]? grid=None) -> Tensor
+                        bool is_causal, str plan, SymInt[]? grid=None,
+                        Tensor? attn_mask=None) -> Tensor
 
 q, k, v are [B, H, S, D] (layout "bhsd") or [B, S, H, D] (layout "bshd"); the output has q's
 layout and is contiguous in it (the fake implementation promises exactly those strides, which
 Inductor relies on). `plan` is an `AttentionPlan` as JSON (`plans`); `grid` is the run-time
-(frames, height, width) of the video tokens for sparse plans of dynamic-shape graphs. Inductor
+(frames, height, width) of the video tokens for sparse plans of dynamic-shape graphs; `attn_mask`
+is SDPA's mask as the model built it (bool: True attends; float: added to the scores;
+broadcastable to [B, H, Sq, Skv]), carried by dense plans whose `plan.mask` names its kind
+("key_padding": [B|1, 1, 1, Skv]; "dense": any other). Inductor
 treats the op as opaque; `run_plan` chooses the implementation at run time from the plan,
 device and shapes:
 
@@ -42,8 +46,17 @@ def _check(q: Tensor, k: Tensor, v: Tensor, layout: str) -> None:
 
 
 def run_plan(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], is_causal: bool,
-             plan: AttentionPlan, grid: Optional[list[int]] = None) -> Tensor:
-    """Attention of q/k/v as `plan` says (see the module docstring)."""
+             plan: AttentionPlan, grid: Optional[list[int]] = None, attn_mask: Optional[Tensor] = None) -> Tensor:
+    """Attention of q/k/v as `plan` says (see the module docstring).
+
+    Raises:
+        ValueError: a mask without a masked plan or the reverse (a graph rewritten wrongly).
+    """
+    if (attn_mask is not None) != (plan.mask != "none"):
+        raise ValueError(f"ditaccel::attention at {plan.site_path or '?'}: plan mask {plan.mask!r} but attn_mask "
+                         f"{'given' if attn_mask is not None else 'missing'}")
+    if attn_mask is not None:  # a masked plan is dense and unquantized (AttentionPlan checks it)
+        return sdpa(q, k, v, layout, scale, is_causal, attn_mask)
     if plan.sparse is not None:
         dense = plan.dense_fallback()
         return sparse_attention(q, k, v, layout, scale, plan,
@@ -61,13 +74,14 @@ def attention(
     is_causal: bool,
     plan: str,
     grid: Optional[list[int]] = None,
+    attn_mask: Optional[Tensor] = None,
 ) -> Tensor:
     _check(q, k, v, layout)
-    return run_plan(q, k, v, layout, scale, is_causal, parse_plan(plan), grid)
+    return run_plan(q, k, v, layout, scale, is_causal, parse_plan(plan), grid, attn_mask)
 
 
 @attention.register_fake
-def _attention_fake(q, k, v, layout, scale, is_causal, plan, grid=None):
+def _attention_fake(q, k, v, layout, scale, is_causal, plan, grid=None, attn_mask=None):
     _check(q, k, v, layout)
     parse_plan(plan)
     # bhsd: [B, H, Sq, Dv]; bshd: [B, Sq, H, Dv] -- both are q's shape with v's last dim
@@ -75,8 +89,8 @@ def _attention_fake(q, k, v, layout, scale, is_causal, plan, grid=None):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, layout, scale, is_causal, plan, grid = inputs
-    ctx.save_for_backward(q, k, v)
+    q, k, v, layout, scale, is_causal, plan, grid, attn_mask = inputs
+    ctx.save_for_backward(q, k, v, attn_mask)
     ctx.static = (layout, scale, is_causal)
     parsed = parse_plan(plan)
     ctx.approximate = approximate_kind(parsed)
@@ -97,18 +111,20 @@ def _backward(ctx, grad_out):
         warn_once(("backward", ctx.site, ctx.approximate),
                   "ditaccel: backward through %s attention at %s: the gradient is that of exact dense attention "
                   "(straight-through), while the forward was approximate", ctx.approximate, ctx.site)
-    q, k, v = (t.detach().requires_grad_(True) for t in ctx.saved_tensors)
+    q, k, v, attn_mask = ctx.saved_tensors
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
     with torch.enable_grad():
-        out = sdpa(q, k, v, *ctx.static)
+        out = sdpa(q, k, v, *ctx.static, attn_mask)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out)
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None  # no gradient for the mask
 
 
 attention.register_autograd(_backward, setup_context=_setup_context)
 
 attention_op = torch.ops.ditaccel.attention.default
 """The op overload passes rewrite to and later passes find nodes by (never by a name string)."""
-PLAN_ARG = 6  # position of `plan` in the op's arguments (q, k, v, layout, scale, is_causal, plan, grid)
+PLAN_ARG = 6  # position of `plan` in the op's arguments (q, k, v, layout, scale, is_causal, plan, grid, attn_mask)
 GRID_ARG = 7  # position of `grid` (the run-time token grid of a dynamic-shape graph, or absent)
+MASK_ARG = 8  # position of `attn_mask` (absent without a mask)
 
-__all__ = ["attention", "attention_op", "run_plan", "approximate_kind", "PLAN_ARG", "GRID_ARG"]
+__all__ = ["attention", "attention_op", "run_plan", "approximate_kind", "PLAN_ARG", "GRID_ARG", "MASK_ARG"]

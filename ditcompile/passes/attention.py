@@ -16,7 +16,10 @@ Hand-written attention (`softmax(q @ k.transpose(-2, -1) * s) @ v`, or baddbmm/b
 [B*H, S, D]) becomes the same op with the matched scale (3-D operands get a unit head dim).
 
 Every rewritten site gets a *dense* plan (`attention.backend`); the sparse and 8-bit passes
-that follow change only that plan. In a graph compiled for dynamic shapes, video self/joint
+that follow change only that plan. An SDPA `attn_mask` travels to the op unchanged (its
+`attn_mask` argument) and the plan names its kind (`mask="key_padding"` for [B|1, 1, 1, Skv],
+else `"dense"`); masked sites stay dense and unquantized for now (the sparse and 8-bit passes
+say so in the report). In a graph compiled for dynamic shapes, video self/joint
 sites also receive the token grid's run-time sizes (`grid=[F, H, W]`, read from the patch
 embedding's output with `size(d)`), so that a sparse plan can build its mask for each call. Sites the analysis marked unsupported, or that
 `attention.skip` names, keep their original computation and get a KEPT decision with the reason.
@@ -51,7 +54,8 @@ class AttentionRewritePass(DitPass):
                 report.decisions.append(SiteDecision(site.index, site.module_path, KEPT,
                                                      reason="matched attention.skip"))
                 continue
-            plan = AttentionPlan(site_path=site.module_path, backend=self.config.attention.backend)
+            plan = AttentionPlan(site_path=site.module_path, backend=self.config.attention.backend,
+                                 mask=site.mask_kind)
             grid = ctx.analysis.dynamic_grid if site.kind in (SELF, JOINT) and site.tokens != "other" else None
             rewrite_site(gm.graph, site, plan, grid)
             report.decisions.append(SiteDecision(site.index, site.module_path, REWRITTEN, plan=plan.describe()))
@@ -73,6 +77,8 @@ def rewrite_site(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan,
         if grid is not None:  # [F, H, W] sizes of the patch embedding's output, read at run time
             args += ([1 if d is None else _add_node(graph, old, "call_method", "size", (grid.node, d), fake_mode)
                       for d in grid.dims],)
+        if site.mask is not None:  # SDPA's attn_mask as the model built it (MASK_ARG)
+            args += (() if grid is not None else (None,)) + (site.mask,)
         op_node = _add_node(graph, old, "call_function", attention_op, args, fake_mode)
         op_node.meta[SITE_INDEX] = site.index
         new = op_node

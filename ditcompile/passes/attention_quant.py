@@ -29,6 +29,11 @@ class AttentionQuantPass(DitPass):
     def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> PassReport:
         report = self.report()
         for node, index, plan in attention_nodes(gm):
+            if plan.mask != "none":
+                report.decisions.append(SiteDecision(index, plan.site_path, PLANNED, plan=plan.describe(),
+                                                     reason=f"not quantized: {plan.mask.replace('_', '-')} attention "
+                                                            "mask (8-bit plans do not take masks yet)"))
+                continue
             plan = dataclasses.replace(plan, backend="triton", quant=self.config.attention.quant)
             set_plan(node, plan)
             report.decisions.append(SiteDecision(index, plan.site_path, PLANNED, plan=plan.describe()))

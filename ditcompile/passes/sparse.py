@@ -87,6 +87,8 @@ def sparse_ineligible(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseC
         return "token grid unknown (set graph.token_grid)"
     if site.is_causal:
         return "causal attention"
+    if site.mask_kind != "none":
+        return f"{site.mask_kind.replace('_', '-')} attention mask (sparse plans do not take masks yet)"
     if site.block_index is not None and site.block_index in cfg.dense_blocks:
         return f"block {site.block_index} is in sparse.dense_blocks"
     text = site.text.length if site.text is not None else 0

@@ -28,6 +28,7 @@ from ..masks import POLICIES, get_policy, parse_params
 
 BACKENDS = ("sdpa", "triton")
 QUANTS = ("none", "int8")
+MASKS = ("none", "key_padding", "dense")
 PLAN_VERSION = 2  # of the JSON form; `plans.codec` also reads version 1 (ditaccel 0.1)
 
 
@@ -108,15 +109,22 @@ class AttentionPlan:
     backend: str = "sdpa"
     quant: str = "none"
     sparse: Optional[SparseSpec] = None
+    mask: str = "none"
+    """The op's attn_mask argument: "none", "key_padding" ([B|1, 1, 1, Skv]) or "dense" (any
+    SDPA-broadcastable bool / additive float mask, applied exactly)."""
 
     def __post_init__(self) -> None:
-        for name, value, accepted in (("backend", self.backend, BACKENDS), ("quant", self.quant, QUANTS)):
+        for name, value, accepted in (("backend", self.backend, BACKENDS), ("quant", self.quant, QUANTS),
+                                      ("mask", self.mask, MASKS)):
             if value not in accepted:
                 raise ValueError(f"attention plan {name} {value!r} is not one of {accepted}")
         if self.quant != "none" and self.backend != "triton":
             raise ValueError(f"attention plan quant={self.quant!r} needs backend 'triton'")
         if self.sparse is not None and self.backend != "triton":
             raise ValueError("a sparse attention plan needs backend 'triton' (the block-sparse kernel)")
+        if self.mask != "none" and (self.sparse is not None or self.quant != "none"):
+            raise ValueError(f"attention plan with a {self.mask} mask must be dense and unquantized "
+                             "(sparse and 8-bit plans do not take masks yet)")
 
     @property
     def method(self) -> str:
@@ -127,7 +135,7 @@ class AttentionPlan:
         """The dense plan a sparse plan runs at its warm-up steps and after the guard trips:
         SDPA (the fastest dense), or the Triton kernel when the plan is 8-bit."""
         return AttentionPlan(site_path=self.site_path, backend="triton" if self.quant != "none" else "sdpa",
-                             quant=self.quant)
+                             quant=self.quant, mask=self.mask)
 
     @property
     def depends_on_step(self) -> bool:
@@ -139,11 +147,15 @@ class AttentionPlan:
         if self.sparse is not None:
             warm = f", dense {self.sparse.dense_steps} steps" if self.sparse.dense_steps else ""
             return f"sparse/{self.sparse.policy}{quant}{warm}"
-        return f"dense/{self.backend}{quant}"
+        mask = f"+{self.mask.replace('_', '-')} mask" if self.mask != "none" else ""
+        return f"dense/{self.backend}{quant}{mask}"
 
     def to_dict(self) -> dict:
+        """The fields; ``mask`` only when set, so plans without a mask keep their JSON of before."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["sparse"] = dataclasses.asdict(self.sparse) if self.sparse is not None else None
+        if self.mask == "none":
+            del data["mask"]
         return data
 
     def to_json(self) -> str:
@@ -151,4 +163,4 @@ class AttentionPlan:
         return json.dumps({"version": PLAN_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
 
 
-__all__ = ["AttentionPlan", "SparseSpec", "BACKENDS", "QUANTS", "PLAN_VERSION"]
+__all__ = ["AttentionPlan", "SparseSpec", "BACKENDS", "QUANTS", "MASKS", "PLAN_VERSION"]

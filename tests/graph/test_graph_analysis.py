@@ -85,8 +85,19 @@ def test_cross_attention_kind_and_lengths():
     assert (site.kind, site.q_len, site.kv_len) == ("cross", 10, 7)
 
 
+def test_sdpa_with_a_mask_is_rewritten_with_the_mask():
+    """A [S, S] bool mask (here a causal tril built in the graph) travels to the op: dense plan, exact."""
+    torch.manual_seed(0)
+    model, x = SDPA(mask=True).eval(), torch.randn(1, 6, 32)
+    graph, site = _one_site(explain(model, x))
+    assert site.supported and site.mask_kind == "dense"
+    assert graph.rows()[0]["plan"] == "dense/sdpa+dense mask"
+    compiled = torch.compile(model, backend="ditaccel", options={"compiler": "eager", "strict": True})
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs, reason", [
-    (dict(mask=True), "attn_mask"),
     (dict(dropout=0.1), "dropout_p=0.1"),
     (dict(gqa=True), "enable_gqa"),
 ])

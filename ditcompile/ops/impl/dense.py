@@ -1,6 +1,6 @@
 """Dense attention and the kernel runner shared with the sparse executor.
 
-    sdpa(q, k, v, layout, scale, is_causal)                  exact, torch SDPA
+    sdpa(q, k, v, layout, scale, is_causal, attn_mask)       exact, torch SDPA (optional mask)
     run_kernel(choice, q, k, v, mask, layout, scale, quant)  the Triton kernel or its reference,
                                                              dense (mask None) or block-sparse
     dense_attention(q, k, v, layout, scale, is_causal, plan) a dense plan, end to end
@@ -22,10 +22,13 @@ from ...plans import AttentionPlan
 from ..select import SDPA, TRITON, ImplChoice, select_impl, warn_fallback
 
 
-def sdpa(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], is_causal: bool) -> Tensor:
-    """Exact attention with torch SDPA, in and out of `layout` (contiguous in that layout)."""
+def sdpa(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], is_causal: bool,
+         attn_mask: Optional[Tensor] = None) -> Tensor:
+    """Exact attention with torch SDPA, in and out of `layout` (contiguous in that layout);
+    `attn_mask` as SDPA takes it (broadcastable to [B, H, Sq, Skv] whatever the layout)."""
     q, k, v = (to_bhsd(t, layout) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)  # [B, H, Sq, Dv]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                         scale=scale)  # [B, H, Sq, Dv]
     return from_bhsd(out, layout).contiguous()
 
 
