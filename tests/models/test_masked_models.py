@@ -71,3 +71,30 @@ def test_qwen_image_with_encoder_hidden_states_mask(padded):
         torch._dynamo.reset()
         out = torch.compile(model, backend="ditaccel", options={"compiler": "eager", "strict": True})(**inputs)[0]
     assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_skyreels_v2_diffusion_forcing_block_causal_mask():
+    """SkyReels-V2 with `_set_ar_attention`: self-attention carries a [1, 1, N, N] block-causal bool
+    mask (passed through exactly for now; the block-sparse schedule is the next step)."""
+    diffusers = pytest.importorskip("diffusers")
+    if not hasattr(diffusers, "SkyReelsV2Transformer3DModel"):
+        pytest.skip("this diffusers has no SkyReelsV2Transformer3DModel")
+    torch.manual_seed(RNG.randrange(2**31))
+    model = diffusers.SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+        text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        eps=1e-6, rope_max_seq_len=32).eval()
+    model._set_ar_attention(2)  # diffusion forcing: groups of 2 latent frames attend causally
+    batch, frames = 2, 4
+    inputs = dict(hidden_states=torch.randn(batch, 4, frames, 8, 8), encoder_hidden_states=torch.randn(batch, 6, 32),
+                  timestep=torch.stack([torch.full((frames,), 500.0), torch.linspace(900.0, 100.0, frames)]),
+                  enable_diffusion_forcing=True, return_dict=False)
+    sites = [s for g in ditcompile.explain(model, **inputs, options={"compiler": "eager"}).to_dict()["graphs"]
+             for s in g["attention"]]
+    plans = sorted({(s["kind"], s["plan"]) for s in sites})
+    assert len(sites) == 4 and plans == [("cross", "dense/sdpa"), ("self", "dense/sdpa+dense mask")], sites
+    with torch.no_grad():
+        ref = model(**inputs)[0]
+        torch._dynamo.reset()
+        out = torch.compile(model, backend="ditaccel", options={"compiler": "eager", "strict": True})(**inputs)[0]
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
