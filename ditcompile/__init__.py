@@ -4,7 +4,10 @@
                                      options={"preset": "wan2.1"})
 
 The backend is registered through an entry point, so importing this package is optional.
+Importing it (which `torch.compile(backend="ditaccel")` does) puts a Dynamo-traceable
+equivalent in place of the deprecated `torch.backends.cuda.sdp_kernel` (`compat`).
 """
+from . import compat as _compat
 from .autotune import clear_tuning_cache
 from .backend import ditaccel_backend
 from .config import ConfigError, DitConfig, available_presets, check_options, resolve_config
@@ -15,6 +18,8 @@ from .runtime.hooks import track_steps
 from .runtime.state import cache_report, cache_stats, generation, new_generation, request_scope, sparse_stats
 
 __version__ = "0.1.0"
+
+_compat.install()
 
 
 def clear_caches() -> None:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS: list[set[str]] = [
     {"fileio"},                                            # atomic file writes: the standard library only
-    {"geometry", "autotune", "models", "fidelity"},        # leaves: torch, stdlib (and diffusers), fileio
+    {"geometry", "autotune", "models", "fidelity", "compat"},  # leaves: torch, stdlib (and diffusers), fileio
     {"kernels"},
     {"masks", "step_cache_policies"},
     {"config"},
