@@ -127,6 +127,8 @@ def classify_mask(mask: object) -> tuple[str, Optional[str]]:
         return "", f"attn_mask of dtype {value.dtype} (SDPA takes bool or float masks)"
     if value.dim() > 4:
         return "", f"attn_mask with {value.dim()} dims"
+    if value.requires_grad:  # the op gives a mask no gradient: a trained bias must stay with SDPA
+        return "", "attn_mask requires grad (a trained attention bias: kept as SDPA, which differentiates it)"
     shape = [1] * (4 - value.dim()) + list(value.shape)
     if shape[1] == 1 and shape[2] == 1:
         return "key_padding", None

@@ -143,3 +143,31 @@ def test_classify_mask_shapes():
     node = graph.placeholder("int_mask")
     node.meta["example_value"] = torch.zeros(2, 1, 1, 9, dtype=torch.int64)
     assert classify_mask(node)[1] == "attn_mask of dtype torch.int64 (SDPA takes bool or float masks)"
+
+
+class TrainedBias(torch.nn.Module):
+    """An additive attention bias that is a parameter: SDPA differentiates it; the op would not."""
+
+    def __init__(self, s=6, dim=32):
+        super().__init__()
+        self.qkv, self.bias = torch.nn.Linear(dim, 3 * dim), torch.nn.Parameter(torch.randn(1, 1, s, s) * 0.1)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, 2, -1).unbind(2)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=self.bias)
+        return out.transpose(1, 2).reshape(b, s, -1)
+
+
+def test_a_trained_bias_keeps_sdpa_and_its_gradient():
+    torch.manual_seed(RNG.randrange(2**31))
+    model, x = TrainedBias(), torch.randn(2, 6, 32)
+    text = explain(model, x, options={"compiler": "eager"}).format()
+    assert "0 rewritten" in text and "attn_mask requires grad" in text
+    model(x).square().sum().backward()
+    ref = model.bias.grad.clone()
+    model.bias.grad = None
+    torch.compile(model, backend="ditaccel", options={"compiler": "eager"})(x).square().sum().backward()
+    assert model.bias.grad is not None
+    torch.testing.assert_close(model.bias.grad, ref, rtol=1e-5, atol=1e-6)
