@@ -1,9 +1,10 @@
-"""Device and dtype spellings shared by the demos and the CLI: ``auto``, ``cpu``, ``cuda``,
-``cuda:N`` and ``auto``, ``float32``, ``bfloat16``, ``float16``."""
+"""Arguments shared by the demos and the CLI: device spellings (``auto``, ``cpu``, ``cuda``,
+``cuda:N``), dtype names (``auto``, ``float32``, ``bfloat16``, ``float16``) and counts."""
 from __future__ import annotations
 
 import platform
 import re
+from typing import Any
 
 import torch
 
@@ -61,6 +62,17 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` when it is an int >= 1 (not a bool).
+
+    Raises:
+        ValueError: "{name} must be an integer >= 1, got {value!r}".
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def sync(device: str) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from ..explain import explain
 from ..models import load_model_spec, run_model
-from .devices import resolve_device, sync
+from .devices import positive_int, resolve_device, resolve_dtype, sync
 
 
 @dataclass
@@ -88,11 +88,10 @@ def run_demo(model: Any = "wan2.1-tiny", steps: int = 10, compiler: Optional[str
         DeviceUnavailableError: the device does not exist on this machine.
         ConfigError: a bad option.
     """
-    for name, value in (("steps", steps), ("repeats", repeats)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    positive_int("steps", steps)
+    positive_int("repeats", repeats)
     device = resolve_device(device)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = resolve_dtype("auto", device)
     spec = load_model_spec(model) if isinstance(model, str) else model
     model_name = getattr(spec, "name", str(model))
     transformer = spec.build().to(device=device, dtype=dtype)

@@ -16,10 +16,11 @@ decision the op makes at run time.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from typing import Any, Callable, Optional
 
@@ -28,7 +29,7 @@ import torch
 from ..fidelity import FIDELITY_CONFIG, NUM_CLASSES, label_name, load_fidelity_model, psnr, sample, ssim, token_grid
 from ..ops.select import REFERENCE, SDPA, select_impl
 from ..runtime.state import cache_stats, new_generation, sparse_stats
-from .devices import device_name, resolve_device, resolve_dtype, sync
+from .devices import device_name, positive_int, resolve_device, resolve_dtype, sync
 from .table import format_result
 from .timing import interleaved_times, median
 from .variants import COMPILE, EAGER, Variant, as_run, select_variants
@@ -113,7 +114,7 @@ class TrainedDemoResult:
             if row["psnr_db"] is not None and math.isinf(row["psnr_db"]):
                 row["psnr_db"] = None
             rows.append(row)
-        meta = {k: v for k, v in asdict(self).items() if k not in ("rows", "videos")}
+        meta = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ("rows", "videos")}
         meta["label_names"] = self.label_names()
         return {"meta": meta, "rows": rows}
 
@@ -126,7 +127,7 @@ def check_labels(labels: Any) -> list[int]:
             (naming it).
     """
     if isinstance(labels, torch.Tensor):
-        labels = labels.reshape(-1).tolist() if not labels.is_floating_point() else labels.tolist()
+        labels = labels.reshape(-1).tolist()  # float labels are refused below, naming the value
     if isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple)):
         raise ValueError(f"labels must be a list of integers in [0, {NUM_CLASSES}), e.g. [1, 10], got {labels!r}")
     out = []
@@ -143,12 +144,6 @@ def check_labels(labels: Any) -> list[int]:
 
 
 MAX_SEED = 2 ** 63 - 1
-
-
-def _positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def reference_reason(variant: Variant, device: str, dtype: torch.dtype, q_shape: tuple[int, ...]) -> str:
@@ -245,8 +240,8 @@ def run_trained_demo(labels: Optional[Sequence[int]] = None, steps: Optional[int
         ImportError: diffusers is not installed.
     """
     labels = check_labels(labels if labels is not None else list(DEFAULT_LABELS[:1] if quick else DEFAULT_LABELS))
-    steps = _positive("steps", steps if steps is not None else (QUICK_STEPS if quick else DEFAULT_STEPS))
-    rounds = _positive("rounds", rounds if rounds is not None else (QUICK_ROUNDS if quick else DEFAULT_ROUNDS))
+    steps = positive_int("steps", steps if steps is not None else (QUICK_STEPS if quick else DEFAULT_STEPS))
+    rounds = positive_int("rounds", rounds if rounds is not None else (QUICK_ROUNDS if quick else DEFAULT_ROUNDS))
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
     if compiler not in COMPILERS:

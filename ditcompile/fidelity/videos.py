@@ -246,7 +246,7 @@ def _compose(v: torch.Tensor, frames: Sequence[int], scale: int, gap: int, row_l
         draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
     if row_labels:
         for b, text in enumerate(row_labels):
-            top, bottom = font.getbbox(text)[1], font.getbbox(text)[3]
+            _, top, _, bottom = font.getbbox(text)
             y = band + gap + b * cell_h + (H * scale - (bottom - top)) // 2 - top
             draw.text((pad, y), text, fill=(0, 0, 0), font=font)
     return image
