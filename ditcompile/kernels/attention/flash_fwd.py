@@ -53,7 +53,7 @@ from .quantize import (
     smooth_k_mean,
     to_fp8_e4m3,
 )
-from .reference import int8_attention_reference, sparse_attention_reference
+from .reference import check_key_bias, int8_attention_reference, sparse_attention_reference
 
 __all__ = ["KernelConfig", "CONFIG_SPACE", "prune_configs", "sparse_flash_attention", "SUPPORTED_DTYPES",
            "MAX_HEAD_DIM", "unsupported_reason"]
@@ -128,6 +128,7 @@ def _attend_kv_tiles(
     k_base,  # pointer to K[b, h, 0, 0]
     v_base,  # pointer to V[b, h, 0, 0]
     k_scale_base,  # pointer to K_SCALE[b, h, 0] (QUANT_INT8 only)
+    key_bias_base,  # pointer to KEY_BIAS[b, 0] (HAS_KEY_BIAS only), log2 units
     idx_ptr,  # pointer to this query block's kv-block list (SPARSE only)
     flag_ptr,  # pointer to the matching flags (SPARSE and APPLY_MASK only)
     n_tiles,  # number of BLOCK_N tiles to visit
@@ -148,6 +149,7 @@ def _attend_kv_tiles(
     MASK_BLOCK_N: tl.constexpr,
     SPARSE: tl.constexpr,
     APPLY_MASK: tl.constexpr,  # per-element masking (kv bounds, dense text ranges)
+    HAS_KEY_BIAS: tl.constexpr,  # add a per-key bias (key padding: -inf removes a key)
     QUANT_INT8: tl.constexpr,
     PV_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -155,6 +157,7 @@ def _attend_kv_tiles(
 ):
     """Online-softmax update of (acc, l_i, m_i) over ``n_tiles`` kv tiles."""
     PAD_D: tl.constexpr = HEAD_DIM != HEAD_DIM_PAD
+    EMPTY_ROWS: tl.constexpr = APPLY_MASK or HAS_KEY_BIAS  # a row may see no allowed key in a tile
     offs_tile = tl.arange(0, BLOCK_N)  # [BN]
     offs_d = tl.arange(0, HEAD_DIM_PAD)  # [DP]
     d_ok = offs_d < HEAD_DIM
@@ -184,10 +187,16 @@ def _attend_kv_tiles(
             else:
                 allowed = kv_ok[None, :]
             qk = tl.where(allowed, qk, float("-inf"))
+        if HAS_KEY_BIAS:  # [BN] bias of these keys (log2 units); out-of-bounds keys -inf
+            if APPLY_MASK:
+                key_bias = tl.load(key_bias_base + offs_n, mask=kv_ok, other=float("-inf"))
+            else:
+                key_bias = tl.load(key_bias_base + offs_n)
+            qk = qk + key_bias[None, :]
 
         # ---- online softmax
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))  # [BM]
-        if APPLY_MASK:  # a row may still have seen no allowed key: keep exp2 finite
+        if EMPTY_ROWS:  # a row may still have seen no allowed key: keep exp2 finite
             m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_new_safe = m_new
@@ -221,6 +230,8 @@ def _sparse_attn_fwd_kernel(
     PART_NUM,  # int32 [B|1, H|1, NQB]               (SPARSE) partial-tile counts
     PART_IDX,  # int32 [B|1, H|1, NQB, part_width]   (SPARSE) partial kv blocks
     PART_FLAG,  # int32 [B|1, H|1, NQB, part_width]  (SPARSE) 1 = listed block
+    KEY_BIAS,  # float32 [B|1, Skv]                 (HAS_KEY_BIAS) per-key bias, log2 units
+    stride_kbias_b,  # KEY_BIAS batch stride (0: broadcast)
     stride_qb,
     stride_qh,
     stride_qs,
@@ -256,6 +267,7 @@ def _sparse_attn_fwd_kernel(
     MASK_BLOCK_M: tl.constexpr,
     MASK_BLOCK_N: tl.constexpr,
     SPARSE: tl.constexpr,
+    HAS_KEY_BIAS: tl.constexpr,
     QUANT_INT8: tl.constexpr,
     PV_FP8: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -276,6 +288,7 @@ def _sparse_attn_fwd_kernel(
     q = _load_tile(q_ptrs, m_ok[:, None], d_ok[None, :], True, PAD_D)  # [BM, DP]
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
+    key_bias_base = KEY_BIAS + b * stride_kbias_b
     if QUANT_INT8:
         q_scale = tl.load(Q_SCALE + pid_bh.to(tl.int64) * tl.cdiv(q_len, BLOCK_M) + pid_m)
         tile_scale = qk_scale * q_scale
@@ -304,18 +317,18 @@ def _sparse_attn_fwd_kernel(
         first_masked = n_full
 
     acc, l_i, m_i = _attend_kv_tiles(
-        acc, l_i, m_i, q, offs_m, k_base, v_base, k_scale_base, full_idx, part_flag, n_full, 0,
+        acc, l_i, m_i, q, offs_m, k_base, v_base, k_scale_base, key_bias_base, full_idx, part_flag, n_full, 0,
         stride_ks, stride_kd, stride_vs, stride_vd, kv_len, tile_scale,
         dense_q_start, dense_q_end, dense_kv_start, dense_kv_end,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, MASK_BLOCK_N,
-        SPARSE, False, QUANT_INT8, PV_FP8, DOT_PRECISION, INTERPRETER,
+        SPARSE, False, HAS_KEY_BIAS, QUANT_INT8, PV_FP8, DOT_PRECISION, INTERPRETER,
     )  # fmt: skip
     acc, l_i, m_i = _attend_kv_tiles(
-        acc, l_i, m_i, q, offs_m, k_base, v_base, k_scale_base, part_idx, part_flag, n_part, first_masked,
+        acc, l_i, m_i, q, offs_m, k_base, v_base, k_scale_base, key_bias_base, part_idx, part_flag, n_part, first_masked,
         stride_ks, stride_kd, stride_vs, stride_vd, kv_len, tile_scale,
         dense_q_start, dense_q_end, dense_kv_start, dense_kv_end,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, MASK_BLOCK_N,
-        SPARSE, True, QUANT_INT8, PV_FP8, DOT_PRECISION, INTERPRETER,
+        SPARSE, True, HAS_KEY_BIAS, QUANT_INT8, PV_FP8, DOT_PRECISION, INTERPRETER,
     )  # fmt: skip
 
     if PV_FP8:  # undo V's per-channel scale and P's 448
@@ -499,6 +512,7 @@ def sparse_flash_attention(
     config: KernelConfig | None = None,
     tuning: TuneSettings | None = None,
     tune_cache: TuneCache | None = None,
+    key_bias: Tensor | None = None,
 ) -> Tensor:
     """Block-sparse (or dense) flash attention forward.
 
@@ -518,6 +532,9 @@ def sparse_flash_attention(
         tuning: how to tune on a cache miss (default ``TuneSettings()``: time the first 12
              pruned configs once per key; ``TuneSettings(enabled=False)``: the default config).
         tune_cache: where tuning results live (default: ``autotune.default_cache()``).
+        key_bias: float32 ``[B|1, Skv]`` added to every query's scores (natural-log units;
+             ``-inf`` removes a key): key padding, composed with ``mask`` and ``quant``. Build it
+             from SDPA's ``attn_mask`` with ``reference.key_bias_from_mask``.
 
     Returns:
         The attention output, q's shape, dtype and layout.  Rows that attend no key are 0.
@@ -532,6 +549,7 @@ def sparse_flash_attention(
     """
     batch, heads, q_len, kv_len, dim = _check_inputs(q, k, v, layout, quant)
     _check_mask(mask, batch, heads, q_len, kv_len, q.device)
+    check_key_bias(key_bias, batch, kv_len, q.device)
     out_shape = tuple(q.shape[:3]) + (dim,)
     _check_out(out, out_shape, q.dtype, q.device)
     if scale is None:
@@ -552,31 +570,32 @@ def sparse_flash_attention(
 
     if not q.is_cuda and not interpret:  # CPU fallback: the reference computes the same function
         if quant == "int8":
-            ref = _reference_int8(q, k, v, mask, scale, layout, config, pv_fp8, q_len, kv_len, dim)
+            ref = _reference_int8(q, k, v, mask, scale, layout, config, pv_fp8, q_len, kv_len, dim, key_bias)
         else:
-            ref = sparse_attention_reference(q, k, v, mask, scale=scale, layout=layout)
+            ref = sparse_attention_reference(q, k, v, mask, scale=scale, layout=layout, key_bias=key_bias)
         return out.copy_(ref)
 
     candidates = _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, interpret)
 
     def launch(cfg: KernelConfig, into: Tensor) -> None:
         # For quant="int8" the quantization runs inside: its block scales follow cfg's tiles.
-        _launch(q, k, v, into, mask, cfg, scale, layout, quant, pv_fp8, interpret)
+        _launch(q, k, v, into, mask, cfg, scale, layout, quant, pv_fp8, interpret, key_bias)
 
     settings = tuning if tuning is not None else TuneSettings()
     if interpret:
         settings = TuneSettings(enabled=False)  # the interpreter's times mean nothing
     choice = tuned(tune_cache if tune_cache is not None else default_cache(),
-                   lambda: _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim), candidates, launch,
+                   lambda: _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim, key_bias is not None), candidates, launch,
                    lambda: torch.empty_like(out), settings)
     launch(choice, out)
     return out
 
 
-def _reference_int8(q, k, v, mask, scale, layout, config, pv_fp8, q_len, kv_len, dim) -> Tensor:
+def _reference_int8(q, k, v, mask, scale, layout, config, pv_fp8, q_len, kv_len, dim, key_bias) -> Tensor:
     cfg = _candidate_configs(config, q, mask, q_len, kv_len, dim, "int8", pv_fp8, False)[0]
     return int8_attention_reference(
-        q, k, v, mask, scale=scale, layout=layout, block_m=cfg.block_m, block_n=cfg.block_n, pv_fp8=pv_fp8
+        q, k, v, mask, scale=scale, layout=layout, block_m=cfg.block_m, block_n=cfg.block_n, pv_fp8=pv_fp8,
+        key_bias=key_bias,
     )
 
 
@@ -612,13 +631,14 @@ def _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, inter
     return _tuning_candidates(valid)
 
 
-def _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim) -> TuneKey:
+def _tune_key(q, mask, layout, quant, pv_fp8, q_len, kv_len, dim, has_key_bias) -> TuneKey:
     mask_blocks = None if mask is None else (mask.block_m, mask.block_n)
+    extra = {"key_bias": True} if has_key_bias else {}  # keys of unmasked calls stay as before
     return TuneKey.make("flash_attention_fwd", q.device, dtype=q.dtype, layout=layout, quant=quant, pv_fp8=pv_fp8,
-                        head_dim=dim, q_len=bucket(q_len), kv_len=bucket(kv_len), mask_blocks=mask_blocks)
+                        head_dim=dim, q_len=bucket(q_len), kv_len=bucket(kv_len), mask_blocks=mask_blocks, **extra)
 
 
-def _launch(q, k, v, out, mask, cfg: KernelConfig, scale, layout, quant, pv_fp8, interpret) -> None:
+def _launch(q, k, v, out, mask, cfg: KernelConfig, scale, layout, quant, pv_fp8, interpret, key_bias) -> None:
     """Quantize if needed, then launch the kernel with one config."""
     batch, heads, q_len, dim = to_bhsd(q, layout).shape
     kv_len = to_bhsd(k, layout).shape[2]
@@ -643,14 +663,20 @@ def _launch(q, k, v, out, mask, cfg: KernelConfig, scale, layout, quant, pv_fp8,
         dq = mask.dense_q_range or (0, 0)
         dk = mask.dense_kv_range or (0, 0)
 
+    if key_bias is None:
+        bias_log2, bias_stride = out, 0  # unused placeholder
+    else:  # the kernel's scores are in log2 units; -inf stays -inf
+        bias_log2 = (key_bias * LOG2E).contiguous()  # [B|1, Skv]
+        bias_stride = kv_len if bias_log2.shape[0] > 1 else 0
     grid = (cdiv(q_len, cfg.block_m), batch * heads)
     _sparse_attn_fwd_kernel[grid](
-        qk_q, qk_k, v_op, ob, q_scale, k_scale, v_scale, *sched,
+        qk_q, qk_k, v_op, ob, q_scale, k_scale, v_scale, *sched, bias_log2, bias_stride,
         *qk_q.stride(), *qk_k.stride(), *v_op.stride(), *ob.stride(),
         *mask_strides, *widths,
         heads, q_len, kv_len, scale * LOG2E, dq[0], dq[1], dk[0], dk[1],
         HEAD_DIM=dim, HEAD_DIM_PAD=head_dim_pad(dim), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        MASK_BLOCK_M=mbm, MASK_BLOCK_N=mbn, SPARSE=mask is not None, QUANT_INT8=quant == "int8",
+        MASK_BLOCK_M=mbm, MASK_BLOCK_N=mbn, SPARSE=mask is not None, HAS_KEY_BIAS=key_bias is not None,
+        QUANT_INT8=quant == "int8",
         PV_FP8=pv_fp8, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         INTERPRETER=interpret, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

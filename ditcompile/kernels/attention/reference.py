@@ -8,6 +8,9 @@ Semantics shared with ``flash_fwd.py``:
 * ``mask`` is a :class:`BlockSparseMask` (or None for dense attention); it is expanded to
   token level including ragged last blocks and the dense text rows/columns
   (:func:`token_mask`).
+* ``key_bias`` (optional): float32 ``[B|1, Skv]`` added to every query's scores (natural-log
+  units, like SDPA's additive mask; ``-inf`` removes the key): a key-padding mask in the form
+  the kernel reads (:func:`key_bias_from_mask` builds it from SDPA's ``attn_mask``).
 * Softmax is over the allowed keys of each query row; a row with **no** allowed key
   outputs zeros (never NaN).
 * ``layout`` is ``"bhsd"`` (``[B, H, S, D]``) or ``"bshd"`` (``[B, S, H, D]``); the
@@ -35,6 +38,8 @@ __all__ = [
     "FP8_E4M3_MAX",
     "P_FP8_SCALE",
     "token_mask",
+    "key_bias_from_mask",
+    "check_key_bias",
     "sparse_attention_reference",
     "smooth_k_mean_reference",
     "quantize_int8_per_block_reference",
@@ -55,6 +60,48 @@ def token_mask(mask: BlockSparseMask, q_start: int = 0, q_end: int | None = None
     q_end = mask.q_len if q_end is None else q_end
     rows = torch.arange(q_start, q_end, device=mask.device)  # [R]
     return mask.allowed(rows, torch.arange(mask.kv_len, device=mask.device))  # [B|1, H|1, R, kv_len]
+
+
+def key_bias_from_mask(attn_mask: Tensor) -> Tensor:
+    """SDPA's key-padding ``attn_mask`` as the kernels' ``key_bias``: float32 ``[B|1, Skv]``.
+
+    attn_mask: bool (True = attend) or float (added to the scores) of shape ``[B|1, 1, 1, Skv]``
+    (or fewer leading dims, SDPA broadcasting). Bool False becomes ``-inf``; float values are kept,
+    except that finite values are clamped to -1e30 so that the kernel's log2-domain scores
+    (x * log2 e) cannot overflow to ``-inf`` (a row masked with ``finfo.min`` still averages its
+    keys, as SDPA does, while a row of ``-inf`` outputs 0).
+
+    Raises ValueError for another shape or dtype.
+    """
+    shape = [1] * (4 - attn_mask.dim()) + list(attn_mask.shape)  # SDPA broadcasting from the right
+    if attn_mask.dim() > 4 or shape[1] != 1 or shape[2] != 1:
+        raise ValueError(f"a key-padding attn_mask must have shape [B|1, 1, 1, Skv], got {tuple(attn_mask.shape)}")
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise ValueError(f"attn_mask must be bool or float, got {attn_mask.dtype}")
+    rows = attn_mask.reshape(shape[0], shape[3])  # [B|1, Skv]
+    if rows.dtype == torch.bool:
+        zero = torch.zeros((), dtype=torch.float32, device=rows.device)
+        return torch.where(rows, zero, float("-inf")).contiguous()
+    bias = rows.to(torch.float32)
+    return torch.where(torch.isneginf(bias), bias, bias.clamp_min(-1e30)).contiguous()
+
+
+def check_key_bias(key_bias: Tensor | None, batch: int, kv_len: int, device) -> None:
+    """ValueError unless ``key_bias`` is None or float32 ``[B|1, Skv]`` on ``device``."""
+    if key_bias is None:
+        return
+    if not isinstance(key_bias, Tensor) or key_bias.dtype != torch.float32 or key_bias.dim() != 2:
+        raise ValueError("key_bias must be a float32 tensor [B|1, Skv] (see key_bias_from_mask), got "
+                         f"{getattr(key_bias, 'dtype', type(key_bias).__name__)} {tuple(getattr(key_bias, 'shape', ()))}")
+    if key_bias.shape[0] not in (1, batch) or key_bias.shape[1] != kv_len:
+        raise ValueError(f"key_bias has shape {tuple(key_bias.shape)}; expected [1 or {batch}, {kv_len}]")
+    if key_bias.device != device:
+        raise ValueError(f"key_bias is on {key_bias.device} but q is on {device}")
+
+
+def _add_key_bias(scores: Tensor, key_bias: Tensor | None) -> Tensor:
+    """scores [B, H, R, N] + key_bias [B|1, N] broadcast over heads and rows."""
+    return scores if key_bias is None else scores + key_bias[:, None, None, :].to(scores.dtype)
 
 
 def _masked_softmax_pv(scores: Tensor, allowed: Tensor | None, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -82,9 +129,11 @@ def _row_chunk(q_len: int, kv_len: int, batch_heads: int, budget: int = 1 << 25)
     return max(1, min(max(q_len, 1), budget // max(1, kv_len * batch_heads)))
 
 
-def _check_reference_inputs(q: Tensor, k: Tensor, v: Tensor, mask: BlockSparseMask | None, layout: str) -> None:
+def _check_reference_inputs(q: Tensor, k: Tensor, v: Tensor, mask: BlockSparseMask | None, layout: str,
+                            key_bias: Tensor | None = None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be 4-D")
+    check_key_bias(key_bias, q.shape[0], to_bhsd(k, layout).shape[2], q.device)
     if mask is not None:
         qb, kb = to_bhsd(q, layout), to_bhsd(k, layout)
         if (mask.q_len, mask.kv_len) != (qb.shape[2], kb.shape[2]):
@@ -105,13 +154,15 @@ def sparse_attention_reference(
     *,
     scale: float | None = None,
     layout: str = BHSD,
+    key_bias: Tensor | None = None,
 ) -> Tensor:
     """Block-sparse attention in plain torch; same function as ``sparse_flash_attention``.
 
     Computes in float64 for float64 inputs and float32 otherwise; returns q's dtype and
-    layout.  Processes query rows in chunks so memory stays bounded.
+    layout.  Processes query rows in chunks so memory stays bounded. ``key_bias``: float32
+    ``[B|1, Skv]`` added to the scores (see the module docstring).
     """
-    _check_reference_inputs(q, k, v, mask, layout)
+    _check_reference_inputs(q, k, v, mask, layout, key_bias)
     qb, kb, vb = (to_bhsd(t, layout) for t in (q, k, v))  # [B, H, S, D]
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale = 1.0 / math.sqrt(qb.shape[-1]) if scale is None else scale
@@ -122,6 +173,7 @@ def sparse_attention_reference(
     for start in range(0, q_len, chunk):
         end = min(start + chunk, q_len)
         scores = torch.matmul(qb[:, :, start:end].to(compute), kc.transpose(-1, -2)) * scale  # [B,H,R,N]
+        scores = _add_key_bias(scores, key_bias)
         allowed = None if mask is None else token_mask(mask, start, end)
         p, row_sum, _ = _masked_softmax_pv(scores, allowed, vc)
         out[:, :, start:end] = _safe_divide(torch.matmul(p, vc), row_sum)
@@ -189,15 +241,17 @@ def int8_attention_reference(
     block_m: int = 128,
     block_n: int = 64,
     pv_fp8: bool = False,
+    key_bias: Tensor | None = None,
 ) -> Tensor:
     """Emulation of the int8 kernel path (same quantization): exact integer Q.K^T products, scores
     and P.V in float32 (float64 when D > 1040 or for FP8 P.V).
 
     ``block_m`` / ``block_n``: rows of Q / K sharing one int8 scale (the kernel's tile sizes).
     ``pv_fp8``: P.V in FP8 e4m3 (P * 448, V per-channel) instead of V's dtype.
+    ``key_bias``: float32 ``[B|1, Skv]`` added to the dequantized scores.
     Returns q's dtype and layout.
     """
-    _check_reference_inputs(q, k, v, mask, layout)
+    _check_reference_inputs(q, k, v, mask, layout, key_bias)
     qb, vb = to_bhsd(q, layout), to_bhsd(v, layout)
     scale = 1.0 / math.sqrt(qb.shape[-1]) if scale is None else scale
     q_int8, q_scale = quantize_int8_per_block_reference(q, block_m, layout=layout)
@@ -217,7 +271,8 @@ def int8_attention_reference(
         v_pv = v_fp8.transpose(2, 3).to(f64)  # [B, H, Skv, D], in units of v_scale
     else:
         v_pv = vb.to(acc)
-    p, row_sum, _ = _masked_softmax_pv(scores.to(torch.float32), allowed, v_pv)  # fp32 P like the kernel
+    scores = _add_key_bias(scores.to(torch.float32), key_bias)
+    p, row_sum, _ = _masked_softmax_pv(scores, allowed, v_pv)  # fp32 P like the kernel
     if pv_fp8:
         p_pv = (p * P_FP8_SCALE).to(torch.float8_e4m3fn).to(f64)
         out = torch.matmul(p_pv, v_pv) * (v_scale.to(f64)[:, :, None, :] / P_FP8_SCALE)
