@@ -48,10 +48,10 @@ SCRIPT = textwrap.dedent(
         types = {"Q": "*i8" if quant else "*bf16", "K": "*i8" if quant else "*bf16",
                  "V": "*fp8e4nv" if pv_fp8 else "*bf16", "OUT": "*bf16", "Q_SCALE": "*fp32",
                  "K_SCALE": "*fp32", "V_SCALE": "*fp32", "FULL_NUM": "*i32", "FULL_IDX": "*i32",
-                 "PART_NUM": "*i32", "PART_IDX": "*i32", "PART_FLAG": "*i32", "qk_scale": "fp32",
+                 "PART_NUM": "*i32", "PART_IDX": "*i32", "PART_FLAG": "*i32", "KEY_BIAS": "*fp32", "qk_scale": "fp32",
                  "mask_stride_b": "i64", "mask_stride_h": "i64"}
         cx = dict(HEAD_DIM=128, HEAD_DIM_PAD=128, BLOCK_M=128, BLOCK_N=64, MASK_BLOCK_M=128,
-                  MASK_BLOCK_N=128 if sparse else 64, SPARSE=sparse, QUANT_INT8=quant, PV_FP8=pv_fp8,
+                  MASK_BLOCK_N=128 if sparse else 64, SPARSE=sparse, HAS_KEY_BIAS=quant, QUANT_INT8=quant, PV_FP8=pv_fp8,
                   DOT_PRECISION="tf32", INTERPRETER=False, stride_qd=1, stride_kd=1, stride_od=1)
         cx["stride_vs" if pv_fp8 else "stride_vd"] = 1
         src = source(fa._sparse_attn_fwd_kernel, types, cx)
