@@ -9,8 +9,9 @@ layout and is contiguous in it (the fake implementation promises exactly those s
 Inductor relies on). `plan` is an `AttentionPlan` as JSON (`plans`); `grid` is the run-time
 (frames, height, width) of the video tokens for sparse plans of dynamic-shape graphs; `attn_mask`
 is SDPA's mask as the model built it (bool: True attends; float: added to the scores;
-broadcastable to [B, H, Sq, Skv]), carried by dense plans whose `plan.mask` names its kind
-("key_padding": [B|1, 1, 1, Skv]; "dense": any other). Inductor
+broadcastable to [B, H, Sq, Skv]), carried by plans whose `plan.mask` names its kind
+("key_padding": [B|1, 1, 1, Skv]; "dense": any other) and translated per call by
+`impl/masks.CallMask` (the kernel's key bias; a block-sparse mask for uniform tiles). Inductor
 treats the op as opaque; `run_plan` chooses the implementation at run time from the plan,
 device and shapes:
 
@@ -31,6 +32,7 @@ from torch import Tensor
 from ..geometry import check_tensor_layout
 from ..plans import AttentionPlan, parse_plan
 from .impl.dense import dense_attention, sdpa
+from .impl.masks import CallMask
 from .impl.sparse import sparse_attention
 from .select import warn_once
 
@@ -55,13 +57,13 @@ def run_plan(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float
     if (attn_mask is not None) != (plan.mask != "none"):
         raise ValueError(f"ditaccel::attention at {plan.site_path or '?'}: plan mask {plan.mask!r} but attn_mask "
                          f"{'given' if attn_mask is not None else 'missing'}")
-    if attn_mask is not None:  # a masked plan is dense and unquantized (AttentionPlan checks it)
-        return sdpa(q, k, v, layout, scale, is_causal, attn_mask)
+    call_mask = CallMask.of(plan.mask, attn_mask)
     if plan.sparse is not None:
         dense = plan.dense_fallback()
         return sparse_attention(q, k, v, layout, scale, plan,
-                                lambda q, k, v: dense_attention(q, k, v, layout, scale, False, dense), grid)
-    return dense_attention(q, k, v, layout, scale, is_causal, plan)
+                                lambda q, k, v: dense_attention(q, k, v, layout, scale, False, dense, call_mask),
+                                grid, call_mask)
+    return dense_attention(q, k, v, layout, scale, is_causal, plan, call_mask)
 
 
 @torch.library.custom_op("ditaccel::attention", mutates_args=())

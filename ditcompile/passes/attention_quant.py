@@ -15,6 +15,7 @@ import dataclasses
 import torch.fx as fx
 
 from ..config import DitConfig
+from ..plans import DENSE_MASK_NOTE
 from .base import PLANNED, DitPass, PassContext, PassReport, SiteDecision, attention_nodes, set_plan
 
 
@@ -29,14 +30,10 @@ class AttentionQuantPass(DitPass):
     def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> PassReport:
         report = self.report()
         for node, index, plan in attention_nodes(gm):
-            if plan.mask != "none":
-                report.decisions.append(SiteDecision(index, plan.site_path, PLANNED, plan=plan.describe(),
-                                                     reason=f"not quantized: {plan.mask.replace('_', '-')} attention "
-                                                            "mask (8-bit plans do not take masks yet)"))
-                continue
             plan = dataclasses.replace(plan, backend="triton", quant=self.config.attention.quant)
             set_plan(node, plan)
-            report.decisions.append(SiteDecision(index, plan.site_path, PLANNED, plan=plan.describe()))
+            report.decisions.append(SiteDecision(index, plan.site_path, PLANNED, plan=plan.describe(),
+                                                 reason=DENSE_MASK_NOTE if plan.mask == "dense" else ""))
         return report
 
 

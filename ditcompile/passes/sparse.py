@@ -28,7 +28,7 @@ from ..config import ConfigError, DitConfig, SparseConfig
 from ..graph.sites import JOINT, SELF, AttentionSite, GraphAnalysis
 from ..kernels.attention.flash_fwd import MAX_HEAD_DIM
 from ..masks import PatternInvariantError, get_policy, params_json
-from ..plans import SparseSpec
+from ..plans import SPARSE_MASK_NOTE, SparseSpec
 from ..ops.attention import GRID_ARG
 from .base import PLANNED, DitPass, PassContext, PassReport, SiteDecision, attention_nodes, set_plan
 
@@ -70,9 +70,10 @@ class SparseAttentionPass(DitPass):
                 unknown = "density known at run time (dynamic grid)"
             else:
                 unknown = "density data-dependent"
-            report.decisions.append(SiteDecision(
-                index, site.module_path, PLANNED, plan=plan.describe(),
-                reason=f"density {density:.3f}" if density is not None else unknown))
+            note = f"density {density:.3f}" if density is not None else unknown
+            report.decisions.append(SiteDecision(index, site.module_path, PLANNED, plan=plan.describe(),
+                                                 reason=f"{note}; {SPARSE_MASK_NOTE[plan.mask]}" if plan.mask != "none"
+                                                 else note))
         return report
 
 
@@ -87,8 +88,6 @@ def sparse_ineligible(site: AttentionSite, analysis: GraphAnalysis, cfg: SparseC
         return "token grid unknown (set graph.token_grid)"
     if site.is_causal:
         return "causal attention"
-    if site.mask_kind != "none":
-        return f"{site.mask_kind.replace('_', '-')} attention mask (sparse plans do not take masks yet)"
     if site.block_index is not None and site.block_index in cfg.dense_blocks:
         return f"block {site.block_index} is in sparse.dense_blocks"
     text = site.text.length if site.text is not None else 0

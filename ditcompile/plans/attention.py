@@ -103,6 +103,15 @@ def _token_layout(grid: tuple, text_position: str, text_length: int) -> TokenLay
 
 
 
+DENSE_MASK_NOTE = ("dense mask: block-sparse in the kernel when its tiles are uniform at run time (block-causal "
+                   "frames), else exact SDPA")
+SPARSE_MASK_NOTE = {
+    "key_padding": "key padding kept in every tile",
+    "dense": ("dense mask: intersected with the pattern when its tiles are uniform at run time (block-causal "
+              "frames), else the call runs dense and exact"),
+}
+
+
 @dataclass(frozen=True)
 class AttentionPlan:
     site_path: str = ""
@@ -110,8 +119,9 @@ class AttentionPlan:
     quant: str = "none"
     sparse: Optional[SparseSpec] = None
     mask: str = "none"
-    """The op's attn_mask argument: "none", "key_padding" ([B|1, 1, 1, Skv]) or "dense" (any
-    SDPA-broadcastable bool / additive float mask, applied exactly)."""
+    """The op's attn_mask argument: "none", "key_padding" ([B|1, 1, 1, Skv]: the kernel's key
+    bias, composes with every plan) or "dense" (any SDPA-broadcastable bool / additive float
+    mask: block-sparse in the kernel when its tiles are uniform, else exact SDPA)."""
 
     def __post_init__(self) -> None:
         for name, value, accepted in (("backend", self.backend, BACKENDS), ("quant", self.quant, QUANTS),
@@ -122,9 +132,6 @@ class AttentionPlan:
             raise ValueError(f"attention plan quant={self.quant!r} needs backend 'triton'")
         if self.sparse is not None and self.backend != "triton":
             raise ValueError("a sparse attention plan needs backend 'triton' (the block-sparse kernel)")
-        if self.mask != "none" and (self.sparse is not None or self.quant != "none"):
-            raise ValueError(f"attention plan with a {self.mask} mask must be dense and unquantized "
-                             "(sparse and 8-bit plans do not take masks yet)")
 
     @property
     def method(self) -> str:
@@ -144,10 +151,10 @@ class AttentionPlan:
 
     def describe(self) -> str:
         quant = f"/{self.quant}" if self.quant != "none" else ""
+        mask = f"+{self.mask.replace('_', '-')} mask" if self.mask != "none" else ""
         if self.sparse is not None:
             warm = f", dense {self.sparse.dense_steps} steps" if self.sparse.dense_steps else ""
-            return f"sparse/{self.sparse.policy}{quant}{warm}"
-        mask = f"+{self.mask.replace('_', '-')} mask" if self.mask != "none" else ""
+            return f"sparse/{self.sparse.policy}{quant}{mask}{warm}"
         return f"dense/{self.backend}{quant}{mask}"
 
     def to_dict(self) -> dict:
@@ -163,4 +170,4 @@ class AttentionPlan:
         return json.dumps({"version": PLAN_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
 
 
-__all__ = ["AttentionPlan", "SparseSpec", "BACKENDS", "QUANTS", "MASKS", "PLAN_VERSION"]
+__all__ = ["AttentionPlan", "SparseSpec", "DENSE_MASK_NOTE", "SPARSE_MASK_NOTE", "BACKENDS", "QUANTS", "MASKS", "PLAN_VERSION"]
