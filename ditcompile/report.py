@@ -109,16 +109,23 @@ class Explanation:
     def rewritten(self) -> int:
         return sum(r.rewritten for g in self.graphs for r in g.passes)
 
+    def total_line(self) -> str:
+        """"12 graphs, 46 of 48 attention sites rewritten" (every graph Dynamo compiled)."""
+        graphs = len(self.graphs)
+        return (f"{graphs} graph{'s' if graphs != 1 else ''}, {self.rewritten} of {len(self.sites)} attention "
+                f"site{'s' if len(self.sites) != 1 else ''} rewritten")
+
     def format(self) -> str:
         if not self.graphs:
             return "ditaccel: no graph was compiled (the model ran entirely in eager mode?)"
-        head = f"ditaccel explain: {len(self.graphs)} graph(s)"
+        head = f"ditaccel explain: {self.total_line()}"
         if len(self.graphs) > 1:
             head += " -- the model has graph breaks; each graph is compiled and reported separately"
         return "\n".join([head, *(g.format() for g in self.graphs)])
 
     def to_dict(self) -> dict:
-        return {"graphs": [g.to_dict() for g in self.graphs]}
+        return {"graphs": [g.to_dict() for g in self.graphs], "total": self.total_line(),
+                "attention_sites": len(self.sites), "rewritten": self.rewritten}
 
 
 __all__ = ["GraphReport", "Explanation", "KEPT", "PLANNED", "REWRITTEN"]

@@ -1,6 +1,7 @@
 """Find attention calls in a Dynamo FX graph and describe each as an `AttentionSite`.
 
-Two shapes of attention are recognised:
+Three shapes of attention are recognised (the third in `foreign_attention`: flash-attn and
+xformers ops):
 
     SDPA:    out = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0,
                                                  is_causal=False, scale=None)
@@ -28,20 +29,17 @@ import torch.nn.functional as F
 
 from .fx_utils import (
     call_name,
-    is_seq_head_swap,
-    permutation_of,
-    dim_text,
-    dtype_of,
     example_value,
     is_function,
     is_method,
+    is_seq_head_swap,
     node_arg,
     normalize_dim,
-    shape_of,
-    static_int,
+    permutation_of,
 )
-from ..geometry import BHSD, BSHD
-from .module_path import block_of, module_class, module_path
+from ..geometry import BSHD
+from .foreign_attention import match_foreign
+from .site_describe import describe_site
 from .sites import AttentionSite
 
 SDPA_TARGETS = {F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention}
@@ -61,6 +59,8 @@ def find_attention_sites(graph: fx.Graph) -> list[AttentionSite]:
             site = _match_sdpa(node, len(sites))
         elif _is_softmax(node):
             site = _match_manual(node, len(sites))
+        else:
+            site = match_foreign(node, len(sites))  # flash-attn / xformers ops (None for other nodes)
         if site is not None:
             sites.append(site)
     return sites
@@ -86,7 +86,7 @@ def _match_sdpa(node: fx.Node, index: int) -> AttentionSite:
     scale = node_arg(node, 6, "scale")
     enable_gqa = node_arg(node, 7, "enable_gqa", False)
 
-    site, reasons = _describe(node, index, "sdpa", q, k, v, node)
+    site, reasons = describe_site(node, index, "sdpa", q, k, v, node)
     site = dataclasses.replace(
         site, has_mask=mask is not None, is_causal=bool(is_causal) if isinstance(is_causal, bool) else False,
         scale=float(scale) if isinstance(scale, (int, float)) else None,
@@ -247,7 +247,7 @@ def _match_manual(softmax: fx.Node, index: int) -> Optional[AttentionSite]:
         return None  # a softmax, but not the attention pattern we can describe
     v = pv.args[1]
 
-    site, reasons = _describe(pv, index, pattern, q, k, v, pv)
+    site, reasons = describe_site(pv, index, pattern, q, k, v, pv)
     # replaced: softmax back to the scores (casts, scale), the scores and k^T, forward to P.V
     site = dataclasses.replace(site, scale=scale if scale is not None else 1.0, has_mask=has_mask,
                                replaced=(*_between(scores, softmax), scores, kt, *chain, pv))
@@ -270,72 +270,6 @@ def _between(start: fx.Node, end: fx.Node) -> list[fx.Node]:
 
 
 # ----------------------------------------------------------------------------- shared
-
-
-def _describe(node, index, pattern, q, k, v, output) -> tuple[AttentionSite, list[str]]:
-    """The site's shapes, module path and block from the example values of q/k/v, and the
-    reasons (if any) it cannot be rewritten that the shapes alone show."""
-    path = module_path(node)
-    block = block_of(path)
-    qv, kv, vv = example_value(q), example_value(k), example_value(v)
-    base = dict(
-        index=index, pattern=pattern, module_path=path, module_class=module_class(node),
-        block=block.path if block else None, block_index=block.index if block else None,
-        layout=BHSD, batch=None, heads=None, kv_heads=None, head_dim=None, value_dim=None,
-        q_len=None, kv_len=None, q_len_expr="?", kv_len_expr="?", shape_text="?", scale=None, is_causal=False,
-        has_mask=False, dropout_p=0.0, dtype=str(dtype_of(q)).replace("torch.", ""), q=q, k=k, v=v, output=output,
-    )
-    if qv is None or kv is None or vv is None:
-        return AttentionSite(**base), ["q, k or v has no example value (not a tensor?)"]
-    if qv.dim() == 4:
-        b, h, sq, d = qv.shape
-        base.update(batch=static_int(b), heads=static_int(h), kv_heads=static_int(kv.shape[1]))
-        heads_text = dim_text(h)
-    elif qv.dim() == 3:
-        (b, sq, d), h = qv.shape, None
-        heads = _folded_heads(q, qv.shape)
-        base.update(folded_heads=True, heads=heads,
-                    batch=static_int(b) // heads if heads and static_int(b) else None)
-        heads_text = str(heads) if heads else "?"
-    else:
-        return AttentionSite(**base), [f"q has rank {qv.dim()} (expected 4-D [B,H,S,D] or 3-D [B*H,S,D])"]
-    skv, dv = kv.shape[-2], vv.shape[-1]
-    base.update(head_dim=static_int(d), value_dim=static_int(dv), q_len=static_int(sq), kv_len=static_int(skv),
-                q_len_expr=dim_text(sq), kv_len_expr=dim_text(skv),
-                shape_text=(f"B={dim_text(b)}{'(xH)' if base.get('folded_heads') else ''} H={heads_text} "
-                            f"Sq={dim_text(sq)} Skv={dim_text(skv)} D={dim_text(d)}"))
-    reasons = ["head dim is symbolic"] if qv.dim() == 4 and static_int(d) is None else []
-    reasons += _dtype_reasons(qv, kv, vv, example_value(output))
-    return AttentionSite(**base), reasons
-
-
-def _dtype_reasons(qv, kv, vv, out) -> list[str]:
-    """Why the op cannot be a drop-in replacement for these dtypes: it computes in q's dtype and
-    returns q's dtype, so q, k, v and the original output must share one dtype (an attention that
-    upcasts q and k but keeps v is computed exactly only as written)."""
-    dtypes = [t.dtype for t in (qv, kv, vv)]
-    name = lambda d: str(d).replace("torch.", "")  # noqa: E731
-    if len(set(dtypes)) > 1:
-        return [f"q, k and v have different dtypes ({', '.join(map(name, dtypes))}): kept as written"]
-    if out is not None and out.dtype != dtypes[0]:
-        return [f"the attention returns {name(out.dtype)} from {name(dtypes[0])} inputs: kept as written"]
-    return []
-
-
-def _folded_heads(q: fx.Node, shape) -> Optional[int]:
-    """Heads of a [B*H, S, D] tensor, read from the 4-D [B, H, S, D] tensor it was reshaped from."""
-    bh, s, d = (static_int(x) for x in shape)
-    node = q
-    for _ in range(6):
-        if not isinstance(node, fx.Node) or not node.args or not isinstance(node.args[0], fx.Node):
-            return None
-        node = node.args[0]
-        src = shape_of(node)
-        if src is not None and len(src) == 4:
-            b4, h4, s4, d4 = (static_int(x) for x in src)
-            if None not in (b4, h4, bh) and b4 * h4 == bh and s4 == s and d4 == d:
-                return h4
-    return None
 
 
 def projection_input(node: fx.Node, limit: int = 80) -> Optional[fx.Node]:

@@ -73,6 +73,7 @@ class AttentionSite:
     folded_heads: bool = False   # q/k/v are [B*H, S, D] (heads folded into batch)
     mask: Optional[fx.Node] = field(default=None, repr=False)         # SDPA's attn_mask, carried to the op
     mask_kind: str = "none"      # "none", "key_padding" ([B|1, 1, 1, Skv]) or "dense" (any other shape)
+    output_layout: str = "bhsd"  # layout of `output`: "bshd" for ops that return [B, S, H, D] (flash-attn)
 
     @property
     def equal_lengths(self) -> bool:

@@ -84,7 +84,7 @@ def rewrite_site(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan,
         new = op_node
         if site.folded_heads:
             new = _add_node(graph, old, "call_method", "squeeze", (new, 1), fake_mode)
-    if site.layout == BSHD:
+    if site.layout == BSHD and site.output_layout != BSHD:
         _replace_bhsd_output(graph, old, new, fake_mode)
     else:
         old.replace_all_uses_with(new)

@@ -21,7 +21,6 @@ An op is only registered when its name is still free. Importing twice is therefo
 machine where the real package was imported first, the wrappers call the real op.
 """
 import dataclasses
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
