@@ -25,5 +25,8 @@ timeout 150 python3 -m ditcompile demo --device cuda --variants compile,cache,al
   | grep -v Warning | tail -22 | tee "$OUT/demo.txt"
 echo "== attention kernels vs cuDNN / FA2 / FlexAttention (Wan2.1-1.3B shape)"
 timeout 170 python3 benchmarks/attention.py --quick --out "$OUT/attention.json" 2>&1 | tail -25 | tee "$OUT/attention.txt"
+echo "== masked joint attention, HunyuanVideo 720p padded prompt (issue 13: ours >= SDPA with its mask)"
+timeout 120 python3 benchmarks/masked_attention.py --reps 3 --out "$OUT/masked_attention.json" 2>&1 | tail -10 \
+  | tee "$OUT/masked_attention.txt"
 echo "== end to end (Wan2.1-1.3B 480p, quick subset)"
 timeout 220 python3 benchmarks/e2e.py --quick --budget-s 200 --out "$OUT/e2e.json" 2>&1 | tail -30 | tee "$OUT/e2e.txt"

@@ -16,6 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 E2E = ROOT / "benchmarks" / "e2e.py"
 ATTENTION = ROOT / "benchmarks" / "attention.py"
+MASKED = ROOT / "benchmarks" / "masked_attention.py"
 TIMEOUT_S = 300
 # Variants whose features exist today: they must produce numbers, not a reason.
 MUST_RUN = ("eager", "compile", "ditaccel-dense", "ditaccel-cache", "ditaccel-quant")
@@ -100,8 +101,19 @@ def test_attention_cpu_smoke(tmp_path):
     assert "method" in proc.stdout and "TFLOP/s" in proc.stdout
 
 
+def test_masked_attention_cpu_smoke(tmp_path):
+    out = tmp_path / "masked.json"
+    proc = _run(MASKED, "--cpu-smoke", "--reps", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"sdpa-masked", "ours-dense", "ours-int8", "ours-sparse"}
+    assert results["ours-dense"]["rel_l2_vs_sdpa_masked"] < 1e-5  # exact with the padding
+    assert results["ours-int8"]["rel_l2_vs_sdpa_masked"] < 4e-2
+    assert all(_number(r["ms"]) for r in results.values())
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is present")
-@pytest.mark.parametrize("script", [E2E, ATTENTION], ids=["e2e", "attention"])
+@pytest.mark.parametrize("script", [E2E, ATTENTION, MASKED], ids=["e2e", "attention", "masked"])
 def test_scripts_need_cuda(script, tmp_path):
     proc = _run(script, "--out", str(tmp_path / "out.json"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
