@@ -33,6 +33,12 @@ def describe_site(node, index, pattern, q, k, v, output, layout: str = BHSD) -> 
     )
     if qv is None or kv is None or vv is None:
         return AttentionSite(**base), ["q, k or v has no example value (not a tensor?)"]
+    if qv.dim() == 3 and layout == BSHD:  # packed variable-length [total, H, D] (flash varlen, xformers)
+        (tq, h, d), tk = qv.shape, kv.shape[0]
+        base.update(layout=BSHD, heads=static_int(h), kv_heads=static_int(kv.shape[1]), head_dim=static_int(d),
+                    value_dim=static_int(vv.shape[-1]), q_len_expr=dim_text(tq), kv_len_expr=dim_text(tk),
+                    shape_text=f"packed Tq={dim_text(tq)} Tkv={dim_text(tk)} H={dim_text(h)} D={dim_text(d)}")
+        return AttentionSite(**base), []
     if qv.dim() == 4 and layout == BSHD:  # the call itself reads [B, S, H, D] (flash-attn, xformers)
         b, sq, h, d = qv.shape
         base.update(layout=BSHD, batch=static_int(b), heads=static_int(h), kv_heads=static_int(kv.shape[2]))
