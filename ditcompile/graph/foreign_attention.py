@@ -110,8 +110,10 @@ def _with_call_reasons(site: AttentionSite, f: dict, outputs: dict, reasons: lis
     if set(outputs) - {0}:
         why.append("the softmax LSE (or another output of the op) is used")
     if scale is not None and not isinstance(scale, (int, float)):
-        why.append("softmax_scale is computed at run time")
-    if not isinstance(dropout, (int, float)) or dropout != 0:
+        why.append("softmax_scale is a run-time value (computed in the graph, or symbolic under dynamic shapes)")
+    if not isinstance(dropout, (int, float)):
+        why.append("dropout_p is a run-time value (symbolic under dynamic shapes): dropout cannot be ruled out")
+    elif dropout != 0:
         why.append(f"dropout_p={dropout} (training-time dropout is not supported)")
     if not isinstance(causal, bool):
         why.append("causal is computed at run time")
@@ -123,7 +125,9 @@ def _with_call_reasons(site: AttentionSite, f: dict, outputs: dict, reasons: lis
         why.append(f"softcap={f['softcap']}")
     if f["alibi"] is not None:
         why.append("ALiBi slopes")
-    if site.heads is not None and site.kv_heads is not None and site.heads != site.kv_heads:
+    if site.heads is None or site.kv_heads is None:  # symbolic (dynamic shapes): GQA cannot be ruled out
+        why.append("the head counts are symbolic (dynamic shapes): grouped-query attention cannot be ruled out")
+    elif site.heads != site.kv_heads:
         why.append(f"grouped-query attention ({site.kv_heads} k/v heads for {site.heads} query heads)")
     return site.with_reasons(why + reasons)
 

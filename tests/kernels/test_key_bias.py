@@ -135,3 +135,24 @@ def test_key_bias_from_mask_shapes_and_errors():
         sparse_flash_attention(q, q, q, key_bias=torch.zeros(2, 9))
     with pytest.raises(ValueError, match="key_bias must be a float32"):
         sparse_flash_attention(q, q, q, key_bias=torch.zeros(2, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("pv_fp8", [False, True])
+def test_int8_padded_keys_do_not_leak_into_valid_outputs(gen, device, pv_fp8):
+    """The padded keys' values must not reach the quantization statistics (K mean and scales, V's
+    FP8 scales): changing only them leaves every output unchanged, as in exact attention."""
+    q, k, v = _qkv(gen, 2, 2, 64, 64, 32, torch.float32, "bhsd", device, structured=True)
+    bias = key_bias_from_mask(_padding(gen, 2, 64, [64, 30]).to(device))
+    k2, v2 = k.clone(), v.clone()
+    k2[1, :, 30:] = k2[1, :, 30:] * 1000 + 50
+    v2[1, :, 30:] *= 1000
+    if device == "cpu":  # the emulation, both P.V paths
+        run = lambda k, v: int8_attention_reference(q, k, v, key_bias=bias, block_m=32, block_n=32, pv_fp8=pv_fp8)  # noqa: E731
+    else:
+        run = lambda k, v: _run(q, k, v, None, quant="int8", pv_fp8=pv_fp8, key_bias=bias,  # noqa: E731
+                                config=KernelConfig(32, 32, 4, 2))
+    assert torch.equal(run(k, v), run(k2, v2))
+    if not pv_fp8:  # the kernel (interpreter on the CPU) too
+        out = _run(q, k, v, None, quant="int8", pv_fp8=False, key_bias=bias, config=KernelConfig(32, 32, 4, 2))
+        out2 = _run(q, k2, v2, None, quant="int8", pv_fp8=False, key_bias=bias, config=KernelConfig(32, 32, 4, 2))
+        assert torch.equal(out, out2)

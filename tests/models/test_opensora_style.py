@@ -102,3 +102,19 @@ def test_flash_attn_causal_and_padded_head_dim_are_exact():
         *(t.transpose(1, 2) for t in (q, k, v)), is_causal=True, scale=0.3).transpose(1, 2)
     out = torch.compile(fn, backend="ditaccel", options={"compiler": "eager"})(q, k, v)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_foreign_site_with_symbolic_heads_is_kept_not_broken():
+    """After a recompile with automatic dynamic shapes the head counts are symbolic: a later
+    grouped-query call must not reach the op (kept with its reason) and equals eager."""
+    from . import foreign_ops
+
+    def fn(q, k, v):
+        return foreign_ops.flash_attn_func(q, k, v)
+
+    compiled = torch.compile(fn, backend="ditaccel", options={"compiler": "eager"})
+    with torch.no_grad():
+        for heads, kv_heads in ((2, 2), (4, 2), (4, 4)):
+            q = torch.randn(2, 24, heads, 16)
+            k, v = torch.randn(2, 24, kv_heads, 16), torch.randn(2, 24, kv_heads, 16)
+            torch.testing.assert_close(compiled(q, k, v), fn(q, k, v), rtol=1e-5, atol=1e-5)

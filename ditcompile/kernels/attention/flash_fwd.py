@@ -53,7 +53,7 @@ from .quantize import (
     smooth_k_mean,
     to_fp8_e4m3,
 )
-from .reference import check_key_bias, int8_attention_reference, sparse_attention_reference
+from .reference import check_key_bias, int8_attention_reference, sparse_attention_reference, zero_masked_keys
 
 __all__ = ["KernelConfig", "CONFIG_SPACE", "prune_configs", "sparse_flash_attention", "SUPPORTED_DTYPES",
            "MAX_HEAD_DIM", "unsupported_reason"]
@@ -575,6 +575,8 @@ def sparse_flash_attention(
             ref = sparse_attention_reference(q, k, v, mask, scale=scale, layout=layout, key_bias=key_bias)
         return out.copy_(ref)
 
+    if quant == "int8":  # removed keys must not reach the quantization statistics (as in the reference)
+        k, v = zero_masked_keys(k, v, key_bias, layout)
     candidates = _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, interpret)
 
     def launch(cfg: KernelConfig, into: Tensor) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "token_mask",
     "key_bias_from_mask",
     "check_key_bias",
+    "zero_masked_keys",
     "sparse_attention_reference",
     "smooth_k_mean_reference",
     "quantize_int8_per_block_reference",
@@ -97,6 +98,23 @@ def check_key_bias(key_bias: Tensor | None, batch: int, kv_len: int, device) -> 
         raise ValueError(f"key_bias has shape {tuple(key_bias.shape)}; expected [1 or {batch}, {kv_len}]")
     if key_bias.device != device:
         raise ValueError(f"key_bias is on {key_bias.device} but q is on {device}")
+
+
+def zero_masked_keys(k: Tensor, v: Tensor, key_bias: Tensor | None, layout: str = BHSD) -> tuple[Tensor, Tensor]:
+    """k and v with the keys that ``key_bias`` removes (``-inf``) set to 0, for the 8-bit path.
+
+    Their attention weight is 0 either way, but the quantization statistics (K's smoothing mean
+    and block scales, V's FP8 channel scales) would otherwise read the padded values, letting them
+    change the outputs of valid tokens. Returns k, v unchanged without a bias or a removed key.
+    """
+    if key_bias is None:
+        return k, v
+    removed = torch.isneginf(key_bias)  # [B|1, Skv]
+    if not bool(removed.any()):
+        return k, v
+    shape = (removed.shape[0], 1, removed.shape[1], 1) if layout == BHSD else (removed.shape[0], removed.shape[1], 1, 1)
+    removed = removed.reshape(shape)
+    return k.masked_fill(removed, 0), v.masked_fill(removed, 0)
 
 
 def _add_key_bias(scores: Tensor, key_bias: Tensor | None) -> Tensor:
@@ -252,6 +270,7 @@ def int8_attention_reference(
     Returns q's dtype and layout.
     """
     _check_reference_inputs(q, k, v, mask, layout, key_bias)
+    k, v = zero_masked_keys(k, v, key_bias, layout)  # removed keys never reach the quantization statistics
     qb, vb = to_bhsd(q, layout), to_bhsd(v, layout)
     scale = 1.0 / math.sqrt(qb.shape[-1]) if scale is None else scale
     q_int8, q_scale = quantize_int8_per_block_reference(q, block_m, layout=layout)
