@@ -19,6 +19,7 @@ model that builds its block-causal mask once pays the conversion once.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from dataclasses import dataclass
@@ -40,14 +41,16 @@ class CallMask:
 
     kind: str = "none"                     # "none", "key_padding" or "dense" (AttentionPlan.mask)
     attn_mask: Optional[Tensor] = None     # bool or float, broadcastable to [B, H, Sq, Skv]
-    key_bias: Optional[Tensor] = None      # float32 [B|1, Skv] (kind "key_padding")
 
     @classmethod
     def of(cls, kind: str, attn_mask: Optional[Tensor]) -> "CallMask":
-        if attn_mask is None:
-            return cls()
-        bias = key_bias_from_mask(attn_mask) if kind == "key_padding" else None
-        return cls(kind, attn_mask, bias)
+        return cls() if attn_mask is None else cls(kind, attn_mask)
+
+    @functools.cached_property
+    def key_bias(self) -> Optional[Tensor]:
+        """float32 [B|1, Skv] for kind "key_padding" (else None); built on first use only, so
+        calls that run SDPA with the mask as it is never build it."""
+        return key_bias_from_mask(self.attn_mask) if self.kind == "key_padding" else None
 
     def block_mask(self, q_len: int, kv_len: int, block: int) -> Optional[BlockSparseMask]:
         """The dense mask as a BlockSparseMask with `block` x `block` blocks, or None when a tile
@@ -120,12 +123,15 @@ _block_cache = _BlockMaskCache()
 
 def largest_uniform_block(mask: CallMask, q_len: int, kv_len: int) -> Optional[BlockSparseMask]:
     """The dense mask as a BlockSparseMask with the largest block in BLOCK_SIZES whose tiles are
-    uniform, or None."""
+    uniform, or None. The smallest block is checked first: a tile uniform at a larger block is
+    uniform at every smaller one, so a mask that fails there is converted once, not per size."""
+    if mask.block_mask(q_len, kv_len, BLOCK_SIZES[-1]) is None:
+        return None
     for block in BLOCK_SIZES:
         converted = mask.block_mask(q_len, kv_len, block)
         if converted is not None:
             return converted
-    return None
+    return None  # unreachable: the smallest block converted above
 
 
 __all__ = ["CallMask", "uniform_tiles", "largest_uniform_block", "BLOCK_SIZES"]
