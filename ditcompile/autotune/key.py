@@ -7,6 +7,7 @@ matter: the key is built at run time, inside the op, from the real tensors.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,31 @@ def next_power_of_2(n: int) -> int:
 
 
 bucket = next_power_of_2
-"""The bucket of a length in a tuning key: lengths share a result up to the next power of two."""
+"""The power-of-two ceiling of a length (tile caps; the in-memory kernel-config table)."""
+
+
+def length_bucket(n: int) -> int:
+    """The bucket of a sequence length in a persistent tuning key: the next value of the form
+    m * 2**e with m in {4, 5, 6, 7} (quarter-octave steps: 32760 -> 32768, 44776 -> 49152,
+    4608 -> 5120), so a model run at many resolutions adds at most four entries per doubling of
+    the length, and two lengths that share an entry differ by less than 25%. Exact below 8."""
+    n = max(int(n), 1)
+    if n < 8:
+        return n
+    e = n.bit_length() - 3  # n in [4 * 2**e, 8 * 2**e)
+    m = -(-n // (1 << e))   # ceil(n / 2**e), in 4..8
+    return m << e
+
+
+def density_bucket(density: float) -> float:
+    """The bucket of a block-sparse mask's density (computed tiles / all tiles) in a tuning key:
+    the power of two at or above it (1, 0.5, 0.25, ... down to 1/64), since a kernel's best
+    choice changes with the order of magnitude of the work, not its last percent."""
+    d = min(max(float(density), 1.0 / 64), 1.0)
+    step = 1.0
+    while step / 2 >= d:
+        step /= 2
+    return step
 
 
 def device_name(device: torch.device | str) -> str:
@@ -47,7 +72,25 @@ class TuneKey:
     device: str
     fields: tuple[tuple[str, Any], ...]
 
+    def to_str(self) -> str:
+        """Canonical JSON of the key (the persistent cache's entry name)."""
+        return json.dumps([self.kernel, self.device, [list(f) for f in self.fields]], separators=(",", ":"))
+
+    @classmethod
+    def from_str(cls, text: str) -> "TuneKey":
+        """The key `to_str` wrote; ValueError for anything else."""
+        try:
+            kernel, device, fields = json.loads(text)
+            return cls(str(kernel), str(device), tuple((str(k), _hashable(v)) for k, v in fields))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"not a tuning key: {text[:80]!r}") from err
+
     @classmethod
     def make(cls, kernel: str, device: torch.device | str, **fields: Any) -> "TuneKey":
         return cls(kernel, device_name(device), tuple(sorted((k, str(v) if isinstance(v, torch.dtype) else v)
                                                              for k, v in fields.items())))
+
+
+def _hashable(value: Any) -> Any:
+    """JSON lists back to tuples (a key's field values must hash)."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value

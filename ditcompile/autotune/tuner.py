@@ -1,4 +1,10 @@
-"""Choose the fastest candidate by measurement, once per key.
+"""Choose the fastest candidate by measurement.
+
+Ops (`tune_problem`): every candidate of a `Tunable` is first run on the real problem and
+compared with the op's reference (wrong, NaN-producing, crashing or input-writing candidates are
+dropped and logged), then the valid ones are timed (warm-up, median) and the fastest wins.
+
+Kernel configs (`tuned`, the in-memory table of the Triton launcher's direct API), once per key:
 
     settings = TuneSettings()                          # explicit: no environment variables
     choice = tuned(cache, make_key, candidates, run, make_scratch, settings)
@@ -12,12 +18,14 @@ is off, when only one candidate is left, or when the scratch output cannot be al
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from .cache import TuneCache
+from .candidates import Candidate, Tunable
 from .key import TuneKey
 from .timing import cuda_median_ms
 
@@ -94,3 +102,96 @@ def tuned(cache: TuneCache, make_key: Callable[[], TuneKey], candidates: Sequenc
             choice = candidates[0]
         cache.put(key, choice)
     return choice
+
+
+# ---------------------------------------------------------------- validate, then time (ops)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The outcome of tuning one problem of a tunable op.
+
+    winner: the fastest valid candidate; default: the op's default for the problem;
+    times_ms: median milliseconds of every valid candidate; dropped: name -> why it was not
+    timed (invalid here, not installed, crashed, wrong result, wrote its inputs, too slow).
+    """
+
+    op: str
+    key: TuneKey
+    winner: str
+    default: str
+    times_ms: dict
+    dropped: dict
+
+    @property
+    def speedup(self) -> Optional[float]:
+        """Default time / winner time (None when the default could not be timed)."""
+        base = self.times_ms.get(self.default)
+        return base / self.times_ms[self.winner] if base else None
+
+
+def _versions(tensors: Sequence[torch.Tensor]) -> tuple:
+    return tuple(t._version for t in tensors)
+
+
+def validate_candidate(tunable: Tunable, candidate: Candidate, problem: Any, reference: torch.Tensor,
+                       tolerance: float) -> Optional[str]:
+    """None when `candidate` runs `problem` within `tolerance` of `reference` without writing its
+    inputs; else the reason (invalid, crashed, non-finite, wrong, wrote inputs)."""
+    reason = candidate.reason_invalid(problem)
+    if reason is not None:
+        return reason
+    inputs = tunable.inputs(problem)
+    before = _versions(inputs)
+    try:
+        out = candidate.run(problem)
+    except Exception as exc:  # noqa: BLE001 -- any failure drops the candidate, never the tuning
+        return f"crashed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    if _versions(inputs) != before:
+        return "wrote its inputs"
+    err = tunable.error(out, reference, problem)
+    if not math.isfinite(err):
+        return "non-finite output (NaN/inf)"
+    if err > tolerance:
+        return f"wrong: relative error {err:.2e} > tolerance {tolerance:.1e}"
+    return None
+
+
+def tune_problem(tunable: Tunable, problem: Any, time_ms: Callable[[Callable[[], object], float], float],
+                 budget_ms: float = 50.0) -> TuneResult:
+    """Validate every candidate of `tunable` on `problem` against the op's reference, then time the
+    valid ones (`time_ms(fn, budget_ms)`: median ms) and return the fastest.
+
+    A candidate that is invalid for the problem, crashes, gives NaN/inf or a result outside the
+    op's tolerance is dropped (logged at INFO) and never timed or chosen; one that fails while
+    being timed is dropped too.
+
+    Raises RuntimeError naming every dropped candidate when none is valid.
+    """
+    key = tunable.key(problem)
+    default = tunable.default(problem)
+    reference = tunable.reference(problem)
+    tolerance = tunable.tolerance(problem)
+    valid, dropped = [], {}
+    for candidate in tunable.candidates:
+        reason = candidate.reason_invalid(problem)
+        if reason is not None:
+            dropped[candidate.name] = f"not valid here: {reason}"
+            continue
+        reason = validate_candidate(tunable, candidate, problem, reference, tolerance)
+        if reason is None:
+            valid.append(candidate)
+        else:
+            dropped[candidate.name] = reason
+            log.info("ditaccel autotune: %s: candidate %s dropped: %s", tunable.op, candidate.name, reason)
+    del reference
+    times = {}
+    for candidate in valid:
+        try:
+            times[candidate.name] = float(time_ms(lambda c=candidate: c.run(problem), budget_ms))
+        except Exception as exc:  # noqa: BLE001
+            dropped[candidate.name] = f"crashed while timed: {type(exc).__name__}: {exc}"[:200]
+    if not times:
+        raise RuntimeError(f"autotune {tunable.op} {key.to_str()}: no valid candidate; dropped: {dropped}")
+    winner = min(times, key=times.get)
+    return TuneResult(tunable.op, key, winner, default, times, dropped)

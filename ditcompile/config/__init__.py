@@ -13,8 +13,8 @@ from .errors import ConfigError
 from .fields import inductor_patch_dict
 from .loader import check_options, config_label, config_to_dict, resolve_config
 from .preset_files import PRESET_DIR, available_presets, load_preset, preset_metadata
-from .sections import SECTIONS, AttentionConfig, CacheConfig, DitConfig, GraphConfig, SparseConfig
+from .sections import SECTIONS, AttentionConfig, AutotuneConfig, CacheConfig, DitConfig, GraphConfig, SparseConfig
 
-__all__ = ["ConfigError", "DitConfig", "GraphConfig", "AttentionConfig", "SparseConfig", "CacheConfig", "SECTIONS",
+__all__ = ["ConfigError", "DitConfig", "GraphConfig", "AttentionConfig", "SparseConfig", "CacheConfig", "AutotuneConfig", "SECTIONS",
            "PRESET_DIR", "available_presets", "check_options", "inductor_patch_dict", "config_label", "config_to_dict", "load_preset",
            "preset_metadata", "resolve_config"]

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
+from ..autotune import MODES as AUTOTUNE_MODES
 from ..kernels.block_mask import MIN_BLOCK
 from ..masks import POLICIES, get_policy
 from ..step_cache_policies import CACHE_POLICIES
@@ -135,6 +136,23 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class AutotuneConfig:
+    """Which kernel runs each attention call: the persistent tuning cache (`ditaccel autotune`)."""
+
+    PREFIX: ClassVar[str] = "autotune."
+    mode: str = field(default="offline", metadata=_choices(*AUTOTUNE_MODES))
+    """"offline": look up the cache filled by `ditaccel autotune`; a miss runs the plan's default
+    kernel (one log line names the command). "online": a miss is tuned on first use (validated,
+    timed, saved), which slows the first call of each new shape. "off": the default, no lookup."""
+    cache_dir: str = ""
+    """Folder of the tuning cache; empty: $DITACCEL_AUTOTUNE_DIR, else the user cache directory
+    (platformdirs: ~/.cache/ditaccel/autotune on Linux)."""
+
+    def __post_init__(self) -> None:
+        check_section(self)
+
+
+@dataclass(frozen=True)
 class DitConfig:
     """The whole configuration. Built from options by `resolve_config` (defaults < preset < the
     dict's entries); built directly, every field is checked the same way. `preset` is only the
@@ -158,6 +176,7 @@ class DitConfig:
     attention: AttentionConfig = AttentionConfig()
     sparse: SparseConfig = SparseConfig()
     cache: CacheConfig = CacheConfig()
+    autotune: AutotuneConfig = AutotuneConfig()
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -169,4 +188,5 @@ class DitConfig:
 SECTIONS = {f.name: type(f.default) for f in dataclasses.fields(DitConfig) if dataclasses.is_dataclass(f.default)}
 
 
-__all__ = ["ConfigError", "GraphConfig", "AttentionConfig", "SparseConfig", "CacheConfig", "DitConfig", "SECTIONS"]
+__all__ = ["ConfigError", "GraphConfig", "AttentionConfig", "SparseConfig", "CacheConfig", "AutotuneConfig",
+           "DitConfig", "SECTIONS"]

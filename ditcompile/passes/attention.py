@@ -55,7 +55,8 @@ class AttentionRewritePass(DitPass):
                                                      reason="matched attention.skip"))
                 continue
             plan = AttentionPlan(site_path=site.module_path, backend=self.config.attention.backend,
-                                 mask=site.mask_kind)
+                                 mask=site.mask_kind, autotune=self.config.autotune.mode,
+                                 autotune_dir=self.config.autotune.cache_dir)
             grid = ctx.analysis.dynamic_grid if site.kind in (SELF, JOINT) and site.tokens != "other" else None
             rewrite_site(gm.graph, site, plan, grid)
             report.decisions.append(SiteDecision(site.index, site.module_path, REWRITTEN, plan=plan.describe()))

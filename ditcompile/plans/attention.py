@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..autotune import MODES as AUTOTUNE_MODES
 from ..geometry import TEXT_POSITIONS, TextSegment, TokenLayout
 from ..kernels.block_mask import check_block_sizes
 from ..masks import POLICIES, get_policy, parse_params
@@ -122,10 +123,15 @@ class AttentionPlan:
     """The op's attn_mask argument: "none", "key_padding" ([B|1, 1, 1, Skv]: the kernel's key
     bias, composes with every plan) or "dense" (any SDPA-broadcastable bool / additive float
     mask: block-sparse in the kernel when its tiles are uniform, else exact SDPA)."""
+    autotune: str = "offline"
+    """How the op picks its kernel per call (`autotune.lookup`): "offline" (the tuning cache, else
+    the default kernel), "online" (tune a miss on first use) or "off" (the default kernel)."""
+    autotune_dir: str = ""
+    """The tuning cache folder ("": $DITACCEL_AUTOTUNE_DIR, else the user cache directory)."""
 
     def __post_init__(self) -> None:
         for name, value, accepted in (("backend", self.backend, BACKENDS), ("quant", self.quant, QUANTS),
-                                      ("mask", self.mask, MASKS)):
+                                      ("mask", self.mask, MASKS), ("autotune", self.autotune, AUTOTUNE_MODES)):
             if value not in accepted:
                 raise ValueError(f"attention plan {name} {value!r} is not one of {accepted}")
         if self.quant != "none" and self.backend != "triton":
@@ -142,7 +148,7 @@ class AttentionPlan:
         """The dense plan a sparse plan runs at its warm-up steps and after the guard trips:
         SDPA (the fastest dense), or the Triton kernel when the plan is 8-bit."""
         return AttentionPlan(site_path=self.site_path, backend="triton" if self.quant != "none" else "sdpa",
-                             quant=self.quant, mask=self.mask)
+                             quant=self.quant, mask=self.mask, autotune=self.autotune, autotune_dir=self.autotune_dir)
 
     @property
     def depends_on_step(self) -> bool:
@@ -158,11 +164,12 @@ class AttentionPlan:
         return f"dense/{self.backend}{quant}{mask}"
 
     def to_dict(self) -> dict:
-        """The fields; ``mask`` only when set, so plans without a mask keep their JSON of before."""
+        """The fields; ``mask``, ``autotune`` and ``autotune_dir`` only when set, so plans without a mask keep their JSON of before."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["sparse"] = dataclasses.asdict(self.sparse) if self.sparse is not None else None
-        if self.mask == "none":
-            del data["mask"]
+        for name, default in (("mask", "none"), ("autotune", "offline"), ("autotune_dir", "")):
+            if data[name] == default:  # plans that do not set them keep their JSON of before
+                del data[name]
         return data
 
     def to_json(self) -> str:

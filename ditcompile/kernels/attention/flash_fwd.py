@@ -555,7 +555,7 @@ def sparse_flash_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(dim)
     if pv_fp8 is None:
-        pv_fp8 = q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 9)
+        pv_fp8 = default_pv_fp8(q, quant)
     if quant != "int8":
         pv_fp8 = False
     if pv_fp8 and q.is_cuda and torch.cuda.get_device_capability(q.device) < (8, 9):
@@ -599,6 +599,32 @@ def _reference_int8(q, k, v, mask, scale, layout, config, pv_fp8, q_len, kv_len,
         q, k, v, mask, scale=scale, layout=layout, block_m=cfg.block_m, block_n=cfg.block_n, pv_fp8=pv_fp8,
         key_bias=key_bias,
     )
+
+
+def config_name(cfg: KernelConfig) -> str:
+    """A config's stable name in the tuning cache: "m128n64w8s3" (tiles, warps, stages)."""
+    return f"m{cfg.block_m}n{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"
+
+
+GPU_CANDIDATES: tuple[KernelConfig, ...] = tuple(KernelConfig(*c) for c in _PREFERRED)
+"""The configs the op-level autotuner offers as candidates (the hand-ordered head of the space;
+each is checked against the call with `fitting_configs`)."""
+
+
+def default_pv_fp8(q: Tensor, quant: str) -> bool:
+    """Whether the int8 path runs P.V in FP8 by default for q's device (sm89+ GPUs)."""
+    return quant == "int8" and q.is_cuda and torch.cuda.get_device_capability(q.device) >= (8, 9)
+
+
+def fitting_configs(q: Tensor, k: Tensor, mask: BlockSparseMask | None, layout: str, quant: str = "none") -> list[KernelConfig]:
+    """The configs of CONFIG_SPACE that can run these inputs (tiles dividing the mask blocks,
+    shared memory and registers of q's device), the default first; [] when none fits."""
+    sd = seq_dim(layout)
+    try:
+        return _candidate_configs(None, q, mask, q.shape[sd], k.shape[sd], q.shape[-1], quant,
+                                  default_pv_fp8(q, quant), False)
+    except ValueError:
+        return []
 
 
 def _candidate_configs(config, q, mask, q_len, kv_len, dim, quant, pv_fp8, interpret) -> list[KernelConfig]:

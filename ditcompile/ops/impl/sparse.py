@@ -208,7 +208,7 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, mask: BlockSparseMas
     [B|1, S] too); returns q's shape and layout."""
     impl = select_impl(q, k, v, is_causal=False, backend=plan.backend, block_sparse=True)
     warn_fallback(plan.site_path, impl)
-    return run_kernel(impl, q, k, v, mask, layout, scale, plan.quant, key_bias)
+    return run_kernel(impl, q, k, v, mask, layout, scale, plan, key_bias=key_bias)
 
 
 def guard_error(q: Tensor, k: Tensor, v: Tensor, out: Tensor, layout: str, scale: Optional[float], rows: int,
