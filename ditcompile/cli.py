@@ -7,6 +7,10 @@
     ditaccel [-v] masks   --preset wan2.1 [--resolution 480x832x81 | --grid 21x30x52] [--text N] [--out DIR]
                           [-o sparse.policy=tile]
     ditaccel [-v] presets
+    ditaccel [-v] autotune (--model NAME | --preset NAME) [--resolution 480x832x81 | --height H --width W
+                          --frames F] [--batch 1] [--dtype auto] [--device auto] [--budget-s 170]
+                          [--cache-dir DIR] [-o key=value ...] [--json]
+    ditaccel [-v] autotune --show | --clear | --export FILE | --import FILE  [--device auto] [--cache-dir DIR]
 
 `ditaccel demo` runs the trained fidelity model (real videos, one table row per ditaccel family);
 with `--model` it runs the plumbing demo on a random tiny model instead. `--model` takes a built-in example model (`ditcompile.models`) or `package.module:NAME`, an
@@ -45,6 +49,9 @@ from .explain import explain
 from .geometry import TextSegment, TokenLayout
 from .masks import draw_pattern, get_policy
 from .models import list_tiny_models, load_model_spec
+from .autotune import Autotuner, TuneStoreError
+from .demo.devices import DTYPES as _DEVICE_DTYPES
+from .tuning import cache_table, latent_for_resolution, model_problems, preset_problems, tune_recorded, winners_table
 
 try:
     import tomllib
@@ -388,27 +395,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 class LineProgress:
-    """Progress for a stderr that is not a terminal (a log file): one line per generation."""
+    """Progress for a stderr that is not a terminal (a log file): one line per item."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.key = total, 0, ""
+    def __init__(self, total: int, what: str = "ditaccel demo: generation") -> None:
+        self.total, self.done, self.key, self.what = total, 0, "", what
 
     def set_postfix_str(self, key: str) -> None:
         self.key = key
 
     def update(self, n: int = 1) -> None:
         self.done += n
-        print(f"ditaccel demo: generation {self.done}/{self.total} ({self.key})", file=sys.stderr, flush=True)
+        print(f"{self.what} {self.done}/{self.total} ({self.key})", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         pass
 
 
-def _progress(total: int) -> Any:
-    """A tqdm bar on a terminal, one line per generation otherwise."""
+def _progress(total: int, desc: str = "ditaccel demo: generations", unit: str = "gen",
+              line: str = "ditaccel demo: generation") -> Any:
+    """A tqdm bar on a terminal, one line per item otherwise."""
     if sys.stderr.isatty():
-        return tqdm(total=total, desc="ditaccel demo: generations", unit="gen", file=sys.stderr, leave=False)
-    return LineProgress(total)
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+    return LineProgress(total, line)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -581,7 +589,139 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = sub.add_parser("presets", parents=[common], help="list the shipped presets")
     presets.set_defaults(func=cmd_presets, parser=presets)
+
+    tune = sub.add_parser(
+        "autotune", parents=[common], help="time every attention kernel on a model's shapes; fill the tuning cache",
+        description="Find the attention calls of a model (--model: one forward through the backend, weights do not "
+                    "matter) or of a preset's main model (--preset: its heads and head dim at the resolution), "
+                    "validate every candidate kernel against exact attention, time the valid ones and save the "
+                    "fastest per shape in the tuning cache, which the backend reads at run time "
+                    "(autotune.mode='offline', the default). Prints the winners with their speed-up over the "
+                    "default kernel.")
+    what = tune.add_mutually_exclusive_group()
+    what.add_argument("--show", action="store_true", help="print this device's tuning cache")
+    what.add_argument("--clear", action="store_true", help="remove this device's tuning cache file")
+    what.add_argument("--export", type=output_file, metavar="FILE", help="copy this device's tuning cache to FILE")
+    what.add_argument("--import", dest="import_file", metavar="FILE",
+                      help="merge a cache exported on a machine of the same kind (same GPU and software versions)")
+    tune.add_argument("--model", type=model_arg, default=None,
+                      help=f"a built-in model ({models}) or package.module:NAME")
+    tune.add_argument("--preset", help="preset name or TOML path (with --model: instead of the model's preset)")
+    size = tune.add_argument_group("size (default: the model's example inputs, or the preset's default_resolution)")
+    size.add_argument("--resolution", type=dims3("HEIGHTxWIDTHxFRAMES"),
+                      help="HEIGHTxWIDTHxFRAMES of the generated video in pixels, as `ditaccel masks` (e.g. 480x832x81)")
+    size.add_argument("--height", type=positive_int, help="pixel height (with --width; instead of --resolution)")
+    size.add_argument("--width", type=positive_int, help="pixel width")
+    size.add_argument("--frames", type=positive_int, help="video frames (default 1)")
+    tune.add_argument("--batch", type=positive_int, default=1, help="batch size (2 for CFG batched together)")
+    tune.add_argument("--dtype", choices=["auto", *_DEVICE_DTYPES], default="auto",
+                      help="auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16")
+    tune.add_argument("--device", type=device_arg, default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
+    tune.add_argument("--budget-s", type=float_in_range(0.0, low_open=True), default=170.0,
+                      help="time budget in seconds (default 170); shapes left when it is spent stay untuned")
+    tune.add_argument("--cache-dir", help="tuning cache folder (default: $DITACCEL_AUTOTUNE_DIR, else the user cache "
+                                          "directory)")
+    tune.add_argument("-o", "--option", action="append", type=option_override, metavar="KEY=VALUE",
+                      help="backend option, e.g. -o attention.quant=int8 -o sparse.enabled=true")
+    tune.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tune.set_defaults(func=cmd_autotune, parser=tune)
     return parser
+
+
+def _autotune_device(args: argparse.Namespace) -> str:
+    return resolve_device(args.device, hint="use --device cpu")
+
+
+def _autotune_resolution(args: argparse.Namespace, preset: Optional[str]) -> Optional[tuple[int, int, int]]:
+    """(height, width, frames) from --resolution or --height/--width/--frames; None for neither."""
+    parts = (args.height, args.width, args.frames)
+    if args.resolution and any(p is not None for p in parts):
+        raise UsageError("give --resolution or --height/--width/--frames, not both")
+    if args.resolution:
+        return args.resolution
+    if any(p is not None for p in parts):
+        if args.height is None or args.width is None:
+            raise UsageError("--height and --width go together (--frames defaults to 1)")
+        return args.height, args.width, args.frames or 1
+    return None
+
+
+def _autotune_progress(total: int) -> Any:
+    return _progress(total, "ditaccel autotune", "shape", "ditaccel autotune: shape")
+
+
+def cmd_autotune(args: argparse.Namespace) -> int:
+    device = _autotune_device(args)
+    tuner = Autotuner("online", args.cache_dir or "")
+    store = tuner.store(device)
+    if args.show:
+        print(cache_table(store))
+        return EXIT_OK
+    if args.clear:
+        print(f"removed {store.path}" if store.clear() else f"no tuning cache at {store.path}")
+        return EXIT_OK
+    if args.export:
+        count = store.export_to(args.export)
+        print(f"exported {count} entries of {store.path} to {args.export}")
+        return EXIT_OK
+    if args.import_file:
+        try:
+            count = store.import_from(args.import_file)
+        except TuneStoreError as err:
+            raise UsageError(f"argument --import: {err}") from None
+        print(f"imported {count} entries from {args.import_file} into {store.path}")
+        return EXIT_OK
+    if args.model is None and not args.preset:
+        raise UsageError("give --model or --preset (what to tune), or one of --show, --clear, --export, --import")
+    spec = args.model
+    preset = args.preset or (spec.preset if spec is not None else None)
+    dtype = _DEVICE_DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.startswith("cuda")
+                                                                      else torch.float32)
+    resolution = _autotune_resolution(args, preset)
+    options = _options(args, preset)
+    try:
+        if spec is not None:
+            latent = None
+            if resolution is not None:
+                if not preset:
+                    raise UsageError("argument --resolution: needs the model's preset (its VAE stride); give --preset")
+                latent = latent_for_resolution(preset, *resolution)
+            recorded = model_problems(spec, options, latent=latent, batch=args.batch, dtype=dtype, device=device)
+        else:
+            if resolution is None:
+                text = preset_metadata(preset).get("default_resolution", "")
+                if not text:
+                    raise UsageError(f"preset {preset!r} has no default_resolution: give --resolution")
+                resolution = tuple(int(x) for x in text.split("x"))
+            grid = grid_for_resolution(preset, "x".join(map(str, resolution)))
+            if min(grid) < 1:
+                raise UsageError(f"resolution {'x'.join(map(str, resolution))} gives no tokens for preset {preset!r}")
+            recorded = preset_problems(preset, grid, options, batch=args.batch, dtype=dtype, device=device)
+    except ValueError as err:  # a size the model or preset cannot take
+        if isinstance(err, ConfigError):
+            raise
+        raise UsageError(str(err)) from err
+    if not recorded:
+        print("no attention call of the model went through a ditaccel op (see `ditaccel explain`); nothing to tune")
+        return EXIT_OK
+    run = tune_recorded(recorded, tuner, args.budget_s, _autotune_progress)
+    entries = len(store.entries(refresh=True))
+    if args.json:
+        print(json.dumps({
+            "cache": str(store.path), "entries": entries, "seconds": round(run.seconds, 3),
+            "results": [{"op": r.op, "key": r.key.to_str(), "sites": rec.sites, "default": r.default,
+                         "winner": r.winner, "times_ms": r.times_ms, "dropped": r.dropped,
+                         "speedup": r.speedup} for rec, r in run.results],
+            "skipped": [{"op": rec.tunable.op, "sites": rec.sites, "why": why} for rec, why in run.skipped],
+        }, indent=2))
+        return EXIT_OK
+    if run.results:
+        print(winners_table(run.results))
+    for rec, why in run.skipped:
+        print(f"not tuned: {rec.tunable.op} at {', '.join(rec.sites) or '?'}: {why}")
+    print(f"{len(run.results)} of {len(recorded)} shapes tuned in {run.seconds:.1f} s on {store.identity['device']}; "
+          f"cache {store.path} ({entries} entries)")
+    return EXIT_OK
 
 
 def _config_error(err: BaseException) -> Optional[ConfigError]:

@@ -5,7 +5,8 @@
     print(report.format())
 
 The model runs once (the rewritten graph in eager mode), so this is as slow as one eager
-forward plus a Dynamo trace, and needs no GPU.
+forward plus a Dynamo trace, and needs no GPU. Running it also tells, per rewritten site, which
+kernel ran and whether the choice came from the tuning cache (`ditaccel autotune`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .autotune import clear_recorded_choices, recorded_choices
 from .backend import _REPORT_SINK, ditaccel_backend
 from .config import resolve_config
 from .report import Explanation
@@ -33,6 +35,7 @@ def explain(model: Any, *args: Any, options: Any = None, strict: bool = False, f
     def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
         return ditaccel_backend(gm, example_inputs, options=config)
 
+    clear_recorded_choices()
     try:
         compiled = torch.compile(model, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
         with torch.no_grad(), request_scope("explain"):  # its run-time state goes with the scope
@@ -40,6 +43,9 @@ def explain(model: Any, *args: Any, options: Any = None, strict: bool = False, f
     finally:
         _REPORT_SINK.reset(sink_token)
         _drop_compiled_code(backend)
+    kernels = recorded_choices()  # the kernel each rewritten site ran, and whether from the cache
+    for report in reports:
+        report.kernels = kernels
     return Explanation(reports)
 
 

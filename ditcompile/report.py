@@ -22,6 +22,9 @@ class GraphReport:
     preset: Optional[str]
     error: Optional[str] = None   # set when the passes failed and the graph ran unchanged
     notes: list[str] = field(default_factory=list)
+    kernels: dict = field(default_factory=dict)
+    """module path -> (tunable op, autotune.Choice) of the site's last call (set by `explain`,
+    which runs the model): the kernel that ran and whether it came from the tuning cache."""
 
     def decisions_for(self, site_index: int) -> list[SiteDecision]:
         """Every pass's decision about an attention site, in pipeline order."""
@@ -45,10 +48,14 @@ class GraphReport:
             if site.text is not None:
                 length = site.text.length if site.text.length is not None else "dynamic"
                 text = f"text {site.text.position} ({length})"
+            ran = self.kernels.get(site.module_path) if plan != "original" else None
             rows.append({
                 "index": site.index, "module": site.module_path or "<top>", "kind": site.kind,
                 "tokens": site.tokens, "text": text, "pattern": site.pattern, "layout": site.layout,
-                "shape": site.shape_text, "dtype": site.dtype, "plan": plan, "note": note,
+                "shape": site.shape_text, "dtype": site.dtype, "plan": plan,
+                "kernel": ran[1].describe() if ran else "-",
+                "kernel_op": ran[0] if ran else None, "kernel_from_cache": ran[1].from_cache if ran else None,
+                "note": note,
             })
         return rows
 
@@ -71,8 +78,9 @@ class GraphReport:
             lines.append(f"  ERROR: {self.error} -- the graph runs unchanged")
         rows = self.rows()
         if rows:
-            cols = ["index", "module", "kind", "text", "pattern", "layout", "shape", "plan", "note"]
-            heads = ["#", "module", "kind", "text", "pattern", "layout", "shape", "plan", "note (why kept)"]
+            cols = ["index", "module", "kind", "text", "pattern", "layout", "shape", "plan", "kernel", "note"]
+            heads = ["#", "module", "kind", "text", "pattern", "layout", "shape", "plan", "kernel (source)",
+                     "note (why kept)"]
             table = [heads] + [[str(r[c]) for c in cols] for r in rows]
             widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
             for j, row in enumerate(table):

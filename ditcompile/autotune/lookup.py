@@ -18,12 +18,13 @@ The last choice per site (`record_choice`) is what `ditaccel explain` reports.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -40,16 +41,17 @@ TUNE_COMMAND = "ditaccel autotune --model NAME (or --preset NAME) --resolution H
 # Choice.source values
 FROM_CACHE = "cache"
 TUNED_NOW = "tuned now"
-DEFAULT_MISS = "default (not tuned)"
-DEFAULT_OFF = "default (autotune off)"
-DEFAULT_INVALID = "default (cached choice cannot run this call)"
-DEFAULT_FAILED = "default (tuning failed)"
+DEFAULT_MISS = "default: not tuned"
+DEFAULT_OFF = "default: autotune off"
+DEFAULT_INVALID = "default: the cached choice cannot run this call"
+DEFAULT_FAILED = "default: tuning failed"
+DEFAULT_RECORDING = "default: recording shapes"
 
 
 @dataclass(frozen=True)
 class Choice:
     """name: the candidate that runs; source: where the choice came from (one of the constants
-    above: "cache", "tuned now", "default (...)")."""
+    above: "cache", "tuned now", "default: ...")."""
 
     name: str
     source: str
@@ -57,6 +59,10 @@ class Choice:
     @property
     def from_cache(self) -> bool:
         return self.source in (FROM_CACHE, TUNED_NOW)
+
+    def describe(self) -> str:
+        """"sdpa.cudnn (cache)", "sdpa (default: not tuned)"."""
+        return f"{self.name} ({self.source})"
 
 
 def _device_of(problem: Any) -> torch.device:
@@ -97,9 +103,14 @@ class Autotuner:
             self._memo.clear()
             self._stores.clear()
 
-    def choose(self, tunable: Tunable, problem: Any) -> Choice:
-        """The candidate to run `problem` with (see the module docstring)."""
+    def choose(self, tunable: Tunable, problem: Any, site: str = "") -> Choice:
+        """The candidate to run `problem` (a call at `site`, a module path) with (see the module
+        docstring). Inside `recording()` the problem is recorded and the default runs."""
         default = tunable.default(problem)
+        recorder = _RECORDER[0]
+        if recorder is not None:
+            recorder.add(tunable, problem, site)
+            return Choice(default, DEFAULT_RECORDING)
         if self.mode == "off":
             return Choice(default, DEFAULT_OFF)
         key = tunable.key(problem)
@@ -179,6 +190,54 @@ def reset_autotuners() -> None:
     clear_recorded_choices()
 
 
+@dataclass
+class Recorded:
+    """One distinct problem seen while recording: its tunable, the first problem of its key (with
+    cloned inputs), the sites that made it and how many calls did."""
+
+    tunable: Tunable
+    problem: Any
+    sites: list
+    calls: int = 1
+
+
+class Recorder:
+    """The distinct problems (by tuning key) of the calls made inside `recording()`.
+
+    clone(problem) -> problem: a copy that stays valid after the call (default: as is)."""
+
+    def __init__(self, clone: Optional[Callable[[Any], Any]] = None) -> None:
+        self.clone = clone or (lambda problem: problem)
+        self.problems: dict[tuple, Recorded] = {}
+
+    def add(self, tunable: Tunable, problem: Any, site: str) -> None:
+        key = (tunable.op, tunable.key(problem))
+        seen = self.problems.get(key)
+        if seen is None:
+            self.problems[key] = Recorded(tunable, self.clone(problem), [site] if site else [])
+        else:
+            seen.calls += 1
+            if site and site not in seen.sites:
+                seen.sites.append(site)
+
+
+_RECORDER: list = [None]
+
+
+@contextlib.contextmanager
+def recording(clone: Optional[Callable[[Any], Any]] = None) -> Iterator[Recorder]:
+    """Record the distinct problems of every tunable op called inside the block (which run their
+    default meanwhile): how `ditaccel autotune` finds a model's attention shapes. Not re-entrant
+    and process-wide (one recording at a time)."""
+    if _RECORDER[0] is not None:
+        raise RuntimeError("autotune.recording() is already active")
+    recorder = _RECORDER[0] = Recorder(clone)
+    try:
+        yield recorder
+    finally:
+        _RECORDER[0] = None
+
+
 _CHOICES: dict[str, tuple[str, Choice]] = {}
 _CHOICES_LOCK = threading.Lock()
 
@@ -204,6 +263,6 @@ def clear_recorded_choices() -> None:
         _CHOICES.clear()
 
 
-__all__ = ["MODES", "TUNE_COMMAND", "Choice", "Autotuner", "autotuner", "reset_autotuners", "record_choice",
+__all__ = ["MODES", "TUNE_COMMAND", "Choice", "Autotuner", "Recorder", "Recorded", "recording", "DEFAULT_RECORDING", "autotuner", "reset_autotuners", "record_choice",
            "recorded_choices", "clear_recorded_choices", "FROM_CACHE", "TUNED_NOW", "DEFAULT_MISS", "DEFAULT_OFF",
            "DEFAULT_INVALID", "DEFAULT_FAILED"]

@@ -48,6 +48,8 @@ class TinyModel:
     build(): a fresh fp32 model in eval mode, weights from a fixed seed (bit-identical builds).
     make_inputs(batch_size=1, seed=0, dtype=torch.float32, device="cpu"): the forward kwargs,
         fresh random data from a CPU generator (same seed, same data on every device).
+        wan2.1-tiny, hunyuan_video-tiny and mochi-tiny also take latent=(frames, height, width)
+        (latent pixels, height and width even) for inputs of another size (`ditaccel autotune`).
     preset: the shipped preset for the model family, or None.
     """
 
@@ -218,9 +220,22 @@ def _build_wan() -> nn.Module:
     )
 
 
-def _inputs_wan(batch_size: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> dict:
+def _latent(latent: Optional[tuple], default: tuple, multiple: tuple = (1, 2, 2)) -> tuple:
+    """(frames, height, width) of the latent video: `default`, or `latent` checked against the
+    patch (`multiple` per dim). Raises ValueError naming the accepted sizes."""
+    if latent is None:
+        return default
+    dims = tuple(int(x) for x in latent)
+    if len(dims) != 3 or any(d < 1 or d % m for d, m in zip(dims, multiple)):
+        raise ValueError(f"latent size {latent!r} must be (frames, height, width) of positive multiples of "
+                         f"{multiple}")
+    return dims
+
+
+def _inputs_wan(batch_size: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu",
+                latent: Optional[tuple] = None) -> dict:
     r = RandomInputs(seed, dtype, device)
-    f, h, w = _WAN_SHAPE
+    f, h, w = _latent(latent, _WAN_SHAPE)
     return _finish_inputs(
         "WanTransformer3DModel",
         dict(
@@ -260,12 +275,14 @@ def _build_hunyuan() -> nn.Module:
     )
 
 
-def _inputs_hunyuan(batch_size: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> dict:
+def _inputs_hunyuan(batch_size: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu",
+                    latent: Optional[tuple] = None) -> dict:
     r = RandomInputs(seed, dtype, device)
+    f, h, w = _latent(latent, (_FRAMES, _LAT_H, _LAT_W))
     return _finish_inputs(
         "HunyuanVideoTransformer3DModel",
         dict(
-            hidden_states=r.randn(batch_size, 4, _FRAMES, _LAT_H, _LAT_W),
+            hidden_states=r.randn(batch_size, 4, f, h, w),
             timestep=r.timestep(batch_size),
             encoder_hidden_states=r.randn(batch_size, _TEXT_TOKENS, _TEXT_DIM),
             encoder_attention_mask=r.ones_mask(batch_size, _TEXT_TOKENS),
@@ -361,12 +378,14 @@ def _build_mochi() -> nn.Module:
     )
 
 
-def _inputs_mochi(batch_size: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> dict:
+def _inputs_mochi(batch_size: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu",
+                  latent: Optional[tuple] = None) -> dict:
     r = RandomInputs(seed, dtype, device)
+    f, h, w = _latent(latent, (_FRAMES, _LAT_H, _LAT_W))
     return _finish_inputs(
         "MochiTransformer3DModel",
         dict(
-            hidden_states=r.randn(batch_size, 4, _FRAMES, _LAT_H, _LAT_W),
+            hidden_states=r.randn(batch_size, 4, f, h, w),
             encoder_hidden_states=r.randn(batch_size, _TEXT_TOKENS, _TEXT_DIM),
             timestep=r.timestep(batch_size),
             encoder_attention_mask=r.ones_mask(batch_size, _TEXT_TOKENS),

@@ -25,6 +25,7 @@ plan promises exact attention.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import threading
@@ -453,12 +454,21 @@ TUNABLES = {
                           Candidate("sageattention", _sage_run, _sage_check, available=_installed("sageattention"))]),
 }
 
+def clone_problem(p: AttentionProblem) -> AttentionProblem:
+    """A copy of `p` whose tensors outlive the call (q/k/v, mask and key bias cloned)."""
+    mask = p.call_mask
+    call_mask = CallMask(mask.kind, mask.attn_mask.clone()) if mask.attn_mask is not None else mask
+    bias = p.key_bias_override.clone() if p.key_bias_override is not None else None
+    return dataclasses.replace(p, q=p.q.clone(), k=p.k.clone(), v=p.v.clone(), call_mask=call_mask,
+                               key_bias_override=bias)
+
+
 def run_tuned(problem: AttentionProblem, plan: AttentionPlan) -> Tensor:
     """Run `problem` with the candidate the autotuner picks under the plan's mode and cache dir
     (`autotune.lookup`), recorded per site for the explain report. Output: q's shape, dtype and
     layout."""
     tunable = get_tunable(problem.op)
-    choice = autotuner(plan.autotune, plan.autotune_dir).choose(tunable, problem)
+    choice = autotuner(plan.autotune, plan.autotune_dir).choose(tunable, problem, plan.site_path)
     candidate = tunable.candidate(choice.name)
     if candidate is None:  # the default of a problem is always a candidate; be safe anyway
         candidate, choice = tunable.candidate(problem.default), Choice(problem.default, choice.source)
@@ -466,5 +476,5 @@ def run_tuned(problem: AttentionProblem, plan: AttentionPlan) -> Tensor:
     return candidate.run(problem)
 
 
-__all__ = ["run_tuned", "AttentionProblem", "TUNABLES", "DENSE", "SPARSE", "INT8", "SDPA", "REFERENCE", "problem_key",
+__all__ = ["run_tuned", "clone_problem", "AttentionProblem", "TUNABLES", "DENSE", "SPARSE", "INT8", "SDPA", "REFERENCE", "problem_key",
            "reference_rows", "rows_error", "tolerance", "flex_block_mask", "TRITON"]
