@@ -14,7 +14,13 @@ For each shape, on the same bf16 inputs and the same block masks (128 x 128 bloc
 * SDPA with the cuDNN backend and with the flash backend (dense);
 * FlexAttention, compiled once, with a ``BlockMask`` built from the same kv_num_blocks /
   kv_indices (``BlockMask.from_kv_blocks``, all listed blocks as full blocks);
-* SageAttention (``sageattention.sageattn``) when importable.
+* SageAttention (``sageattention.sageattn``) when importable;
+* tuned: the op-level autotuner (``ditcompile.autotune.tune_problem``) validates and times every
+  candidate of the op for the shape (dense: SDPA backends, our kernel configs, FlexAttention,
+  flash_attn; 8-bit: our kernel, SageAttention; block-sparse at density 0.1: our kernel
+  configs, FlexAttention with the same mask) and the winner is timed again as its own row.
+  ``vs fixed`` in the note: the tuned row's time over the best fixed row of the same variant
+  measured here (the target: <= 1.0 within noise).
 
 Accuracy: relative L2 error against SDPA on the same inputs (dense variants: the cuDNN output;
 sparse variants: SDPA with the token-level boolean mask on a sample of query rows).
@@ -37,7 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ditcompile.autotune import TuneSettings, cuda_median_ms
+from ditcompile.autotune import TuneSettings, cuda_median_ms, median_ms, tune_problem
 from ditcompile.fileio import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -263,6 +269,32 @@ def run_shape(bench: Bench, name: str, b: int, h: int, s: int, d: int, args) -> 
     else:
         bench.results.append(Result(name, "sageattention", 1.0, note="not importable"))
 
+    def tuned(label, problem, fixed: list[str], ref=None, error_vs="", density=1.0):
+        """The autotuner's choice for `problem` as a row, compared with the best fixed row."""
+        from ditcompile.ops.tunables import TUNABLES
+        if bench.out_of_time():
+            return
+        tunable = TUNABLES[problem.op]
+        try:
+            result = tune_problem(tunable, problem, lambda fn, budget: median_ms(fn, budget, device), args.tune_budget_ms)
+        except RuntimeError as exc:
+            bench.results.append(Result(name, f"tuned-{label}", density, note=f"failed: {exc}"[:160]))
+            return
+        winner = tunable.candidate(result.winner)
+        record(f"tuned-{label}", lambda: winner.run(problem), density=density, ref=ref, error_vs=error_vs,
+               note=f"winner {result.winner} (default {result.default}, {len(result.times_ms)} timed)")
+        row = bench.results[-1]
+        best = [r.ms for r in bench.results if r.shape == name and r.method in fixed and r.ms]
+        if row.ms and best:
+            row.note += f"; vs fixed {row.ms / min(best):.2f}"
+
+    from ditcompile.ops.tunables import AttentionProblem
+    tuned("dense", AttentionProblem(q, k, v, "bhsd", None, False, default="sdpa"),
+          ["sdpa-cudnn", "sdpa-flash", "sdpa-math", "ours-bf16", "ours-ref"], ref=dense_ref, error_vs="sdpa")
+    tuned("int8", AttentionProblem(q, k, v, "bhsd", None, False, quant="int8",
+                                   default="reference" if bench.cpu else "triton"),
+          ["ours-int8", "sageattention"], ref=dense_ref, error_vs="sdpa")
+
     # ---- block-sparse: ours vs FlexAttention on the same masks
     flex = None
     try:
@@ -287,6 +319,11 @@ def run_shape(bench: Bench, name: str, b: int, h: int, s: int, d: int, args) -> 
             block_mask = flex_block_mask(mask, eager=bench.cpu)
             record(f"flex-sparse-{density}", lambda bm=block_mask: flex(q, k, v, block_mask=bm), density=real,
                    ref=sample_ref, error_vs=f"masked sdpa, {len(rows)} rows")  # fmt: skip
+        if density == DENSITIES[-1]:
+            tuned(f"sparse-{density}", AttentionProblem(q, k, v, "bhsd", None, False, block_mask=mask,
+                                                        default="reference" if bench.cpu else "triton"),
+                  [f"ours-sparse-{density}", f"flex-sparse-{density}"], ref=sample_ref,
+                  error_vs=f"masked sdpa, {len(rows)} rows", density=real)
 
 
 # ---------------------------------------------------------------------- report
@@ -329,6 +366,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tiny shape on CPU with the reference paths (checks this script, not speed)")  # fmt: skip
     parser.add_argument("--budget-s", type=float, default=210.0,
                         help="stop starting new measurements after this many seconds (default 210)")  # fmt: skip
+    parser.add_argument("--tune-budget-ms", type=float, default=30.0,
+                        help="timing budget per candidate of the op-level autotuner's rows (ms, default 30)")
     parser.add_argument("--tune-configs", type=int, default=4,
                         help="kernel configs the autotuner times per variant (TuneSettings.max_candidates)")  # fmt: skip
     return parser.parse_args(argv)

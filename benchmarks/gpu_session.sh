@@ -25,6 +25,9 @@ timeout 150 python3 -m ditcompile demo --device cuda --variants compile,cache,al
   | grep -v Warning | tail -22 | tee "$OUT/demo.txt"
 echo "== attention kernels vs cuDNN / FA2 / FlexAttention (Wan2.1-1.3B shape)"
 timeout 170 python3 benchmarks/attention.py --quick --out "$OUT/attention.json" 2>&1 | tail -25 | tee "$OUT/attention.txt"
+echo "== ditaccel autotune, Wan2.1 preset at 480p (issue 14 target: under 3 minutes; tuned never slower than fixed)"
+( time timeout 200 python3 -m ditcompile autotune --preset wan2.1 --resolution 480x832x81 --budget-s 170 \
+    --cache-dir "$OUT/autotune" ) 2>&1 | grep -v Warning | tail -12 | tee "$OUT/autotune.txt"
 echo "== masked joint attention, HunyuanVideo 720p padded prompt (issue 13: ours >= SDPA with its mask)"
 timeout 120 python3 benchmarks/masked_attention.py --reps 3 --out "$OUT/masked_attention.json" 2>&1 | tail -10 \
   | tee "$OUT/masked_attention.txt"

@@ -8,7 +8,7 @@ Importing it (which `torch.compile(backend="ditaccel")` does) puts a Dynamo-trac
 equivalent in place of the deprecated `torch.backends.cuda.sdp_kernel` (`compat`).
 """
 from . import compat as _compat
-from .autotune import clear_tuning_cache
+from .autotune import clear_tuning_cache, reset_autotuners
 from .backend import ditaccel_backend
 from .config import ConfigError, DitConfig, available_presets, check_options, resolve_config
 from .explain import explain
@@ -24,11 +24,13 @@ _compat.install()
 
 def clear_caches() -> None:
     """Free everything ditaccel keeps between calls outside a model's own state: cached sparse
-    patterns (device tensors), parsed plans, kernel tuning results and the record of fallbacks
-    already logged (each is logged again). Per-model state is reset by `new_generation(model)`."""
+    patterns (device tensors), parsed plans, in-memory kernel tuning results, the loaded tuning
+    cache files (read again at the next call; the files stay) and the record of fallbacks already
+    logged (each is logged again). Per-model state is reset by `new_generation(model)`."""
     clear_mask_cache()
     _clear_op_caches()
     clear_tuning_cache()
+    reset_autotuners()
 
 
 __all__ = ["ditaccel_backend", "explain", "check_options", "resolve_config", "DitConfig", "ConfigError", "available_presets",

@@ -51,7 +51,9 @@ def model_problems(spec: Any, options: Any, latent: Optional[Sequence[int]] = No
             raise ValueError(f"model {getattr(spec, 'name', spec)!r} makes inputs of one size only; omit "
                              "--resolution (its example size is used), or tune by --preset")
         kwargs["latent"] = tuple(int(x) for x in latent)
-    model = spec.build().to(device=device, dtype=dtype)
+    model = spec.build()
+    if dtype != torch.float32 or torch.device(device).type != "cpu":
+        model = model.to(device=device, dtype=dtype)
     inputs = spec.make_inputs(**kwargs)
     config = resolve_config(options)
     options = dataclasses.replace(config, autotune=dataclasses.replace(config.autotune, mode="off"))

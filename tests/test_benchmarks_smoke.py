@@ -99,6 +99,11 @@ def test_attention_cpu_smoke(tmp_path):
         assert _number(r["ms"]) or r["note"].strip(), r
     assert any(_number(r["ms"]) for r in results)
     assert "method" in proc.stdout and "TFLOP/s" in proc.stdout
+    tuned = {r["method"]: r for r in results if r["method"].startswith("tuned-")}
+    assert set(tuned) == {"tuned-dense", "tuned-int8", "tuned-sparse-0.1"}
+    for r in tuned.values():  # the autotuner's winner, validated, timed as its own row, compared with fixed rows
+        assert _number(r["ms"]) and "winner" in r["note"] and "vs fixed" in r["note"], r
+        assert r["rel_l2"] < (3e-2 if "int8" in r["method"] else 1e-5), r
 
 
 def test_masked_attention_cpu_smoke(tmp_path):

@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"ops"},
     {"graph"},
     {"passes"},
-    {"report", "backend", "explain", "demo", "cli", "__init__", "__main__"},
+    {"report", "backend", "explain", "demo", "tuning", "cli", "__init__", "__main__"},
 ]
 LEAVES = LAYERS[1]
 

@@ -10,7 +10,7 @@
                                                   logs it once per site and reason (`warn_once`)
 
 Kept apart from the op and the executors so that the choice is made, tested and changed in one
-place; the autotuner issue extends it with measured choices.
+place. Its choice is the default of `ops/tunables.run_tuned`, which the tuning cache can override.
 """
 from __future__ import annotations
 

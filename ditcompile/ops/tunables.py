@@ -366,15 +366,19 @@ def _flex_check(p: AttentionProblem) -> Optional[str]:
     return _kernel_mask_reason(p)
 
 
+def _key_bias_score_mod(bias: Tensor) -> Callable:
+    """FlexAttention score_mod adding the key bias [B|1, Skv] (key padding) to every score."""
+    nb = bias.shape[0]
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + bias[b if nb > 1 else 0, kv_idx]
+    return score_mod
+
+
 def _flex_run(p: AttentionProblem) -> Tensor:
     q, k, v = p.bhsd()
     block_mask = flex_block_mask(p.block_mask) if p.block_mask is not None else None
-    score_mod = None
-    if p.key_bias is not None:
-        bias, nb = p.key_bias, p.key_bias.shape[0]
-
-        def score_mod(score, b, h, q_idx, kv_idx):
-            return score + bias[b if nb > 1 else 0, kv_idx]
+    score_mod = None if p.key_bias is None else _key_bias_score_mod(p.key_bias)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eager FlexAttention warns that it is not compiled
         out = _flex_fn(q.device)(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=p.scale)

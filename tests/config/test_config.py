@@ -43,7 +43,7 @@ def test_toml_path(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"quant.bits": 8}, "unknown option 'quant'. Accepted keys in options: ['attention', 'cache', 'compiler'"),
+    ({"quant.bits": 8}, "unknown option 'quant'. Accepted keys in options: ['attention', 'autotune', 'cache', 'compiler'"),
     ({"cache.threshold": -0.1}, "option 'cache.threshold' must be >= 0.0"),
     ({"cache.taylor_order": 3}, "option 'cache.taylor_order' must be between 0 and 2, got 3"),
     ({"cache.teacache_coefficients": [1, "a"]}, "option 'cache.teacache_coefficients[1]' must be a number"),
