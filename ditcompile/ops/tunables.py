@@ -205,7 +205,15 @@ def _sdpa_run(backend: Optional[object]) -> Callable[[AttentionProblem], Tensor]
     return run
 
 
-def _sdpa_check(cuda_only: bool, math_backend: bool = False) -> Callable[[AttentionProblem], Optional[str]]:
+def _capability_reason(p: AttentionProblem, minimum: tuple[int, int]) -> Optional[str]:
+    """Why q's CUDA device is too old for a kernel that needs compute capability `minimum`."""
+    if p.q.is_cuda and torch.cuda.get_device_capability(p.q.device) < minimum:
+        return f"needs compute capability sm{minimum[0]}{minimum[1]}+"
+    return None
+
+
+def _sdpa_check(cuda_only: bool, math_backend: bool = False,
+                capability: tuple[int, int] = (0, 0)) -> Callable[[AttentionProblem], Optional[str]]:
     def check(p: AttentionProblem) -> Optional[str]:
         if p.quant != "none":
             return "exact attention (the plan is 8-bit)"
@@ -213,6 +221,8 @@ def _sdpa_check(cuda_only: bool, math_backend: bool = False) -> Callable[[Attent
             return "block-sparse mask"
         if cuda_only and not p.q.is_cuda:
             return "needs CUDA"
+        if _capability_reason(p, capability):
+            return _capability_reason(p, capability)
         if math_backend:
             sd = seq_dim(p.layout)
             size = p.q.shape[0] * p.q.shape[heads_dim(p.layout)] * p.q.shape[sd] * p.k.shape[sd] * 4
@@ -225,11 +235,11 @@ def _sdpa_check(cuda_only: bool, math_backend: bool = False) -> Callable[[Attent
 def _sdpa_candidates() -> list[Candidate]:
     out = [Candidate(SDPA, _sdpa_run(None), _sdpa_check(False)),
            Candidate("sdpa.math", _sdpa_run(SDPBackend.MATH), _sdpa_check(False, math_backend=True)),
-           Candidate("sdpa.flash", _sdpa_run(SDPBackend.FLASH_ATTENTION), _sdpa_check(False))]
+           Candidate("sdpa.flash", _sdpa_run(SDPBackend.FLASH_ATTENTION), _sdpa_check(False, capability=(8, 0)))]
     out.append(Candidate("sdpa.efficient", _sdpa_run(SDPBackend.EFFICIENT_ATTENTION), _sdpa_check(True)))
     cudnn = getattr(SDPBackend, "CUDNN_ATTENTION", None)
     if cudnn is not None:
-        out.append(Candidate("sdpa.cudnn", _sdpa_run(cudnn), _sdpa_check(True)))
+        out.append(Candidate("sdpa.cudnn", _sdpa_run(cudnn), _sdpa_check(True, capability=(8, 0))))
     return out
 
 
@@ -396,8 +406,11 @@ def _installed(module: str) -> bool:
 
 
 def _half_cuda_reason(p: AttentionProblem, dims: tuple[int, ...]) -> Optional[str]:
+    """flash_attn / sageattention: CUDA sm80+, fp16/bf16, listed head dims, no mask."""
     if not p.q.is_cuda:
         return "needs CUDA"
+    if _capability_reason(p, (8, 0)):
+        return _capability_reason(p, (8, 0))
     if p.q.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {p.q.dtype} (fp16/bf16 only)"
     if p.q.shape[-1] not in dims or p.v.shape[-1] != p.q.shape[-1]:
