@@ -182,6 +182,25 @@ def output_file(text: str) -> Path:
     return path
 
 
+def input_file(text: str) -> Path:
+    """argparse type: an existing file to read. Raises argparse.ArgumentTypeError naming the path."""
+    path = Path(text).expanduser()
+    if not text or not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an existing file")
+    return path
+
+
+def folder_arg(text: str) -> Path:
+    """argparse type: a folder path (it may not exist yet); not a file. Raises
+    argparse.ArgumentTypeError naming the path."""
+    path = Path(text).expanduser()
+    if not text:
+        raise argparse.ArgumentTypeError("must be a folder path, got ''")
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} exists and is not a folder")
+    return path
+
+
 def output_dir(text: str) -> Path:
     """argparse type: a folder to write into: an existing writable folder, or a new one whose
     nearest existing parent is a writable folder (the command creates it).
@@ -602,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--show", action="store_true", help="print this device's tuning cache")
     what.add_argument("--clear", action="store_true", help="remove this device's tuning cache file")
     what.add_argument("--export", type=output_file, metavar="FILE", help="copy this device's tuning cache to FILE")
-    what.add_argument("--import", dest="import_file", metavar="FILE",
+    what.add_argument("--import", dest="import_file", type=input_file, metavar="FILE",
                       help="merge a cache exported on a machine of the same kind (same GPU and software versions)")
     tune.add_argument("--model", type=model_arg, default=None,
                       help=f"a built-in model ({models}) or package.module:NAME")
@@ -619,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--device", type=device_arg, default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
     tune.add_argument("--budget-s", type=float_in_range(0.0, low_open=True), default=170.0,
                       help="time budget in seconds (default 170); shapes left when it is spent stay untuned")
-    tune.add_argument("--cache-dir", help="tuning cache folder (default: $DITACCEL_AUTOTUNE_DIR, else the user cache "
+    tune.add_argument("--cache-dir", type=folder_arg, help="tuning cache folder (default: $DITACCEL_AUTOTUNE_DIR, else the user cache "
                                           "directory)")
     tune.add_argument("-o", "--option", action="append", type=option_override, metavar="KEY=VALUE",
                       help="backend option, e.g. -o attention.quant=int8 -o sparse.enabled=true")
@@ -652,7 +671,7 @@ def _autotune_progress(total: int) -> Any:
 
 def cmd_autotune(args: argparse.Namespace) -> int:
     device = _autotune_device(args)
-    tuner = Autotuner("online", args.cache_dir or "")
+    tuner = Autotuner("online", str(args.cache_dir) if args.cache_dir else "")
     store = tuner.store(device)
     if args.show:
         print(cache_table(store))

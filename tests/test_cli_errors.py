@@ -22,7 +22,7 @@ from ditcompile import cli
 from ditcompile.cli import build_parser, main
 from ditcompile.demo import DeviceUnavailableError, resolve_device
 
-SUBCOMMANDS = {"demo", "explain", "masks", "presets"}
+SUBCOMMANDS = {"demo", "explain", "masks", "presets", "autotune"}
 RNG = random.Random()  # fresh values every run; the drawn value is in the assertion message
 
 
@@ -52,6 +52,15 @@ BAD_ARGUMENTS = [
     (["demo"], "--device", ["gpu", "cuda:", "cuda:-1", "cuda:x", "CUDA0", "cpu:0"]),
     (["explain"], "--model", ["no-such-model", "no_such_module_xyz:MODEL"]),
     (["demo"], "--compiler", ["tvm"]),
+    (["autotune", "--preset", "wan2.1"], "--budget-s", ["0", "-1", "nan", "inf", "soon"]),
+    (["autotune", "--preset", "wan2.1"], "--batch", ["0", "-2", "1.5"]),
+    (["autotune", "--preset", "wan2.1"], "--resolution", ["0x832x81", "480x832", "axbxc"]),
+    (["autotune", "--preset", "wan2.1"], "--height", ["0", "-16", "tall"]),
+    (["autotune", "--preset", "wan2.1"], "--dtype", ["int8"]),
+    (["autotune", "--preset", "wan2.1"], "--device", ["gpu", "cuda:x"]),
+    (["autotune"], "--import", ["/no/such/tuning.json", ""]),
+    (["autotune", "--show"], "--cache-dir", [__file__, ""]),
+    (["autotune"], "--model", ["no-such-model"]),
 ]
 CASES = [(prefix, arg, value) for prefix, arg, values in BAD_ARGUMENTS for value in values]
 
