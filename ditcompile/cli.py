@@ -51,7 +51,8 @@ from .masks import draw_pattern, get_policy
 from .models import list_tiny_models, load_model_spec
 from .autotune import Autotuner, TuneStoreError
 from .demo.devices import DTYPES as _DEVICE_DTYPES
-from .tuning import cache_table, latent_for_resolution, model_problems, preset_problems, tune_recorded, winners_table
+from .tuning import (cache_dict, cache_table, latent_for_resolution, preset_problems, trace_model, tune_recorded,
+                     winners_table)
 
 try:
     import tomllib
@@ -637,9 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16")
     tune.add_argument("--device", type=device_arg, default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
     tune.add_argument("--budget-s", type=float_in_range(0.0, low_open=True), default=170.0,
-                      help="time budget in seconds (default 170); shapes left when it is spent stay untuned")
-    tune.add_argument("--cache-dir", type=folder_arg, help="tuning cache folder (default: $DITACCEL_AUTOTUNE_DIR, else the user cache "
-                                          "directory)")
+                      help="time budget in seconds for the tuning (default 170), checked between shapes (the first "
+                           "always runs) and shared out as timing per candidate; shapes left when it is spent stay "
+                           "untuned. Tracing the model comes on top")
+    tune.add_argument("--cache-dir", type=folder_arg, help="tuning cache folder (default: -o autotune.cache_dir, else "
+                                                           "$DITACCEL_AUTOTUNE_DIR, else the user cache directory)")
     tune.add_argument("-o", "--option", action="append", type=option_override, metavar="KEY=VALUE",
                       help="backend option, e.g. -o attention.quant=int8 -o sparse.enabled=true")
     tune.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -669,35 +672,58 @@ def _autotune_progress(total: int) -> Any:
     return _progress(total, "ditaccel autotune", "shape", "ditaccel autotune: shape")
 
 
-def cmd_autotune(args: argparse.Namespace) -> int:
-    device = _autotune_device(args)
-    tuner = Autotuner("online", str(args.cache_dir) if args.cache_dir else "")
-    store = tuner.store(device)
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _cache_command(args: argparse.Namespace, store: Any) -> int:
+    """--show, --clear, --export, --import (they work on the cache file only)."""
+    if args.model is not None or args.preset:
+        raise UsageError("--show, --clear, --export and --import work on the tuning cache only; drop --model/--preset")
     if args.show:
-        print(cache_table(store))
+        if args.json:
+            _print_json(cache_dict(store))
+        else:
+            print(cache_table(store))
         return EXIT_OK
     if args.clear:
-        print(f"removed {store.path}" if store.clear() else f"no tuning cache at {store.path}")
+        removed = store.clear()
+        message = f"removed {store.path}" if removed else f"no tuning cache at {store.path}"
+        _print_json({"cache": str(store.path), "removed": removed}) if args.json else print(message)
         return EXIT_OK
     if args.export:
+        if not store.path.exists():
+            raise FileNotFoundError(2, "no tuning cache to export (run `ditaccel autotune --model/--preset` first)",
+                                    str(store.path))
         count = store.export_to(args.export)
-        print(f"exported {count} entries of {store.path} to {args.export}")
+        message = f"exported {count} entries of {store.path} to {args.export}"
+        _print_json({"cache": str(store.path), "exported": count, "file": str(args.export)}) if args.json else print(message)
         return EXIT_OK
-    if args.import_file:
-        try:
-            count = store.import_from(args.import_file)
-        except TuneStoreError as err:
-            raise UsageError(f"argument --import: {err}") from None
-        print(f"imported {count} entries from {args.import_file} into {store.path}")
-        return EXIT_OK
-    if args.model is None and not args.preset:
-        raise UsageError("give --model or --preset (what to tune), or one of --show, --clear, --export, --import")
+    try:
+        count = store.import_from(args.import_file)
+    except TuneStoreError as err:
+        raise UsageError(f"argument --import: {err}") from None
+    message = f"imported {count} entries from {args.import_file} into {store.path}"
+    _print_json({"cache": str(store.path), "imported": count, "file": str(args.import_file)}) if args.json else print(message)
+    return EXIT_OK
+
+
+def cmd_autotune(args: argparse.Namespace) -> int:
+    device = _autotune_device(args)
     spec = args.model
     preset = args.preset or (spec.preset if spec is not None else None)
+    options = _options(args, preset)
+    cache_dir = str(args.cache_dir) if args.cache_dir else resolve_config(options).autotune.cache_dir
+    tuner = Autotuner("online", cache_dir)
+    store = tuner.store(device)
+    if args.show or args.clear or args.export or args.import_file:
+        return _cache_command(args, store)
+    if args.model is None and not args.preset:
+        raise UsageError("give --model or --preset (what to tune), or one of --show, --clear, --export, --import")
     dtype = _DEVICE_DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.startswith("cuda")
                                                                       else torch.float32)
     resolution = _autotune_resolution(args, preset)
-    options = _options(args, preset)
+    notes = []
     try:
         if spec is not None:
             latent = None
@@ -705,7 +731,11 @@ def cmd_autotune(args: argparse.Namespace) -> int:
                 if not preset:
                     raise UsageError("argument --resolution: needs the model's preset (its VAE stride); give --preset")
                 latent = latent_for_resolution(preset, *resolution)
-            recorded = model_problems(spec, options, latent=latent, batch=args.batch, dtype=dtype, device=device)
+            recorded, report = trace_model(spec, options, latent=latent, batch=args.batch, dtype=dtype, device=device)
+            if report.rewritten < len(report.sites) or len(report.graphs) > 1:
+                breaks = " (graph breaks: attention that runs between graphs is not seen)" if len(report.graphs) > 1 else ""
+                notes.append(f"note: {report.total_line()}{breaks}; attention the backend keeps as written is not "
+                             f"tuned (`ditaccel explain --model {getattr(spec, 'name', '...')}` says why)")
         else:
             if resolution is None:
                 text = preset_metadata(preset).get("default_resolution", "")
@@ -716,6 +746,9 @@ def cmd_autotune(args: argparse.Namespace) -> int:
             if min(grid) < 1:
                 raise UsageError(f"resolution {'x'.join(map(str, resolution))} gives no tokens for preset {preset!r}")
             recorded = preset_problems(preset, grid, options, batch=args.batch, dtype=dtype, device=device)
+            if resolve_config(options).sparse.enabled:
+                notes.append("note: sparse plans are not tuned from a preset's shapes (their masks come from the "
+                             "model's calls): use --model, or autotune.mode='online'")
     except ValueError as err:  # a size the model or preset cannot take
         if isinstance(err, ConfigError):
             raise
@@ -726,18 +759,20 @@ def cmd_autotune(args: argparse.Namespace) -> int:
     run = tune_recorded(recorded, tuner, args.budget_s, _autotune_progress)
     entries = len(store.entries(refresh=True))
     if args.json:
-        print(json.dumps({
-            "cache": str(store.path), "entries": entries, "seconds": round(run.seconds, 3),
+        _print_json({
+            "cache": str(store.path), "entries": entries, "seconds": round(run.seconds, 3), "notes": notes,
             "results": [{"op": r.op, "key": r.key.to_str(), "sites": rec.sites, "default": r.default,
                          "winner": r.winner, "times_ms": r.times_ms, "dropped": r.dropped,
                          "speedup": r.speedup} for rec, r in run.results],
             "skipped": [{"op": rec.tunable.op, "sites": rec.sites, "why": why} for rec, why in run.skipped],
-        }, indent=2))
+        })
         return EXIT_OK
     if run.results:
         print(winners_table(run.results))
     for rec, why in run.skipped:
         print(f"not tuned: {rec.tunable.op} at {', '.join(rec.sites) or '?'}: {why}")
+    for note in notes:
+        print(note)
     print(f"{len(run.results)} of {len(recorded)} shapes tuned in {run.seconds:.1f} s on {store.identity['device']}; "
           f"cache {store.path} ({entries} entries)")
     return EXIT_OK

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .autotune import Autotuner, Recorded, TuneKey, TuneResult, TuneStore, recording
-from .autotune.store import read_cache_file
+from .autotune.store import header_mismatch, read_cache_file
 from .config import ConfigError, resolve_config
 from .config.preset_files import preset_metadata
 from .explain import explain
@@ -37,11 +37,12 @@ from .ops.tunables import TUNABLES, AttentionProblem, clone_problem
 MIN_CANDIDATE_MS, MAX_CANDIDATE_MS = 5.0, 100.0  # timing budget per candidate (median of what fits)
 
 
-def model_problems(spec: Any, options: Any, latent: Optional[Sequence[int]] = None, batch: int = 1,
-                   dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> list[Recorded]:
+def trace_model(spec: Any, options: Any, latent: Optional[Sequence[int]] = None, batch: int = 1,
+                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[list[Recorded], Any]:
     """The distinct attention problems of one forward of `spec`'s model (a `TinyModel`-like spec:
     build(), make_inputs(...)), with `options` (preset and overrides) at `latent` = (frames,
-    height, width) in latent pixels (None: the spec's example size).
+    height, width) in latent pixels (None: the spec's example size); and the explain report of
+    that forward (which sites were rewritten, and why others were not).
 
     Raises ValueError when the spec cannot make inputs of another size (its `make_inputs` has no
     `latent` argument) or rejects the size."""
@@ -58,8 +59,14 @@ def model_problems(spec: Any, options: Any, latent: Optional[Sequence[int]] = No
     config = resolve_config(options)
     options = dataclasses.replace(config, autotune=dataclasses.replace(config.autotune, mode="off"))
     with recording(clone_problem) as recorder:
-        explain(model, **inputs, options=options)
-    return list(recorder.problems.values())
+        report = explain(model, **inputs, options=options)
+    return list(recorder.problems.values()), report
+
+
+def model_problems(spec: Any, options: Any, latent: Optional[Sequence[int]] = None, batch: int = 1,
+                   dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> list[Recorded]:
+    """The problems of `trace_model` (see there)."""
+    return trace_model(spec, options, latent, batch, dtype, device)[0]
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -109,21 +116,30 @@ def preset_shapes(preset: str, grid: Sequence[int], batch: int = 1) -> list[Pres
 
 def preset_problems(preset: str, grid: Sequence[int], options: Any, batch: int = 1,
                     dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu") -> list[Recorded]:
-    """Problems of random q/k/v ([B, H, S, D]) of every `preset_shapes` shape, under the plan the
-    options give (attention.backend, attention.quant); no mask."""
+    """Problems of random q/k/v of every `preset_shapes` shape, in the layout diffusers' attention
+    processors hand to SDPA ("bshd": [B, S, H, D] permuted), under the plan the options give
+    (attention.backend, attention.quant). Joint attention of a preset with `joint_mask =
+    "key_padding"` (HunyuanVideo: padded prompts) carries a key-padding mask over its text."""
+    meta = preset_metadata(preset)
     config = resolve_config(options)
     quant, backend = config.attention.quant, config.attention.backend
+    text = int(meta.get("text_tokens", 0))
     generator = torch.Generator().manual_seed(0)
     recorded = []
     for shape in preset_shapes(preset, grid, batch):
         def tensor(length: int) -> torch.Tensor:
-            x = torch.randn(shape.batch, shape.heads, length, shape.head_dim, generator=generator)
+            x = torch.randn(shape.batch, length, shape.heads, shape.head_dim, generator=generator)  # [B, S, H, D]
             return x.to(device=device, dtype=dtype)
         q, k, v = tensor(shape.q_len), tensor(shape.kv_len), tensor(shape.kv_len)
+        call_mask = CallMask()
+        if shape.label == "joint" and meta.get("joint_mask") == "key_padding":
+            keep = torch.ones(shape.batch, 1, 1, shape.kv_len, dtype=torch.bool, device=device)
+            keep[..., shape.kv_len - text // 2:] = False  # half the prompt is padding (where the text is last)
+            call_mask = CallMask("key_padding", keep)
         impl = select_impl(q, k, v, is_causal=False, backend="triton" if quant != "none" else backend,
                            block_sparse=False)
-        problem = AttentionProblem(q, k, v, "bhsd", None, False, quant if impl.impl != "sdpa" else "none",
-                                   CallMask(), None, None, default_candidate(impl))
+        problem = AttentionProblem(q, k, v, "bshd", None, False, quant if impl.impl != "sdpa" else "none",
+                                   call_mask, None, None, default_candidate(impl))
         recorded.append(Recorded(TUNABLES[problem.op], problem, [shape.label]))
     return recorded
 
@@ -148,7 +164,8 @@ def _candidate_budget_ms(remaining_s: float, problems_left: int, candidates: int
 def tune_recorded(recorded: Sequence[Recorded], tuner: Autotuner, budget_s: float,
                   progress: Optional[Callable[[int], Any]] = None) -> TuneRun:
     """Tune every recorded problem with `tuner` (results persisted in its cache) until `budget_s`
-    seconds are spent; the rest are listed as skipped. progress(total) -> a tqdm-like bar."""
+    seconds are spent (checked between problems: the first always runs); the rest are listed as
+    skipped. progress(total) -> a tqdm-like bar. Raises OSError when the cache cannot be written."""
     run, start = TuneRun(), time.perf_counter()
     bar = progress(len(recorded)) if progress is not None else None
     try:
@@ -161,7 +178,7 @@ def tune_recorded(recorded: Sequence[Recorded], tuner: Autotuner, budget_s: floa
                 bar.set_postfix_str(f"{rec.tunable.op} {describe_problem(rec.problem)}")
             tuner.budget_ms = _candidate_budget_ms(budget_s - elapsed, len(recorded) - i, len(rec.tunable.candidates))
             try:
-                run.results.append((rec, tuner.tune(rec.tunable, rec.problem)))
+                run.results.append((rec, tuner.tune(rec.tunable, rec.problem, strict=True)))
             except RuntimeError as err:  # no valid candidate
                 run.skipped.append((rec, str(err)))
             if bar is not None:
@@ -213,8 +230,17 @@ def winners_table(results: Sequence[tuple[Recorded, TuneResult]]) -> str:
     return _table(["op", "shape", "sites", "default", "ms", "winner", "ms", "speed-up", "timed/dropped"], rows)
 
 
+SHOWN_FIELDS = ("dtype", "layout", "batch", "heads", "q_len", "kv_len", "head_dim", "causal", "mask", "quant",
+                "blocks", "density")
+
+
+def _sort_value(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
 def cache_table(store: TuneStore) -> str:
-    """The entries of a tuning cache file: op, key fields, winner, speed-up, when tuned."""
+    """The entries of a tuning cache file: op, key fields, winner, speed-up over the default, when
+    tuned; a note when the file's header does not match this machine (its entries are ignored)."""
     try:
         data = read_cache_file(store.path)
     except FileNotFoundError:
@@ -226,18 +252,37 @@ def cache_table(store: TuneStore) -> str:
              f"  device {header.get('device')} {header.get('capability') or ''}; torch {header.get('torch')}, "
              f"triton {header.get('triton')}, CUDA {header.get('cuda')}, ditaccel {header.get('ditaccel')}; "
              f"{len(data['entries'])} entries"]
+    mismatch = header_mismatch(header, store.identity)
+    if mismatch:
+        lines.append(f"  NOTE: written for another device or software stack ({'; '.join(mismatch)}): these entries "
+                     "are ignored, and the file is set aside at the next use")
     rows = []
-    for name, entry in sorted(data["entries"].items()):
+    for name, entry in data["entries"].items():
         fields = dict(_key_fields(name))
-        shape = " ".join(f"{k}={fields[k]}" for k in ("dtype", "batch", "heads", "q_len", "kv_len", "head_dim", "mask",
-                                                      "quant", "density") if fields.get(k) not in (None, "none"))
+        shape = " ".join(f"{k}={fields[k]}" for k in SHOWN_FIELDS if fields.get(k) not in (None, "none", False))
         times = entry.get("times_ms", {})
         base, best = times.get(entry.get("default")), times.get(entry["winner"])
         speedup = f"{base / best:.2f}x" if base and best else "-"
-        rows.append([entry["op"], shape.replace("torch.", ""), entry["winner"], speedup, entry.get("tuned_at", "")])
+        order = (entry["op"], tuple((k, _sort_value(fields.get(k))) for k in SHOWN_FIELDS))
+        rows.append((order, [entry["op"], shape.replace("torch.", ""), entry["winner"], speedup,
+                             entry.get("tuned_at", "")]))
     if rows:
-        lines.append(_table(["op", "key (lengths bucketed)", "winner", "vs default", "tuned at"], rows))
+        lines.append(_table(["op", "key (lengths bucketed)", "winner", "vs default", "tuned at"],
+                            [row for _, row in sorted(rows, key=lambda r: r[0])]))
     return "\n".join(lines)
+
+
+def cache_dict(store: TuneStore) -> dict:
+    """`cache_table` as data: path, header, whether it matches this machine, entries."""
+    try:
+        data = read_cache_file(store.path)
+    except FileNotFoundError:
+        return {"cache": str(store.path), "exists": False, "entries": {}}
+    except (OSError, ValueError) as err:
+        return {"cache": str(store.path), "exists": True, "error": str(err), "entries": {}}
+    return {"cache": str(store.path), "exists": True, "header": data["header"],
+            "matches_this_machine": not header_mismatch(data["header"], store.identity),
+            "entries": data["entries"]}
 
 
 def _key_fields(name: str) -> tuple:
@@ -254,5 +299,5 @@ def latent_for_resolution(preset: str, height: int, width: int, frames: int) -> 
     return (frames - 1) // vt + 1, math.ceil(height / vh), math.ceil(width / vw)
 
 
-__all__ = ["model_problems", "preset_problems", "preset_shapes", "PresetShape", "tune_recorded", "TuneRun",
+__all__ = ["trace_model", "cache_dict", "model_problems", "preset_problems", "preset_shapes", "PresetShape", "tune_recorded", "TuneRun",
            "winners_table", "cache_table", "describe_problem", "latent_for_resolution"]

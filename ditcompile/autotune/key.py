@@ -1,7 +1,8 @@
 """What a tuning result is keyed by: the kernel, the device, and bucketed shapes.
 
-Shapes are bucketed (sequence lengths to the next power of two) so that a model run at many
-resolutions adds a bounded number of entries, and a symbolic size at compile time does not
+Shapes are bucketed (sequence lengths in quarter-octave steps, `length_bucket`; the in-memory
+kernel-config table uses powers of two) so that a model run at many resolutions adds a bounded
+number of entries, and a symbolic size at compile time does not
 matter: the key is built at run time, inside the op, from the real tensors.
 """
 from __future__ import annotations

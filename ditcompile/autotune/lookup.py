@@ -46,6 +46,7 @@ DEFAULT_OFF = "default: autotune off"
 DEFAULT_INVALID = "default: the cached choice cannot run this call"
 DEFAULT_FAILED = "default: tuning failed"
 DEFAULT_RECORDING = "default: recording shapes"
+DEFAULT_STALE = "default: the cached entry is stale (candidates changed since it was tuned)"
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,11 @@ class Autotuner:
     def _lookup(self, tunable: Tunable, problem: Any, key: Any, default: str) -> Choice:
         device = _device_of(problem)
         store = self.store(device)
-        entry = store.get(key, candidate_set_hash(tunable))
+        set_hash = candidate_set_hash(tunable)
+        entry = store.get(key, set_hash)
         if entry is not None and tunable.candidate(entry["winner"]) is not None:
             return Choice(entry["winner"], FROM_CACHE)
+        stale = entry is not None or store.stale(key, set_hash)  # unknown winner, or another candidate set
         if self.mode == "online" and not _capturing(device):
             try:
                 result = self.tune(tunable, problem)
@@ -145,6 +148,13 @@ class Autotuner:
                 log.warning("ditaccel autotune: tuning %s failed (%s); using the default %s", tunable.op, err, default)
                 return Choice(default, DEFAULT_FAILED)
             return Choice(result.winner, TUNED_NOW)
+        if stale:
+            self._hint_once(("stale", str(store.path)), logging.WARNING,
+                            "ditaccel autotune: the tuning cache entry for %s %s was made with another set of "
+                            "candidate kernels (one was added, removed or installed since); using the default (%s). "
+                            "Run `%s` again (cache file: %s)", tunable.op, key.to_str(), default, TUNE_COMMAND,
+                            store.path)
+            return Choice(default, DEFAULT_STALE)
         self._hint_once(("miss", str(store.path)),
                         logging.WARNING if device.type == "cuda" else logging.INFO,
                         "ditaccel autotune: no tuning result for %s %s on %s; using the default kernel (%s). Fill "
@@ -152,14 +162,18 @@ class Autotuner:
                         tunable.op, key.to_str(), store.identity["device"], default, TUNE_COMMAND, store.path)
         return Choice(default, DEFAULT_MISS)
 
-    def tune(self, tunable: Tunable, problem: Any, persist: bool = True) -> TuneResult:
-        """Validate and time every candidate on `problem`, persist the result (with `persist`)."""
+    def tune(self, tunable: Tunable, problem: Any, persist: bool = True, strict: bool = False) -> TuneResult:
+        """Validate and time every candidate on `problem`, persist the result (with `persist`).
+        A cache that cannot be written is logged once (the result is used in this process);
+        with `strict` the OSError is raised (the `ditaccel autotune` command)."""
         device = _device_of(problem)
         result = tune_problem(tunable, problem, lambda fn, budget: self.time_ms(fn, budget, device), self.budget_ms)
         if persist:
             try:
                 self.store(device).put([result], {tunable.op: candidate_set_hash(tunable)})
             except OSError as err:
+                if strict:
+                    raise
                 self._hint_once(("write", str(err)), logging.WARNING, "ditaccel autotune: cannot write the tuning cache (%s); the "
                                 "result is used in this process only", err)
         with self._lock:
@@ -265,4 +279,4 @@ def clear_recorded_choices() -> None:
 
 __all__ = ["MODES", "TUNE_COMMAND", "Choice", "Autotuner", "Recorder", "Recorded", "recording", "DEFAULT_RECORDING", "autotuner", "reset_autotuners", "record_choice",
            "recorded_choices", "clear_recorded_choices", "FROM_CACHE", "TUNED_NOW", "DEFAULT_MISS", "DEFAULT_OFF",
-           "DEFAULT_INVALID", "DEFAULT_FAILED"]
+           "DEFAULT_INVALID", "DEFAULT_FAILED", "DEFAULT_STALE"]

@@ -119,7 +119,7 @@ def read_cache_file(path: Path) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"not valid JSON ({err.msg} at line {err.lineno})") from None
+        raise ValueError(f"not valid JSON ({err.msg}; line {err.lineno}, column {err.colno})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"not a ditaccel tuning cache of format {FORMAT}")
     header, entries = data.get("header"), data.get("entries")
@@ -191,6 +191,11 @@ class TuneStore:
         if entry is None or entry.get("set") != set_hash:
             return None
         return entry
+
+    def stale(self, key: TuneKey, set_hash: str) -> bool:
+        """True when `key` has an entry tuned against another candidate set (to tune again)."""
+        entry = self.entries().get(key.to_str())
+        return entry is not None and entry.get("set") != set_hash
 
     # ------------------------------------------------------------------ writing
     def _file_lock(self) -> filelock.FileLock:

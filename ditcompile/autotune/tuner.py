@@ -160,9 +160,12 @@ def validate_candidate(tunable: Tunable, candidate: Candidate, problem: Any, ref
 
 
 def tune_problem(tunable: Tunable, problem: Any, time_ms: Callable[[Callable[[], object], float], float],
-                 budget_ms: float = 50.0) -> TuneResult:
+                 budget_ms: float = 50.0, rounds: int = 2, margin: float = 0.03) -> TuneResult:
     """Validate every candidate of `tunable` on `problem` against the op's reference, then time the
-    valid ones (`time_ms(fn, budget_ms)`: median ms) and return the fastest.
+    valid ones in `rounds` interleaved rounds (`time_ms(fn, budget_ms / rounds)`: median ms; a
+    candidate's time is its best round) and return the fastest. The default wins unless another
+    candidate is faster by more than `margin` (a fraction: 0.03 = 3%), so timing noise never
+    replaces the default by an equal kernel.
 
     A candidate that is invalid for the problem, crashes, gives NaN/inf or a result outside the
     op's tolerance is dropped (logged at INFO) and never timed or chosen; one that fails while
@@ -187,13 +190,21 @@ def tune_problem(tunable: Tunable, problem: Any, time_ms: Callable[[Callable[[],
             dropped[candidate.name] = reason
             log.info("ditaccel autotune: %s: candidate %s dropped: %s", tunable.op, candidate.name, reason)
     del reference
-    times = {}
-    for candidate in valid:
-        try:
-            times[candidate.name] = float(time_ms(lambda c=candidate: c.run(problem), budget_ms))
-        except Exception as exc:  # noqa: BLE001
-            dropped[candidate.name] = f"crashed while timed: {type(exc).__name__}: {exc}"[:200]
+    times: dict = {}
+    for _ in range(rounds):  # interleaved rounds: a slow moment of the machine hits every candidate
+        for candidate in valid:
+            if candidate.name in dropped:
+                continue
+            try:
+                ms = float(time_ms(lambda c=candidate: c.run(problem), budget_ms / rounds))
+            except Exception as exc:  # noqa: BLE001
+                dropped[candidate.name] = f"crashed while timed: {type(exc).__name__}: {exc}"[:200]
+                times.pop(candidate.name, None)
+                continue
+            times[candidate.name] = min(ms, times.get(candidate.name, ms))
     if not times:
         raise RuntimeError(f"autotune {tunable.op} {key.to_str()}: no valid candidate; dropped: {dropped}")
     winner = min(times, key=times.get)
+    if default in times and times[winner] > times[default] * (1.0 - margin):
+        winner = default  # within the noise margin the default stays: no change without a gain
     return TuneResult(tunable.op, key, winner, default, times, dropped)
