@@ -29,6 +29,7 @@ from .autotune.store import header_mismatch, read_cache_file
 from .config import ConfigError, resolve_config
 from .config.preset_files import preset_metadata
 from .explain import explain
+from .geometry import heads_dim, seq_dim
 from .ops.impl.dense import default_candidate
 from .ops.impl.masks import CallMask
 from .ops.select import select_impl
@@ -193,7 +194,7 @@ def tune_recorded(recorded: Sequence[Recorded], tuner: Autotuner, budget_s: floa
 def describe_problem(problem: Any) -> str:
     """"B=1 H=12 Sq=32760 Skv=32760 D=128 bf16" (+ mask, quant)."""
     q, k, layout = problem.q, problem.k, problem.layout
-    sd, hd = (2, 1) if layout == "bhsd" else (1, 2)
+    sd, hd = seq_dim(layout), heads_dim(layout)
     text = (f"B={q.shape[0]} H={q.shape[hd]} Sq={q.shape[sd]} Skv={k.shape[sd]} D={q.shape[-1]} "
             f"{str(q.dtype).replace('torch.', '')}")
     if problem.mask_kind != "none":
@@ -258,7 +259,7 @@ def cache_table(store: TuneStore) -> str:
                      "are ignored, and the file is set aside at the next use")
     rows = []
     for name, entry in data["entries"].items():
-        fields = dict(_key_fields(name))
+        fields = dict(TuneKey.from_str(name).fields)
         shape = " ".join(f"{k}={fields[k]}" for k in SHOWN_FIELDS if fields.get(k) not in (None, "none", False))
         times = entry.get("times_ms", {})
         base, best = times.get(entry.get("default")), times.get(entry["winner"])
@@ -283,10 +284,6 @@ def cache_dict(store: TuneStore) -> dict:
     return {"cache": str(store.path), "exists": True, "header": data["header"],
             "matches_this_machine": not header_mismatch(data["header"], store.identity),
             "entries": data["entries"]}
-
-
-def _key_fields(name: str) -> tuple:
-    return TuneKey.from_str(name).fields
 
 
 def latent_for_resolution(preset: str, height: int, width: int, frames: int) -> tuple[int, int, int]:

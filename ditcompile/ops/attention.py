@@ -31,7 +31,8 @@ from torch import Tensor
 
 from ..geometry import check_tensor_layout
 from ..plans import AttentionPlan, parse_plan
-from .impl.dense import dense_attention, sdpa
+from .impl.dense import dense_attention
+from .impl.exact import sdpa
 from .impl.masks import CallMask
 from .impl.sparse import sparse_attention
 from .select import warn_once

@@ -37,7 +37,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 
 from ..autotune import (Candidate, Choice, Tunable, TuneKey, autotuner, density_bucket, get_tunable, length_bucket,
                         record_choice, register_tunable)
@@ -47,6 +47,7 @@ from ..kernels.attention.flash_fwd import (GPU_CANDIDATES, config_name, fitting_
 from ..kernels.attention.reference import int8_attention_reference, sparse_attention_reference
 from ..kernels.block_mask import BlockSparseMask
 from ..plans import AttentionPlan
+from .impl.exact import sdpa
 from .impl.masks import CallMask
 
 DENSE, SPARSE, INT8 = "attention.dense", "attention.sparse", "attention.int8"
@@ -193,16 +194,7 @@ def tolerance(p: AttentionProblem) -> float:
 
 
 def _sdpa_run(backend: Optional[object]) -> Callable[[AttentionProblem], Tensor]:
-    def run(p: AttentionProblem) -> Tensor:
-        q, k, v = p.bhsd()
-        if backend is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=p.attn_mask, is_causal=p.is_causal, scale=p.scale)
-        else:
-            with sdpa_kernel([backend]):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=p.attn_mask, is_causal=p.is_causal,
-                                                     scale=p.scale)
-        return from_bhsd(out, p.layout).contiguous()
-    return run
+    return lambda p: sdpa(p.q, p.k, p.v, p.layout, p.scale, p.is_causal, p.attn_mask, backend)
 
 
 def _capability_reason(p: AttentionProblem, minimum: tuple[int, int]) -> Optional[str]:
@@ -277,11 +269,9 @@ def _triton_candidate(cfg) -> Candidate:
             reason = "config does not fit (mask blocks, shared memory or registers)"
         return reason
 
-    def run(p: AttentionProblem) -> Tensor:
-        return sparse_flash_attention(p.q, p.k, p.v, p.block_mask, scale=p.scale, layout=p.layout, quant=p.quant,
-                                      config=cfg, key_bias=p.key_bias)
 
-    return Candidate(name, run, check)
+
+    return Candidate(name, _kernel_run(cfg), check)
 
 
 def _triton_auto_check(p: AttentionProblem) -> Optional[str]:
@@ -290,12 +280,15 @@ def _triton_auto_check(p: AttentionProblem) -> Optional[str]:
     return unsupported_reason(p.q, p.k, p.v, p.is_causal) or _kernel_mask_reason(p)
 
 
-def _triton_auto_run(p: AttentionProblem) -> Tensor:
-    return sparse_flash_attention(p.q, p.k, p.v, p.block_mask, scale=p.scale, layout=p.layout, quant=p.quant,
-                                  key_bias=p.key_bias)
+def _kernel_run(config) -> Callable[[AttentionProblem], Tensor]:
+    """Our Triton kernel with `config` (None: the launcher chooses its config)."""
+    def run(p: AttentionProblem) -> Tensor:
+        return sparse_flash_attention(p.q, p.k, p.v, p.block_mask, scale=p.scale, layout=p.layout, quant=p.quant,
+                                      config=config, key_bias=p.key_bias)
+    return run
 
 
-TRITON_AUTO = Candidate(TRITON, _triton_auto_run, _triton_auto_check)
+TRITON_AUTO = Candidate(TRITON, _kernel_run(None), _triton_auto_check)
 """The kernel with the launcher's own config choice (its in-memory tuner): the default of kernel
 plans on CUDA, as before the persistent cache existed."""
 

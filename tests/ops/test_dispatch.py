@@ -7,7 +7,7 @@ import torch
 import ditcompile
 from ditcompile import ops
 from ditcompile.kernels.attention.flash_fwd import unsupported_reason
-from ditcompile.ops.impl.dense import sdpa
+from ditcompile.ops.impl.exact import sdpa
 from ditcompile.ops import attention_op
 from tests.models.zoo import get_tiny_model, run_model
 from ditcompile.plans import AttentionPlan

@@ -1,6 +1,5 @@
 """Dense attention and the kernel runner shared with the sparse executor.
 
-    sdpa(q, k, v, layout, scale, is_causal, attn_mask)       exact, torch SDPA (optional mask)
     run_kernel(impl, q, k, v, mask, layout, scale, plan,     a kernel plan's attention, dense
                call_mask, key_bias)                          (mask None) or block-sparse
     dense_attention(q, k, v, layout, scale, is_causal, plan, a dense plan, end to end, with the
@@ -16,25 +15,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from ...geometry import from_bhsd, seq_dim, to_bhsd
+from ...geometry import seq_dim
 from ...kernels.block_mask import BlockSparseMask
 from ...plans import AttentionPlan
 from .. import tunables
 from ..select import SDPA, TRITON, ImplChoice, select_impl, warn_fallback, warn_once
 from .masks import CallMask, largest_uniform_block
-
-
-def sdpa(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float], is_causal: bool,
-         attn_mask: Optional[Tensor] = None) -> Tensor:
-    """Exact attention with torch SDPA, in and out of `layout` (contiguous in that layout);
-    `attn_mask` as SDPA takes it (broadcastable to [B, H, Sq, Skv] whatever the layout)."""
-    q, k, v = (to_bhsd(t, layout) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                         scale=scale)  # [B, H, Sq, Dv]
-    return from_bhsd(out, layout).contiguous()
 
 
 def default_candidate(impl: ImplChoice) -> str:
@@ -78,4 +66,4 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optiona
     return tunables.run_tuned(problem, plan).contiguous()
 
 
-__all__ = ["sdpa", "run_kernel", "dense_attention", "default_candidate"]
+__all__ = ["run_kernel", "dense_attention", "default_candidate"]
