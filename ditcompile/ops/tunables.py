@@ -66,7 +66,8 @@ class AttentionProblem:
         kernels the key bias of a key-padding mask, built on first use);
     key_bias: float32 [B|1, Skv] overriding the call mask's (the sparse executor's permuted bias);
     block_mask: a BlockSparseMask (sparse plans, or a dense mask of uniform tiles), or None;
-    default: the candidate the plan selects without tuning.
+    default: the candidate the plan selects without tuning; sparse: block_mask is a sparse
+    pattern (the "attention.sparse" op even when a dense mask was intersected into it).
     """
 
     q: Tensor
@@ -80,6 +81,9 @@ class AttentionProblem:
     block_mask: Optional[BlockSparseMask] = None
     key_bias_override: Optional[Tensor] = None
     default: str = SDPA
+    sparse: bool = False
+    """block_mask is a sparse pattern (possibly intersected with a dense mask), not merely the dense
+    mask's own tiles: exact SDPA of the mask would compute something else, so it is no candidate."""
 
     @property
     def device(self) -> torch.device:
@@ -101,7 +105,7 @@ class AttentionProblem:
     def op(self) -> str:
         if self.quant == "int8":
             return INT8
-        return SPARSE if self.block_mask is not None and self.mask_kind != "dense" else DENSE
+        return SPARSE if self.block_mask is not None and (self.sparse or self.mask_kind != "dense") else DENSE
 
     def bhsd(self) -> tuple[Tensor, Tensor, Tensor]:
         return tuple(to_bhsd(t, self.layout) for t in (self.q, self.k, self.v))  # type: ignore[return-value]

@@ -59,6 +59,11 @@ def problems():
         "sparse + text + padding": AttentionProblem(
             q, k, v, "bhsd", None, False, call_mask=CallMask("key_padding", pad),
             block_mask=block_mask(dense_q=(88, 96), dense_kv=(88, 96)), default="reference"),
+        "sparse & block-causal mask": AttentionProblem(
+            q, k, v, "bhsd", None, False, call_mask=tile_mask, default="reference", sparse=True,
+            block_mask=BlockSparseMask.from_dense_block_mask(
+                tile_mask.block_mask(96, 96, 16).to_dense_block_mask() & block_mask().to_dense_block_mask(),
+                16, 16, 96, 96)),
         "int8": AttentionProblem(q, k, v, "bhsd", None, False, quant="int8", default="reference"),
         "int8 sparse": AttentionProblem(q, k, v, "bhsd", None, False, quant="int8", block_mask=block_mask(),
                                         default="reference"),
@@ -100,6 +105,7 @@ EXPECTED_VALID = {
     "uniform tiles": {"sdpa", "sdpa.math", "reference", "flex"},
     "sparse": {"reference", "flex"},
     "sparse + text + padding": {"reference", "flex"},
+    "sparse & block-causal mask": {"reference", "flex"},  # SDPA of the mask alone would ignore the pattern
     "int8": {"reference"},
     "int8 sparse": {"reference"},
 }
@@ -111,10 +117,14 @@ def test_cpu_candidates_validate_and_the_fastest_timed_wins(name):
     result = tune_problem(TUNABLES[p.op], p, lambda fn, budget: cpu_median_ms(fn, budget, max_reps=3), 1.0)
     valid = set(result.times_ms)
     assert EXPECTED_VALID[name] <= valid | {"sdpa.flash"} and valid <= EXPECTED_VALID[name] | {"sdpa.flash"}
-    assert result.winner == min(result.times_ms, key=result.times_ms.get)
+    fastest = min(result.times_ms, key=result.times_ms.get)
+    t = result.times_ms
+    # the fastest wins, unless it is within the 3% noise margin of the default (which then stays)
+    assert result.winner == fastest or (result.winner == p.default and t[fastest] > 0.97 * t[p.default])
     for dropped, why in result.dropped.items():  # on the CPU only "cannot run here" drops, never "wrong"
         assert not why.startswith("wrong") and "non-finite" not in why, (dropped, why)
-    assert p.op == {"int8": INT8, "int8 sparse": INT8, "sparse": SPARSE, "sparse + text + padding": SPARSE}.get(name, DENSE)
+    assert p.op == {"int8": INT8, "int8 sparse": INT8, "sparse": SPARSE, "sparse + text + padding": SPARSE,
+                    "sparse & block-causal mask": SPARSE}.get(name, DENSE)
 
 
 def test_a_wrong_or_nan_candidate_is_never_chosen():

@@ -39,7 +39,7 @@ def run_kernel(impl: ImplChoice, q: Tensor, k: Tensor, v: Tensor, mask: Optional
     key_bias: float32 [B|1, Skv] overriding the call mask's (the sparse executor's permuted
     bias), or None. Returns q's dtype and layout."""
     problem = tunables.AttentionProblem(q, k, v, layout, scale, False, plan.quant, call_mask, mask, key_bias,
-                                        default_candidate(impl))
+                                        default_candidate(impl), sparse=mask is not None)
     return tunables.run_tuned(problem, plan)
 
 
