@@ -824,6 +824,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
         _check_options(args)
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (`ditaccel autotune --show | head`): stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except OSError:
+            pass
+        return EXIT_OK
     except SystemExit as exc:  # argparse: --help (0) or a bad argument (2, message already printed)
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
     except BaseException as err:  # noqa: BLE001 - the one place errors become exit statuses

@@ -21,9 +21,11 @@ def main() -> None:
     spec = get_tiny_model("wan2.1-tiny")
     transformer = spec.build()
     inputs = spec.make_inputs(batch_size=1, seed=0)
-    cache_dir = tempfile.mkdtemp(prefix="ditaccel-tuning-")
-    options = {"preset": "wan2.1", "autotune.cache_dir": cache_dir}
+    with tempfile.TemporaryDirectory(prefix="ditaccel-tuning-") as cache_dir:  # your own folder: keep it
+        run_example(spec, transformer, inputs, {"preset": "wan2.1", "autotune.cache_dir": cache_dir}, cache_dir)
 
+
+def run_example(spec, transformer, inputs, options: dict, cache_dir: str) -> None:
     # 1. Record the model's attention problems (one forward, no Inductor), validate and time every
     #    candidate kernel on each, save the winners.
     recorded = model_problems(spec, options)

@@ -143,7 +143,7 @@ class Autotuner:
         stale = entry is not None or store.stale(key, set_hash)  # unknown winner, or another candidate set
         if self.mode == "online" and not _capturing(device):
             try:
-                result = self.tune(tunable, problem)
+                result = self.tune(tunable, problem, persist_crashes=False)
             except Exception as err:  # noqa: BLE001 -- tuning must never break the model's call
                 log.warning("ditaccel autotune: tuning %s failed (%s); using the default %s", tunable.op, err, default)
                 return Choice(default, DEFAULT_FAILED)
@@ -162,12 +162,23 @@ class Autotuner:
                         tunable.op, key.to_str(), store.identity["device"], default, TUNE_COMMAND, store.path)
         return Choice(default, DEFAULT_MISS)
 
-    def tune(self, tunable: Tunable, problem: Any, persist: bool = True, strict: bool = False) -> TuneResult:
+    def tune(self, tunable: Tunable, problem: Any, persist: bool = True, strict: bool = False,
+             persist_crashes: bool = True) -> TuneResult:
         """Validate and time every candidate on `problem`, persist the result (with `persist`).
         A cache that cannot be written is logged once (the result is used in this process);
-        with `strict` the OSError is raised (the `ditaccel autotune` command)."""
+        with `strict` the OSError is raised (the `ditaccel autotune` command). Without
+        `persist_crashes` a result in which a candidate crashed is used but not saved (online
+        tuning runs inside the model's call, where a candidate can fail for reasons of that
+        context, e.g. eager FlexAttention's vmap inside an Inductor graph)."""
         device = _device_of(problem)
         result = tune_problem(tunable, problem, lambda fn, budget: self.time_ms(fn, budget, device), self.budget_ms)
+        crashed = sorted(name for name, why in result.dropped.items() if why.startswith("crashed"))
+        if persist and crashed and not persist_crashes:
+            persist = False
+            self._hint_once(("unsaved", tunable.op, tuple(crashed)), logging.WARNING,
+                            "ditaccel autotune: %s: candidate(s) %s crashed while tuning inside the model's call; the "
+                            "result is used in this process but not saved. Run `%s` to tune outside the call",
+                            tunable.op, ", ".join(crashed), TUNE_COMMAND)
         if persist:
             try:
                 self.store(device).put([result], {tunable.op: candidate_set_hash(tunable)})

@@ -163,9 +163,9 @@ def tune_problem(tunable: Tunable, problem: Any, time_ms: Callable[[Callable[[],
                  budget_ms: float = 50.0, rounds: int = 2, margin: float = 0.03) -> TuneResult:
     """Validate every candidate of `tunable` on `problem` against the op's reference, then time the
     valid ones in `rounds` interleaved rounds (`time_ms(fn, budget_ms / rounds)`: median ms; a
-    candidate's time is its best round) and return the fastest. The default wins unless another
-    candidate is faster by more than `margin` (a fraction: 0.03 = 3%), so timing noise never
-    replaces the default by an equal kernel.
+    candidate's time is its best round) and return the fastest. A winner other than the default
+    is confirmed by timing it and the default again, alternately, for `rounds` more rounds; it
+    replaces the default only if it is still faster by more than `margin` (a fraction: 0.03 = 3%).
 
     A candidate that is invalid for the problem, crashes, gives NaN/inf or a result outside the
     op's tolerance is dropped (logged at INFO) and never timed or chosen; one that fails while
@@ -205,6 +205,15 @@ def tune_problem(tunable: Tunable, problem: Any, time_ms: Callable[[Callable[[],
     if not times:
         raise RuntimeError(f"autotune {tunable.op} {key.to_str()}: no valid candidate; dropped: {dropped}")
     winner = min(times, key=times.get)
-    if default in times and times[winner] > times[default] * (1.0 - margin):
-        winner = default  # within the noise margin the default stays: no change without a gain
+    if winner != default and default in times:
+        # Confirm a change side by side: the default and the winner again, alternately (a stall of
+        # the machine during the default's rounds must not crown an equal or slower kernel).
+        finalists = [tunable.candidate(default), tunable.candidate(winner)]
+        for _ in range(rounds):
+            for candidate in finalists:
+                ms = float(time_ms(lambda c=candidate: c.run(problem), budget_ms / rounds))
+                times[candidate.name] = min(ms, times[candidate.name])
+        winner = min((default, winner), key=times.get)
+        if times[winner] > times[default] * (1.0 - margin):
+            winner = default  # within the noise margin the default stays: no change without a gain
     return TuneResult(tunable.op, key, winner, default, times, dropped)

@@ -32,12 +32,13 @@ def cand(name, fn, check=None, available=True):
     return Candidate(name, run, check or (lambda p: None), available=available)
 
 
-def make_tunable(op="test.op", extra=()):
+def make_tunable(op="test.op", extra=(), crash=True):
+    crashes = (cand("crashes", lambda x: (_ for _ in ()).throw(RuntimeError("out of shared memory"))),) if crash else ()
     candidates = (
         cand("default", lambda x: x * 2),
         cand("fast_wrong", lambda x: x * 3),
         cand("fast_nan", lambda x: x * float("nan")),
-        cand("crashes", lambda x: (_ for _ in ()).throw(RuntimeError("out of shared memory"))),
+        *crashes,
         cand("writes_input", lambda x: x.mul_(1.0) * 2),
         cand("invalid", lambda x: x * 2, check=lambda p: "needs CUDA"),
         cand("absent", lambda x: x * 2, available=False),
@@ -94,7 +95,7 @@ def test_candidates_are_timed_in_interleaved_rounds_and_keep_their_best():
         return TIMES[name] + (10.0 if calls[name] == 1 and name == "fast_ok" else 0.0)  # a slow first round
 
     result = tune_problem(make_tunable(), Problem(torch.randn(100)), timer, rounds=2)
-    assert order == ["default", "fast_ok", "default", "fast_ok"]
+    assert order == ["default", "fast_ok"] * 4  # two rounds, then two side-by-side confirmation rounds
     assert result.winner == "fast_ok" and result.times_ms["fast_ok"] == TIMES["fast_ok"]
 
 
@@ -112,7 +113,7 @@ def test_invalid_and_absent_candidates_never_run():
 
 
 def test_modes_offline_online_off(tmp_path, caplog):
-    t, problem = make_tunable(), Problem(torch.randn(64))
+    t, problem = make_tunable(crash=False), Problem(torch.randn(64))
     offline = Autotuner("offline", tmp_path, time_ms=fake_time_ms)
     with caplog.at_level(logging.INFO, logger="ditcompile"):
         assert offline.choose(t, problem).source == DEFAULT_MISS
@@ -128,9 +129,37 @@ def test_modes_offline_online_off(tmp_path, caplog):
     assert Autotuner("off", tmp_path).choose(t, problem).source == DEFAULT_OFF
 
 
+def test_online_result_with_a_crashed_candidate_is_used_but_not_saved(tmp_path, caplog):
+    t, problem = make_tunable(), Problem(torch.randn(64))
+    with caplog.at_level(logging.WARNING, logger="ditcompile"):
+        assert Autotuner("online", tmp_path, time_ms=fake_time_ms).choose(t, problem).source == TUNED_NOW
+    assert any("crashed while tuning inside the model's call" in r.getMessage() for r in caplog.records)
+    assert Autotuner("offline", tmp_path).choose(t, problem).source == DEFAULT_MISS  # nothing was saved
+    Autotuner("offline", tmp_path, time_ms=fake_time_ms).tune(t, problem)  # the command's path saves it
+    assert Autotuner("offline", tmp_path).choose(t, problem).source == FROM_CACHE
+
+
+def test_a_stall_during_the_defaults_rounds_does_not_crown_an_equal_kernel():
+    calls = {}
+
+    def timer(fn, budget_ms):
+        fn()
+        name = RAN[-1]
+        calls[name] = calls.get(name, 0) + 1
+        stalled = name == "default" and calls[name] <= 2  # the machine stalls while the default is timed
+        return 5.0 + (10.0 if stalled else 0.0) if name in ("default", "twin") else TIMES[name]
+
+    twin = cand("twin", lambda x: x * 2)
+    t = make_tunable(extra=(twin,))
+    result = tune_problem(Tunable(t.op, (t.candidates[0], twin), t.key, t.default, t.reference, t.error,
+                                  t.tolerance, t.inputs), Problem(torch.randn(10)), timer)
+    assert result.winner == "default"
+
+
 def test_cached_choice_that_cannot_run_the_call_falls_back_to_the_default(tmp_path):
     flag = {"ok": True}
-    t = make_tunable(extra=(cand("fastest", lambda x: x * 2, check=lambda p: None if flag["ok"] else "unaligned"),))
+    t = make_tunable(extra=(cand("fastest", lambda x: x * 2, check=lambda p: None if flag["ok"] else "unaligned"),),
+                     crash=False)
     problem = Problem(torch.randn(64))
     tuner = Autotuner("online", tmp_path, time_ms=fake_time_ms)
     assert tuner.choose(t, problem).name == "fastest"
@@ -139,15 +168,15 @@ def test_cached_choice_that_cannot_run_the_call_falls_back_to_the_default(tmp_pa
 
 
 def test_candidate_set_change_invalidates_entries(tmp_path):
-    t, problem = make_tunable(), Problem(torch.randn(64))
+    t, problem = make_tunable(crash=False), Problem(torch.randn(64))
     Autotuner("online", tmp_path, time_ms=fake_time_ms).choose(t, problem)
-    grown = make_tunable(extra=(cand("fastest", lambda x: x * 2),))
+    grown = make_tunable(extra=(cand("fastest", lambda x: x * 2),), crash=False)
     assert candidate_set_hash(grown) != candidate_set_hash(t)
     assert Autotuner("offline", tmp_path).choose(grown, problem).source == DEFAULT_STALE
 
 
 def _tuned_store(tmp_path):
-    t = make_tunable()
+    t = make_tunable(crash=False)
     tuner = Autotuner("online", tmp_path, time_ms=fake_time_ms)
     tuner.choose(t, Problem(torch.randn(64)))
     return t, tuner.store("cpu")
