@@ -153,21 +153,22 @@ class TuneStore:
         self._entries: Optional[dict] = None
 
     # ------------------------------------------------------------------ reading
-    def _read_valid(self) -> dict:
-        """Entries of the file at `self.path` if it is ours; {} for a missing file; for a corrupt
-        or foreign one: one warning, the file moved aside, {}."""
+    def _read_valid(self) -> tuple[dict, dict]:
+        """(entries, candidate-set hashes of the header) of the file at `self.path` if it is ours;
+        ({}, {}) for a missing file; for a corrupt or foreign one: one warning, the file moved
+        aside, ({}, {})."""
         try:
             data = read_cache_file(self.path)
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except (OSError, ValueError, UnicodeDecodeError) as err:
             self._set_aside(f"is not a usable tuning cache ({err})")
-            return {}
+            return {}, {}
         mismatch = header_mismatch(data["header"], self.identity)
         if mismatch:
             self._set_aside(f"was written for another device or software stack ({'; '.join(mismatch)})")
-            return {}
-        return data["entries"]
+            return {}, {}
+        return data["entries"], data["header"].get("candidate_sets", {})
 
     def _set_aside(self, why: str) -> None:
         aside = self.path.with_name(f"{self.path.stem}.bad-{_utc_now().replace(':', '')}{self.path.suffix}")
@@ -182,7 +183,7 @@ class TuneStore:
         """Every entry of the file (read once, again with `refresh`)."""
         with self._lock:
             if self._entries is None or refresh:
-                self._entries = self._read_valid()
+                self._entries = self._read_valid()[0]
             return dict(self._entries)
 
     def get(self, key: TuneKey, set_hash: str) -> Optional[dict]:
@@ -206,20 +207,14 @@ class TuneStore:
         text = json.dumps({"format": FORMAT, "header": header, "entries": dict(sorted(entries.items()))}, indent=1)
         atomic_write_text(self.path, text + "\n")
 
-    def merge(self, new_entries: dict, set_hashes: dict, drop: Iterable[str] = ()) -> int:
+    def merge(self, new_entries: dict, set_hashes: dict) -> int:
         """Under the file lock: read the file again, add `new_entries` (key string -> entry; they
-        replace entries of the same key), remove the keys in `drop`, write atomically. Returns
-        the number of entries in the file. Raises OSError when the directory cannot be written."""
+        replace entries of the same key), write atomically. Returns the number of entries in the
+        file. Raises OSError when the directory cannot be written."""
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._file_lock():
-            current = self._read_valid()
-            old_sets = {}
-            try:
-                old_sets = read_cache_file(self.path)["header"].get("candidate_sets", {}) if current else {}
-            except (OSError, ValueError):
-                pass
-            merged = {k: v for k, v in current.items() if k not in set(drop)}
-            merged.update(new_entries)
+            current, old_sets = self._read_valid()
+            merged = {**current, **new_entries}
             self._write(merged, {**old_sets, **set_hashes})
         with self._lock:
             self._entries = merged
@@ -249,12 +244,9 @@ class TuneStore:
 
     def export_to(self, dest: Path | str) -> int:
         """Copy the valid entries to `dest` (atomic), with this stack's header; returns the count."""
-        entries = self.entries(refresh=True)
-        sets = {}
-        try:
-            sets = read_cache_file(self.path)["header"].get("candidate_sets", {})
-        except (OSError, ValueError):
-            pass
+        entries, sets = self._read_valid()
+        with self._lock:
+            self._entries = entries
         header = {**self.identity, "candidate_sets": sets}
         atomic_write_text(dest, json.dumps({"format": FORMAT, "header": header, "entries": entries}, indent=1) + "\n")
         return len(entries)

@@ -217,8 +217,9 @@ def _sdpa_check(cuda_only: bool, math_backend: bool = False,
             return "block-sparse mask"
         if cuda_only and not p.q.is_cuda:
             return "needs CUDA"
-        if _capability_reason(p, capability):
-            return _capability_reason(p, capability)
+        too_old = _capability_reason(p, capability)
+        if too_old:
+            return too_old
         if math_backend:
             sd = seq_dim(p.layout)
             size = p.q.shape[0] * p.q.shape[heads_dim(p.layout)] * p.q.shape[sd] * p.k.shape[sd] * 4
@@ -406,8 +407,9 @@ def _half_cuda_reason(p: AttentionProblem, dims: tuple[int, ...]) -> Optional[st
     """flash_attn / sageattention: CUDA sm80+, fp16/bf16, listed head dims, no mask."""
     if not p.q.is_cuda:
         return "needs CUDA"
-    if _capability_reason(p, (8, 0)):
-        return _capability_reason(p, (8, 0))
+    too_old = _capability_reason(p, (8, 0))
+    if too_old:
+        return too_old
     if p.q.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {p.q.dtype} (fp16/bf16 only)"
     if p.q.shape[-1] not in dims or p.v.shape[-1] != p.q.shape[-1]:
