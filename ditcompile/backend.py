@@ -31,7 +31,8 @@ import torch.fx as fx
 from .config import ConfigError, DitConfig, inductor_patch_dict, resolve_config
 from .graph.analysis import analyze_graph
 from .graph.sites import GraphAnalysis
-from .passes.base import PassContext, step_dependent
+from .ops.attention import host_sync_reason
+from .passes.base import PassContext, attention_nodes, step_dependent
 from .passes.manager import PassManager
 from .report import GraphReport
 from .runtime.wrapper import StepTrackingCall
@@ -55,10 +56,12 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
         report.notes.append("no timestep input in this graph: the denoising step is unknown, so step-dependent "
                             "plans take their safe path (dense attention, every step computed) unless "
                             "ditcompile.track_steps(model) follows the model's calls (regional compilation)")
-    if step_dependent_call and config.compiler == "inductor" and _inductor_patches(config, mode).get(
-            "triton.cudagraphs"):
-        report.notes.append("CUDA graphs off: the plans depend on the denoising step, which a replayed graph "
-                            "would not see")
+    host_reads = host_sync_reasons(compiled_gm) if ctx is not None else []
+    no_cudagraphs = step_dependent_call or bool(host_reads)
+    if no_cudagraphs and config.compiler == "inductor" and _inductor_patches(config, mode).get("triton.cudagraphs"):
+        why = ("the plans depend on the denoising step, which a replayed graph would not see" if step_dependent_call
+               else f"{host_reads[0]}{f' (and {len(host_reads) - 1} more)' if len(host_reads) > 1 else ''}")
+        report.notes.append(f"CUDA graphs off: {why}")
     for warning in features_off(report, config, ctx):
         level = logging.WARNING if _first_time(warning) else logging.INFO  # once per frame, not per recompile
         log.log(level, "ditaccel %s: %s", report.graph_id, warning)
@@ -68,12 +71,19 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
     if sink is not None:
         sink.append(report)
     if ctx is not None and ctx.runner_factory is not None:
-        return ctx.runner_factory(lambda piece: _compile_piece(piece, config, mode, step_dependent_call))
+        return ctx.runner_factory(lambda piece: _compile_piece(piece, config, mode, no_cudagraphs))
     compiled = compiled_gm.forward if config.compiler == "eager" else _inductor(
-        compiled_gm, example_inputs, config, mode, step_dependent_call)
+        compiled_gm, example_inputs, config, mode, no_cudagraphs)
     if needs_step:
         return StepTrackingCall(compiled, ctx.call_observer())
     return compiled
+
+
+def host_sync_reasons(gm: fx.GraphModule) -> list[str]:
+    """Why calls of the graph's `ditaccel::attention` nodes read tensor values on the host (the
+    graph then runs without CUDA graphs; `ops.attention.host_sync_reason`). Empty for a graph
+    whose dense sites were lowered to aten SDPA."""
+    return [r for r in (host_sync_reason(plan) for _, _, plan in attention_nodes(gm)) if r is not None]
 
 
 def features_off(report: GraphReport, config: DitConfig, ctx: Optional[PassContext]) -> list[str]:
@@ -200,7 +210,8 @@ def _inductor_patches(config: DitConfig, mode: Optional[str]) -> dict:
 
 def _inductor(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig, mode: Optional[str],
               no_cudagraphs: bool = False):
-    """Inductor with the mode's and the config's patches; no CUDA graphs when plans are step-dependent."""
+    """Inductor with the mode's and the config's patches; no CUDA graphs when plans are step-dependent
+    or read tensor values on the host (`no_cudagraphs`)."""
     from torch._inductor.compile_fx import compile_fx  # heavy: imported when a graph is compiled
 
     patches = _inductor_patches(config, mode)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from .candidates import Tunable, candidate_set_hash
+from .key import TuneKey
 from .store import TuneStore, default_cache_dir, stack_identity
 from .timing import median_ms
 from .tuner import TuneResult, tune_problem
@@ -132,6 +133,26 @@ class Autotuner:
                                 "default %s", tunable.op, choice.name, reason, default)
                 return Choice(default, DEFAULT_INVALID)
         return choice
+
+    def cached_winners(self, tunable: Tunable, device: torch.device | str, **fields: Any) -> dict[str, str]:
+        """The fresh entries of `tunable` in `device`'s cache whose key has every given field
+        value (e.g. ``dtype="torch.float16", heads=12``), as {key string: winner}; no log, no
+        memo. For decisions made before any call (the backend lowers a dense site to aten SDPA
+        unless the cache holds another kernel for it); a file that cannot be read gives {}."""
+        set_hash = candidate_set_hash(tunable)
+        wanted = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in fields.items()}
+        out = {}
+        for text, entry in self.store(device).entries().items():
+            if entry.get("set") != set_hash or tunable.candidate(entry.get("winner", "")) is None:
+                continue  # stale or unknown: the default runs
+            try:
+                key = TuneKey.from_str(text)
+            except ValueError:
+                continue
+            have = dict(key.fields)
+            if key.kernel == tunable.op and all(have.get(k) == v for k, v in wanted.items()):
+                out[text] = entry["winner"]
+        return out
 
     def _lookup(self, tunable: Tunable, problem: Any, key: Any, default: str) -> Choice:
         device = _device_of(problem)
@@ -249,6 +270,11 @@ class Recorder:
 _RECORDER: list = [None]
 
 
+def is_recording() -> bool:
+    """True inside `recording()` (tunable ops must then run, not be compiled away)."""
+    return _RECORDER[0] is not None
+
+
 @contextlib.contextmanager
 def recording(clone: Optional[Callable[[Any], Any]] = None) -> Iterator[Recorder]:
     """Record the distinct problems of every tunable op called inside the block (which run their
@@ -288,6 +314,6 @@ def clear_recorded_choices() -> None:
         _CHOICES.clear()
 
 
-__all__ = ["MODES", "TUNE_COMMAND", "Choice", "Autotuner", "Recorder", "Recorded", "recording", "DEFAULT_RECORDING", "autotuner", "reset_autotuners", "record_choice",
+__all__ = ["MODES", "TUNE_COMMAND", "Choice", "Autotuner", "Recorder", "Recorded", "recording", "is_recording", "DEFAULT_RECORDING", "autotuner", "reset_autotuners", "record_choice",
            "recorded_choices", "clear_recorded_choices", "FROM_CACHE", "TUNED_NOW", "DEFAULT_MISS", "DEFAULT_OFF",
            "DEFAULT_INVALID", "DEFAULT_FAILED", "DEFAULT_STALE"]

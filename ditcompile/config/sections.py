@@ -46,11 +46,16 @@ class AttentionConfig:
     skip: tuple[str, ...] = field(default=(), metadata={"regex": True})
     """Regular expressions (re.fullmatch) of module paths to leave untouched, e.g. "blocks\\.0\\..*"."""
     backend: str = field(default="sdpa", metadata=_choices("sdpa", "triton"))
-    """Dense attention kernel on CUDA: "sdpa" (cuDNN/flash, the fastest dense here) or "triton"
-    (ditaccel's flash kernel). CPU always runs the torch reference."""
+    """Dense attention kernel: "sdpa" (torch SDPA: cuDNN/flash on CUDA; lowered to aten SDPA when
+    nothing else needs the op, see `lower_dense`) or "triton" (ditaccel's flash kernel on CUDA, its
+    torch reference on the CPU)."""
     quant: str = field(default="none", metadata=_choices("none", "int8"))
     """"int8": SageAttention-style 8-bit attention (INT8 Q/K with K smoothing, FP8 P.V on sm89+);
     runs on the triton backend."""
+    lower_dense: bool = True
+    """Sites whose final plan is plain dense SDPA become aten SDPA again, which Inductor compiles
+    as plain `torch.compile` would (no per-call cost, CUDA graphs); False keeps
+    `ditaccel::attention` at every rewritten site (debugging, measuring the op's cost)."""
 
     def __post_init__(self) -> None:
         check_section(self)

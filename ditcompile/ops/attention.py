@@ -67,6 +67,17 @@ def run_plan(q: Tensor, k: Tensor, v: Tensor, layout: str, scale: Optional[float
     return dense_attention(q, k, v, layout, scale, is_causal, plan, call_mask)
 
 
+def host_sync_reason(plan: AttentionPlan) -> Optional[str]:
+    """Why a call with `plan` reads tensor values on the host (a device sync, and a decision a
+    replayed CUDA graph would not repeat), or None when it does not: the backend keeps CUDA
+    graphs off for a graph with such a call. Sparse plans are not covered here: they depend on
+    the denoising step (`AttentionPlan.depends_on_step`), which turns CUDA graphs off anyway."""
+    if plan.mask == "dense" and plan.backend != "sdpa":
+        return (f"attention at {plan.site_path or '?'} reads its dense mask's values on the host to find whole tiles "
+                "for the kernel")
+    return None
+
+
 @torch.library.custom_op("ditaccel::attention", mutates_args=())
 def attention(
     q: Tensor,
@@ -130,4 +141,4 @@ PLAN_ARG = 6  # position of `plan` in the op's arguments (q, k, v, layout, scale
 GRID_ARG = 7  # position of `grid` (the run-time token grid of a dynamic-shape graph, or absent)
 MASK_ARG = 8  # position of `attn_mask` (absent without a mask)
 
-__all__ = ["attention", "attention_op", "run_plan", "approximate_kind", "PLAN_ARG", "GRID_ARG", "MASK_ARG"]
+__all__ = ["attention", "attention_op", "run_plan", "host_sync_reason", "approximate_kind", "PLAN_ARG", "GRID_ARG", "MASK_ARG"]

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend
 
-from ..autotune import (Candidate, Choice, Tunable, TuneKey, autotuner, density_bucket, get_tunable, length_bucket,
-                        record_choice, register_tunable)
+from ..autotune import (Candidate, Choice, Tunable, TuneKey, autotuner, density_bucket, get_tunable, is_recording,
+                        length_bucket, record_choice, register_tunable)
 from ..geometry import BSHD, from_bhsd, heads_dim, seq_dim, to_bhsd
 from ..kernels.attention.flash_fwd import (GPU_CANDIDATES, config_name, fitting_configs, sparse_flash_attention,
                                            unsupported_reason)
@@ -492,5 +492,43 @@ def run_tuned(problem: AttentionProblem, plan: AttentionPlan) -> Tensor:
     return candidate.run(problem)
 
 
-__all__ = ["run_tuned", "clone_problem", "AttentionProblem", "TUNABLES", "DENSE", "SPARSE", "INT8", "SDPA", "REFERENCE", "problem_key",
+def sdpa_override(q: Tensor, k: Tensor, v: Tensor, layout: str, is_causal: bool, mask_kind: str,
+                  plan: AttentionPlan) -> Optional[str]:
+    """Why a dense SDPA plan may run another kernel than plain SDPA at run time (the backend then
+    keeps the site as `ditaccel::attention` instead of lowering it to aten SDPA), or None.
+
+    q, k, v: the site's example values (fake tensors; sizes may be symbolic); layout "bhsd" or
+    "bshd". Reasons: `recording()` is on (`ditaccel autotune` traces the op's calls); the plan's
+    autotune mode is "online" (tuned at the first call); the tuning cache holds a fresh winner
+    other than "sdpa" for this problem -- for symbolic lengths, for any length with this dtype,
+    layout, heads, head dim, causality and mask kind. Never raises: an unreadable cache reads as
+    empty (the default, SDPA, is what would run)."""
+    if is_recording():
+        return "kept as ditaccel::attention while `ditaccel autotune` records the calls"
+    if plan.autotune == "off":
+        return None
+    if plan.autotune == "online":
+        return "autotune.mode='online' picks the kernel at the first call"
+    sd, hd = seq_dim(layout), heads_dim(layout)
+    fields: dict = dict(dtype=q.dtype, layout=layout, causal=bool(is_causal), mask=mask_kind, quant="none")
+    for name, size in (("heads", q.shape[hd]), ("head_dim", q.shape[-1])):
+        if isinstance(size, int):
+            fields[name] = size
+    lengths = (q.shape[0], q.shape[sd], k.shape[sd])
+    static = all(isinstance(n, int) for n in lengths)
+    if static:
+        fields.update(batch=length_bucket(lengths[0]), q_len=length_bucket(lengths[1]),
+                      kv_len=length_bucket(lengths[2]))
+    try:
+        winners = autotuner(plan.autotune, plan.autotune_dir).cached_winners(TUNABLES[DENSE], q.device, **fields)
+    except Exception:  # noqa: BLE001 -- a cache that cannot be read means the default (SDPA) runs
+        return None
+    other = sorted({w for w in winners.values() if w != SDPA})
+    if not other:
+        return None
+    where = "this shape" if static else "shapes like this one (dynamic shapes: chosen per call)"
+    return f"the tuning cache picks {', '.join(other)} for {where}"
+
+
+__all__ = ["run_tuned", "sdpa_override", "clone_problem", "AttentionProblem", "TUNABLES", "DENSE", "SPARSE", "INT8", "SDPA", "REFERENCE", "problem_key",
            "reference_rows", "rows_error", "tolerance", "flex_block_mask", "TRITON"]

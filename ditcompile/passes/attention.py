@@ -32,7 +32,8 @@ from typing import Optional
 import torch.fx as fx
 
 from ..geometry import BSHD
-from ..graph.fx_utils import erase_if_unused, example_of, example_value, is_seq_head_swap
+from ..graph.fx_edit import add_node
+from ..graph.fx_utils import erase_if_unused, example_value, is_seq_head_swap
 from ..graph.sites import JOINT, SELF, AttentionSite, DynamicGrid
 from ..ops import attention_op
 from ..plans import AttentionPlan
@@ -73,18 +74,18 @@ def rewrite_site(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan,
     with graph.inserting_before(old):
         q, k, v = site.q, site.k, site.v
         if site.folded_heads:  # [B*H, S, D] -> [B*H, 1, S, D]
-            q, k, v = (_add_node(graph, old, "call_method", "unsqueeze", (t, 1), fake_mode) for t in (q, k, v))
+            q, k, v = (add_node(graph, old, "call_method", "unsqueeze", (t, 1), fake_mode) for t in (q, k, v))
         args = (q, k, v, site.layout, site.scale, site.is_causal, plan.to_json())
         if grid is not None:  # [F, H, W] sizes of the patch embedding's output, read at run time
-            args += ([1 if d is None else _add_node(graph, old, "call_method", "size", (grid.node, d), fake_mode)
+            args += ([1 if d is None else add_node(graph, old, "call_method", "size", (grid.node, d), fake_mode)
                       for d in grid.dims],)
         if site.mask is not None:  # SDPA's attn_mask as the model built it (MASK_ARG)
             args += (() if grid is not None else (None,)) + (site.mask,)
-        op_node = _add_node(graph, old, "call_function", attention_op, args, fake_mode)
+        op_node = add_node(graph, old, "call_function", attention_op, args, fake_mode)
         op_node.meta[SITE_INDEX] = site.index
         new = op_node
         if site.folded_heads:
-            new = _add_node(graph, old, "call_method", "squeeze", (new, 1), fake_mode)
+            new = add_node(graph, old, "call_method", "squeeze", (new, 1), fake_mode)
     if site.layout == BSHD and site.output_layout != BSHD:
         _replace_bhsd_output(graph, old, new, fake_mode)
     else:
@@ -103,22 +104,5 @@ def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode)
             continue
         if bhsd_view is None:
             with graph.inserting_after(new):
-                bhsd_view = _add_node(graph, old, "call_method", "transpose", (new, 1, 2), fake_mode)
+                bhsd_view = add_node(graph, old, "call_method", "transpose", (new, 1, 2), fake_mode)
         user.replace_input_with(old, bhsd_view)
-
-
-def _add_node(graph: fx.Graph, like: fx.Node, op: str, target, args: tuple, fake_mode) -> fx.Node:
-    """A new node with `like`'s module stack (later passes read it) and a fake example value."""
-    node = graph.create_node(op, target, args)
-    for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
-        if key in like.meta:
-            node.meta[key] = like.meta[key]
-    if fake_mode is not None:
-        values = [example_of(a) for a in args]
-        if all(v is not None for v in values):
-            with fake_mode:
-                if op == "call_method":
-                    node.meta["example_value"] = getattr(values[0], target)(*values[1:])
-                else:
-                    node.meta["example_value"] = target(*values)
-    return node

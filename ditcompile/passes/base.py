@@ -31,6 +31,7 @@ from ..runtime.wrapper import CallObserver, CallRoles
 REWRITTEN = "rewritten"  # the attention pass replaced the site with ditaccel::attention
 KEPT = "kept"            # the site keeps its original computation (the reason says why)
 PLANNED = "planned"      # a later pass considered the site's plan (changed it, or says why not)
+LOWERED = "lowered"      # the site's dense SDPA plan became aten SDPA again (Inductor compiles it)
 
 SITE_INDEX = "ditaccel_site_index"  # node.meta key: the AttentionSite a ditaccel::attention node computes
 
@@ -39,7 +40,7 @@ SITE_INDEX = "ditaccel_site_index"  # node.meta key: the AttentionSite a ditacce
 class SiteDecision:
     site_index: int
     module_path: str
-    action: str                     # REWRITTEN, KEPT or PLANNED
+    action: str                     # REWRITTEN, KEPT, PLANNED or LOWERED
     plan: Optional[str] = None      # short plan description after this pass, e.g. "dense/sdpa"
     reason: Optional[str] = None    # why it was kept, or a note on the plan (why not sparse, density)
 

@@ -5,7 +5,9 @@ Order matters and is fixed here, not by registration side effects:
     1. attention        every supported attention site -> ditaccel::attention with a dense plan
     2. sparse           video self/joint sites get a sparse plan (sparse.enabled)
     3. attention_quant  every plan gets 8-bit attention (attention.quant = "int8")
-    4. step_cache       splits the graph into head/body/tail pieces (must run last: the pieces
+    4. lower_dense      sites whose plan is plain dense SDPA become aten SDPA again (Inductor
+                        compiles them as plain torch.compile would; attention.lower_dense)
+    5. step_cache       splits the graph into head/body/tail pieces (must run last: the pieces
                         are compiled separately and the graph is not edited after it)
 
 `PassManager.from_config(config)` keeps the passes that are enabled (`DitPass.enabled`).
@@ -20,10 +22,12 @@ from ..config import DitConfig
 from .attention import AttentionRewritePass
 from .attention_quant import AttentionQuantPass
 from .base import DitPass, PassContext, PassReport
+from .lower_dense import DenseLoweringPass
 from .sparse import SparseAttentionPass
 from .step_cache import StepCachePass
 
-PIPELINE: tuple[type[DitPass], ...] = (AttentionRewritePass, SparseAttentionPass, AttentionQuantPass, StepCachePass)
+PIPELINE: tuple[type[DitPass], ...] = (AttentionRewritePass, SparseAttentionPass, AttentionQuantPass, DenseLoweringPass,
+                                       StepCachePass)
 
 
 class PassManager:

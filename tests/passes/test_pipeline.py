@@ -86,8 +86,10 @@ def test_each_pass_changes_what_it_owns_and_nothing_else():
 
 
 def test_the_manager_builds_the_pipeline_from_the_config():
-    assert PassManager.from_config(resolve_config(None)).names() == ["attention"]
-    assert PassManager.from_config(resolve_config(OPTIONS)).names() == ["attention", "sparse", "attention_quant"]
+    assert PassManager.from_config(resolve_config(None)).names() == ["attention", "lower_dense"]
+    assert PassManager.from_config(resolve_config({"attention.lower_dense": False})).names() == ["attention"]
+    assert PassManager.from_config(resolve_config(OPTIONS)).names() == ["attention", "sparse", "attention_quant",
+                                                                        "lower_dense"]
     assert PassManager.from_config(resolve_config({**OPTIONS, "attention.enabled": False})).names() == []
     full = PassManager.from_config(resolve_config({**OPTIONS, "cache.enabled": True}))
-    assert full.names() == ["attention", "sparse", "attention_quant", "step_cache"]
+    assert full.names() == ["attention", "sparse", "attention_quant", "lower_dense", "step_cache"]

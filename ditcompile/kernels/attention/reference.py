@@ -105,13 +105,13 @@ def zero_masked_keys(k: Tensor, v: Tensor, key_bias: Tensor | None, layout: str 
 
     Their attention weight is 0 either way, but the quantization statistics (K's smoothing mean
     and block scales, V's FP8 channel scales) would otherwise read the padded values, letting them
-    change the outputs of valid tokens. Returns k, v unchanged without a bias or a removed key.
+    change the outputs of valid tokens. Returns k, v unchanged without a bias; with one, new
+    tensors whatever it holds (its values are never tested on the host: that would be a device
+    sync, which CUDA-graph capture forbids).
     """
     if key_bias is None:
         return k, v
     removed = torch.isneginf(key_bias)  # [B|1, Skv]
-    if not bool(removed.any()):
-        return k, v
     shape = (removed.shape[0], 1, removed.shape[1], 1) if layout == BHSD else (removed.shape[0], removed.shape[1], 1, 1)
     removed = removed.reshape(shape)
     return k.masked_fill(removed, 0), v.masked_fill(removed, 0)
