@@ -23,6 +23,12 @@ timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/kernels tests/ops 
 echo "== ditaccel demo on the trained fidelity model (issue 12 target: 'all' >= 2x torch.compile at >= 30 dB)"
 timeout 150 python3 -m ditcompile demo --device cuda --variants compile,cache,all --out "$OUT/demo" 2>&1 \
   | grep -v Warning | tail -22 | tee "$OUT/demo.txt"
+echo "== dense overhead vs torch.compile (issue 15 target: ditaccel >= 0.99x), then with CUDA graphs"
+timeout 110 python3 benchmarks/overhead.py --device cuda --rounds 5 --out "$OUT/overhead.json" 2>&1 | grep -v Warning \
+  | tail -22 | tee "$OUT/overhead.txt"
+timeout 90 python3 benchmarks/overhead.py --device cuda --rounds 3 --mode reduce-overhead --no-profile \
+  --models fidelity,flux-tiny --out "$OUT/overhead_cudagraphs.json" 2>&1 | grep -v Warning | tail -10 \
+  | tee "$OUT/overhead_cudagraphs.txt"
 echo "== attention kernels vs cuDNN / FA2 / FlexAttention (Wan2.1-1.3B shape)"
 timeout 170 python3 benchmarks/attention.py --quick --out "$OUT/attention.json" 2>&1 | tail -25 | tee "$OUT/attention.txt"
 echo "== ditaccel autotune, Wan2.1 preset at 480p (issue 14 target: under 3 minutes; tuned never slower than fixed)"

@@ -7,7 +7,6 @@ from typing import Optional
 
 from .graph.sites import GraphAnalysis
 from .passes.base import KEPT, LOWERED, PLANNED, REWRITTEN, PassReport, SiteDecision
-from .passes.lower_dense import LOWERED_KERNEL
 
 
 @dataclass
@@ -50,15 +49,15 @@ class GraphReport:
                 length = site.text.length if site.text.length is not None else "dynamic"
                 text = f"text {site.text.position} ({length})"
             ran = self.kernels.get(site.module_path) if plan != "original" else None
-            lowered = any(d.action == LOWERED for d in decisions)
+            lowered = next((d for d in decisions if d.action == LOWERED), None)
             rows.append({
                 "index": site.index, "module": site.module_path or "<top>", "kind": site.kind,
                 "tokens": site.tokens, "text": text, "pattern": site.pattern, "layout": site.layout,
                 "shape": site.shape_text, "dtype": site.dtype, "plan": plan,
-                "kernel": LOWERED_KERNEL if lowered else ran[1].describe() if ran else "-",
+                "kernel": lowered.kernel if lowered else ran[1].describe() if ran else "-",
                 "kernel_op": "aten.scaled_dot_product_attention" if lowered else ran[0] if ran else None,
-                "kernel_from_cache": None if lowered else ran[1].from_cache if ran else None,
-                "lowered": lowered,
+                "kernel_from_cache": lowered.kernel_from_cache if lowered else ran[1].from_cache if ran else None,
+                "lowered": lowered is not None,
                 "note": note,
             })
         return rows

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 E2E = ROOT / "benchmarks" / "e2e.py"
 ATTENTION = ROOT / "benchmarks" / "attention.py"
 MASKED = ROOT / "benchmarks" / "masked_attention.py"
+OVERHEAD = ROOT / "benchmarks" / "overhead.py"
 TIMEOUT_S = 300
 # Variants whose features exist today: they must produce numbers, not a reason.
 MUST_RUN = ("eager", "compile", "ditaccel-dense", "ditaccel-cache", "ditaccel-quant")
@@ -115,6 +116,31 @@ def test_masked_attention_cpu_smoke(tmp_path):
     assert results["ours-dense"]["rel_l2_vs_sdpa_masked"] < 1e-5  # exact with the padding
     assert results["ours-int8"]["rel_l2_vs_sdpa_masked"] < 4e-2
     assert all(_number(r["ms"]) for r in results.values())
+
+
+def test_overhead_cpu_smoke(tmp_path):
+    """The overhead benchmark runs (it times on the CPU too) and its profile sees the mechanism:
+    default ditaccel runs no op of ours and no more transposes than torch.compile; the opaque
+    variant runs one op per attention call."""
+    out = tmp_path / "overhead.json"
+    proc = _run(OVERHEAD, "--cpu-smoke", "--models", "wan2.1-tiny", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    rows = {(r["variant"], r["what"]): r for r in data["rows"]}
+    assert set(rows) == {(v, w) for v in ("compile", "ditaccel", "ditaccel-opaque") for w in ("call", "generation")}
+    for r in rows.values():
+        assert _number(r["median"]) and _number(r["vs_compile"]) and len(r["times"]) == 2, r
+        assert r["max_rel_diff"] < 1e-5, r
+    assert rows["compile", "call"]["vs_compile"] == pytest.approx(1.0)
+    prof = {p["variant"]: p for p in data["profile"]}
+    steps = data["args"]["steps"]
+    assert prof["compile"]["attention_op_calls"] == prof["ditaccel"]["attention_op_calls"] == 0
+    assert prof["ditaccel-opaque"]["attention_op_calls"] > 0
+    assert prof["ditaccel-opaque"]["attention_op_calls"] % steps == 0
+    assert prof["ditaccel"]["transposes"] == prof["compile"]["transposes"] < prof["ditaccel-opaque"]["transposes"]
+    assert prof["ditaccel"]["copies"] == prof["compile"]["copies"]
+    for key in ("torch", "date", "command", "device"):
+        assert key in data["environment"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is present")

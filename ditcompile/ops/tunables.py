@@ -32,7 +32,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -492,23 +492,30 @@ def run_tuned(problem: AttentionProblem, plan: AttentionPlan) -> Tensor:
     return candidate.run(problem)
 
 
+class SdpaCheck(NamedTuple):
+    """`sdpa_override`'s answer: `keep` is why another kernel than plain SDPA may run (the
+    backend then keeps the site as `ditaccel::attention`), None when SDPA is what runs;
+    `cached` says the tuning cache holds a fresh entry for the problem whose winner is SDPA."""
+    keep: Optional[str]
+    cached: bool = False
+
+
 def sdpa_override(q: Tensor, k: Tensor, v: Tensor, layout: str, is_causal: bool, mask_kind: str,
-                  plan: AttentionPlan) -> Optional[str]:
-    """Why a dense SDPA plan may run another kernel than plain SDPA at run time (the backend then
-    keeps the site as `ditaccel::attention` instead of lowering it to aten SDPA), or None.
+                  plan: AttentionPlan) -> SdpaCheck:
+    """Whether a dense SDPA plan may run another kernel than plain SDPA at run time.
 
     q, k, v: the site's example values (fake tensors; sizes may be symbolic); layout "bhsd" or
-    "bshd". Reasons: `recording()` is on (`ditaccel autotune` traces the op's calls); the plan's
-    autotune mode is "online" (tuned at the first call); the tuning cache holds a fresh winner
-    other than "sdpa" for this problem -- for symbolic lengths, for any length with this dtype,
-    layout, heads, head dim, causality and mask kind. Never raises: an unreadable cache reads as
-    empty (the default, SDPA, is what would run)."""
+    "bshd". Reasons to keep the op: `recording()` is on (`ditaccel autotune` traces the op's
+    calls); the plan's autotune mode is "online" (tuned at the first call); the tuning cache
+    holds a fresh winner other than "sdpa" for this problem -- for symbolic lengths, for any
+    length with this dtype, layout, heads, head dim, causality and mask kind. Never raises: an
+    unreadable cache reads as empty (the default, SDPA, is what would run)."""
     if is_recording():
-        return "kept as ditaccel::attention while `ditaccel autotune` records the calls"
+        return SdpaCheck("kept as ditaccel::attention while `ditaccel autotune` records the calls")
     if plan.autotune == "off":
-        return None
+        return SdpaCheck(None)
     if plan.autotune == "online":
-        return "autotune.mode='online' picks the kernel at the first call"
+        return SdpaCheck("autotune.mode='online' picks the kernel at the first call")
     sd, hd = seq_dim(layout), heads_dim(layout)
     fields: dict = dict(dtype=q.dtype, layout=layout, causal=bool(is_causal), mask=mask_kind, quant="none")
     for name, size in (("heads", q.shape[hd]), ("head_dim", q.shape[-1])):
@@ -522,13 +529,13 @@ def sdpa_override(q: Tensor, k: Tensor, v: Tensor, layout: str, is_causal: bool,
     try:
         winners = autotuner(plan.autotune, plan.autotune_dir).cached_winners(TUNABLES[DENSE], q.device, **fields)
     except Exception:  # noqa: BLE001 -- a cache that cannot be read means the default (SDPA) runs
-        return None
+        return SdpaCheck(None)
     other = sorted({w for w in winners.values() if w != SDPA})
     if not other:
-        return None
+        return SdpaCheck(None, cached=static and bool(winners))
     where = "this shape" if static else "shapes like this one (dynamic shapes: chosen per call)"
-    return f"the tuning cache picks {', '.join(other)} for {where}"
+    return SdpaCheck(f"the tuning cache picks {', '.join(other)} for {where}")
 
 
-__all__ = ["run_tuned", "sdpa_override", "clone_problem", "AttentionProblem", "TUNABLES", "DENSE", "SPARSE", "INT8", "SDPA", "REFERENCE", "problem_key",
+__all__ = ["run_tuned", "sdpa_override", "SdpaCheck", "clone_problem", "AttentionProblem", "TUNABLES", "DENSE", "SPARSE", "INT8", "SDPA", "REFERENCE", "problem_key",
            "reference_rows", "rows_error", "tolerance", "flex_block_mask", "TRITON"]

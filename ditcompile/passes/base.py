@@ -43,6 +43,8 @@ class SiteDecision:
     action: str                     # REWRITTEN, KEPT, PLANNED or LOWERED
     plan: Optional[str] = None      # short plan description after this pass, e.g. "dense/sdpa"
     reason: Optional[str] = None    # why it was kept, or a note on the plan (why not sparse, density)
+    kernel: Optional[str] = None    # what runs, when a pass fixes it at compile time (lowered sites)
+    kernel_from_cache: Optional[bool] = None  # that choice confirmed by the tuning cache
 
 
 @dataclass

@@ -38,12 +38,14 @@ from ..geometry import BSHD
 from ..graph.fx_edit import add_node
 from ..graph.fx_utils import erase_if_unused, example_value, is_seq_head_swap
 from ..ops.attention import GRID_ARG, MASK_ARG
-from ..ops.tunables import sdpa_override
+from ..ops.tunables import SdpaCheck, sdpa_override
 from ..plans import AttentionPlan
 from .base import LOWERED, PLANNED, DitPass, PassContext, PassReport, SiteDecision, attention_nodes
 
 LOWERED_KERNEL = "aten SDPA (lowered: compiled by Inductor)"
 """What the explain report's kernel column says for a lowered site."""
+LOWERED_KERNEL_CACHED = "aten SDPA (lowered; cache: sdpa)"
+"""... and for one whose tuning-cache entry names SDPA the winner."""
 
 
 def lowerable(plan: AttentionPlan) -> bool:
@@ -67,13 +69,14 @@ class DenseLoweringPass(DitPass):
                 continue
             q, k, v, layout, _scale, is_causal = node.args[:6]
             values = [example_value(t) for t in (q, k, v)]
-            why = None if None in values else sdpa_override(*values, layout, is_causal, plan.mask, plan)
-            if why is not None:
-                report.decisions.append(SiteDecision(index, site_paths.get(index, plan.site_path), PLANNED,
-                                                     reason=f"kept as ditaccel::attention: {why}"))
+            check = SdpaCheck(None) if None in values else sdpa_override(*values, layout, is_causal, plan.mask, plan)
+            path = site_paths.get(index, plan.site_path)
+            if check.keep is not None:
+                report.decisions.append(SiteDecision(index, path, PLANNED, reason=f"kept as ditaccel::attention: {check.keep}"))
                 continue
             lower_node(gm.graph, node)
-            report.decisions.append(SiteDecision(index, site_paths.get(index, plan.site_path), LOWERED))
+            report.decisions.append(SiteDecision(index, path, LOWERED, kernel_from_cache=check.cached,
+                                                 kernel=LOWERED_KERNEL_CACHED if check.cached else LOWERED_KERNEL))
         return report
 
 
