@@ -6,7 +6,8 @@ Registered through the `torch_dynamo_backends` entry point, so no import is need
 Dynamo graph:
 
     1. `resolve_config(options)`        bad options raise ConfigError here, before any work
-    2. `analyze_graph(...)`             attention/linear sites, token grid, text segment
+    2. `rewrite_valid_token_selections` valid-token selections (nonzero) -> key-padding masks
+       `analyze_graph(...)`             attention/linear sites, token grid, text segment
     3. `PassManager.from_config(...)`   ordered passes edit a copy of the graph
     4. the explain report is logged (INFO, logger "ditcompile") and handed to `explain()`
     5. `compile_fx` (Inductor), or the rewritten graph itself with `compiler="eager"`
@@ -28,8 +29,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
+from .compat import DynamoConfigPatch
 from .config import ConfigError, DitConfig, inductor_patch_dict, resolve_config
 from .graph.analysis import analyze_graph
+from .graph.valid_tokens import data_dependent_ops, rewrite_valid_token_selections
 from .graph.sites import GraphAnalysis
 from .ops.attention import host_sync_reason
 from .passes.base import PassContext, attention_nodes, step_dependent
@@ -79,6 +82,19 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
     return compiled
 
 
+def trace_context_for(options: Any) -> Optional[Callable[[], Any]]:
+    """What Dynamo enters around each call of a model compiled for ditaccel with `options`, so
+    around its tracing (`compat.trace_context_of`): `capture_dynamic_output_shape_ops` on unless
+    `graph.capture_dynamic_output_shape_ops` is false. Raises ConfigError for bad options."""
+    config = resolve_config(options)
+    if not config.graph.capture_dynamic_output_shape_ops:
+        return None
+    return functools.partial(DynamoConfigPatch, capture_dynamic_output_shape_ops=True)
+
+
+ditaccel_backend.trace_context_for = trace_context_for  # read by compat's get_compiler_fn
+
+
 def host_sync_reasons(gm: fx.GraphModule) -> list[str]:
     """Why calls of the graph's `ditaccel::attention` nodes read tensor values on the host (the
     graph then runs without CUDA graphs; `ops.attention.host_sync_reason`). Empty for a graph
@@ -123,6 +139,7 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Dit
     manager = PassManager.from_config(config)
     work = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     try:
+        notes = rewrite_valid_token_selections(work) + data_dependent_ops(work)
         analysis = analyze_graph(work, example_inputs, config.graph.token_grid, config.graph.text_position)
         ctx = PassContext(config, analysis, example_inputs, name=f"graph {graph_id}",
                           frame=compile_id.frame_id if compile_id is not None else None)
@@ -135,8 +152,9 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], config: Dit
         error = f"{type(err).__name__}: {err}"
         return GraphReport(graph_id, GraphAnalysis.empty(), [], manager.names(), manager.uuid(), config.compiler,
                            config.preset, error=error), gm, None
-    return GraphReport(graph_id, analysis, reports, manager.names(), manager.uuid(), config.compiler,
-                       config.preset), work, ctx
+    report = GraphReport(graph_id, analysis, reports, manager.names(), manager.uuid(), config.compiler, config.preset)
+    report.notes.extend(notes)
+    return report, work, ctx
 
 
 _SAID: dict[int, set[str]] = {}  # Dynamo frame id -> warnings already given for its graphs

@@ -1,4 +1,5 @@
-"""Model code patterns Dynamo cannot trace, replaced by equivalents it can (issue 13, item 3).
+"""Model code patterns Dynamo cannot trace, replaced by equivalents it can (issue 13, item 3),
+and a trace-time context for backends (issue 16).
 
 ``torch.backends.cuda.sdp_kernel(...)`` (deprecated since torch 2.3, still in Open-Sora-style
 code around each attention call) is a generator-based context manager that Dynamo does not
@@ -8,11 +9,19 @@ does before tracing -- with :func:`sdp_kernel`, which enables the same SDPA back
 ``torch.nn.attention.sdpa_kernel`` (traced by Dynamo) and gives the same ``FutureWarning`` when
 run eagerly. Code that bound the original before ditcompile was imported (``from
 torch.backends.cuda import sdp_kernel``) keeps it; :func:`uninstall` restores it.
+
+Trace-time context: Dynamo enters a backend's ``backend_ctx_ctor()`` around every call of the
+compiled function (so around tracing too), but ``torch.compile(backend=..., options=...)``
+wraps the backend in ``torch._TorchCompileWrapper``, which drops that attribute. The installed
+``torch._dynamo.eval_frame.get_compiler_fn`` gives it back: when the backend function (or the
+one inside torch.compile's wrapper) has ``trace_context_for(options)``, its result (a factory of
+context managers, or None) becomes the ``backend_ctx_ctor``. ditaccel uses it to turn on
+``capture_dynamic_output_shape_ops`` while Dynamo traces for it, and only then.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 import torch.backends.cuda as _cuda_backends
@@ -36,7 +45,9 @@ def sdp_kernel(enable_flash: bool = True, enable_math: bool = True, enable_mem_e
 
 
 def install() -> bool:
-    """Put :func:`sdp_kernel` in place of torch's (idempotent). False when this torch has none."""
+    """Put :func:`sdp_kernel` in place of torch's and the trace-context forwarding in place of
+    Dynamo's ``get_compiler_fn`` (idempotent). False when this torch has no ``sdp_kernel``."""
+    install_trace_context()
     if _ORIGINAL is None:
         return False
     _cuda_backends.sdp_kernel = sdp_kernel
@@ -44,9 +55,83 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    """Restore torch's own ``torch.backends.cuda.sdp_kernel``."""
+    """Restore torch's own ``torch.backends.cuda.sdp_kernel`` and ``get_compiler_fn``."""
     if _ORIGINAL is not None:
         _cuda_backends.sdp_kernel = _ORIGINAL
+    if _ORIGINAL_GET_COMPILER_FN is not None:
+        _eval_frame.get_compiler_fn = _ORIGINAL_GET_COMPILER_FN
 
 
-__all__ = ["sdp_kernel", "install", "uninstall"]
+try:
+    import torch._dynamo.eval_frame as _eval_frame
+    _ORIGINAL_GET_COMPILER_FN: Any = getattr(_eval_frame, "get_compiler_fn", None)
+except Exception:  # noqa: BLE001 -- a torch without Dynamo: nothing to forward
+    _eval_frame, _ORIGINAL_GET_COMPILER_FN = None, None
+
+
+def trace_context_of(compiler_fn: Any) -> Optional[Callable[[], Any]]:
+    """The trace-time context factory of a backend as `torch.compile` or `torch._dynamo.optimize`
+    hands it to Dynamo: the backend itself, a registered name, or torch.compile's wrapper
+    (``compiler_fn`` + ``kwargs["options"]``). None when it declares none or its options are bad
+    (the backend raises about them when it is called)."""
+    options = None
+    inner = compiler_fn
+    if hasattr(compiler_fn, "compiler_fn") and isinstance(getattr(compiler_fn, "kwargs", None), dict):
+        inner, options = compiler_fn.compiler_fn, compiler_fn.kwargs.get("options")
+    elif isinstance(compiler_fn, str):
+        try:
+            from torch._dynamo.backends.registry import lookup_backend
+            inner = lookup_backend(compiler_fn)
+        except Exception:  # noqa: BLE001 -- an unknown name: Dynamo says so itself
+            return None
+    factory = getattr(inner, "trace_context_for", None)
+    if not callable(factory):
+        return None
+    try:
+        return factory(options)
+    except Exception:  # noqa: BLE001 -- bad options surface when the backend runs
+        return None
+
+
+def _get_compiler_fn(compiler_fn: Any) -> Any:
+    wrapped = _ORIGINAL_GET_COMPILER_FN(compiler_fn)
+    ctor = trace_context_of(compiler_fn)
+    if ctor is not None and getattr(wrapped, "backend_ctx_ctor", None) is None:
+        try:
+            wrapped.backend_ctx_ctor = ctor
+        except AttributeError:  # a wrapper type that takes no attributes: trace as Dynamo would
+            pass
+    return wrapped
+
+
+def install_trace_context() -> bool:
+    """Install the forwarding (idempotent); False when this torch's Dynamo has no
+    ``get_compiler_fn`` to wrap (backends then trace with Dynamo's defaults)."""
+    if _ORIGINAL_GET_COMPILER_FN is None:
+        return False
+    _eval_frame.get_compiler_fn = _get_compiler_fn
+    return True
+
+
+class DynamoConfigPatch:
+    """A cheap context manager that sets `torch._dynamo.config` attributes and restores them
+    (entered around every call of a compiled function, so it avoids `config.patch`'s setup)."""
+
+    def __init__(self, **changes: Any) -> None:
+        self.changes = changes
+        self.saved: list[dict] = []
+
+    def __enter__(self) -> "DynamoConfigPatch":
+        config = torch._dynamo.config
+        self.saved.append({name: getattr(config, name) for name in self.changes})
+        for name, value in self.changes.items():
+            setattr(config, name, value)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        config = torch._dynamo.config
+        for name, value in self.saved.pop().items():
+            setattr(config, name, value)
+
+
+__all__ = ["sdp_kernel", "install", "uninstall", "install_trace_context", "trace_context_of", "DynamoConfigPatch"]

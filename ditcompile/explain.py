@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .autotune import clear_recorded_choices, recorded_choices
-from .backend import _REPORT_SINK, ditaccel_backend
+from .backend import _REPORT_SINK, ditaccel_backend, trace_context_for
 from .config import resolve_config
 from .report import Explanation
 from .runtime.state import request_scope
@@ -34,6 +34,8 @@ def explain(model: Any, *args: Any, options: Any = None, strict: bool = False, f
 
     def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
         return ditaccel_backend(gm, example_inputs, options=config)
+
+    backend.trace_context_for = lambda _options: trace_context_for(config)  # type: ignore[attr-defined]
 
     clear_recorded_choices()
     try:

@@ -36,3 +36,29 @@ def count_eager_attention(model, inputs: dict) -> AttentionCounter:
     with torch.no_grad(), counter:
         run_model(model, inputs)
     return counter
+
+
+class ExecutedAttention:
+    """Counts attention calls executed by compiled graphs: our op, and SDPA calls left alone.
+
+    Our op's implementation calls `ops.attention.run_plan`; a kept SDPA call in a graph's generated code
+    looks up `torch._C._nn.scaled_dot_product_attention` at run time. Both are wrapped.
+    """
+
+    def __init__(self, monkeypatch):
+        from ditcompile.ops import attention as ops
+
+        self.ours = 0
+        self.kept = 0
+        dense, sdpa = ops.run_plan, torch._C._nn.scaled_dot_product_attention
+
+        def counting_dense(*args, **kwargs):
+            self.ours += 1
+            return dense(*args, **kwargs)
+
+        def counting_sdpa(*args, **kwargs):
+            self.kept += 1
+            return sdpa(*args, **kwargs)
+
+        monkeypatch.setattr(ops, "run_plan", counting_dense)
+        monkeypatch.setattr(torch._C._nn, "scaled_dot_product_attention", counting_sdpa)

@@ -11,7 +11,7 @@ import torch
 import ditcompile
 from tests.models.zoo import TINY_MODELS, get_tiny_model, run_model
 
-from .attention_counting import count_eager_attention
+from .attention_counting import ExecutedAttention, count_eager_attention
 
 MODELS = sorted(TINY_MODELS)
 
@@ -21,32 +21,6 @@ def options_for(spec, **extra):
     if spec.preset != "manual":
         options["preset"] = spec.preset
     return options
-
-
-class ExecutedAttention:
-    """Counts attention calls executed by compiled graphs: our op, and SDPA calls left alone.
-
-    Our op's implementation calls `ops.attention.run_plan`; a kept SDPA call in a graph's generated code
-    looks up `torch._C._nn.scaled_dot_product_attention` at run time. Both are wrapped.
-    """
-
-    def __init__(self, monkeypatch):
-        from ditcompile.ops import attention as ops
-
-        self.ours = 0
-        self.kept = 0
-        dense, sdpa = ops.run_plan, torch._C._nn.scaled_dot_product_attention
-
-        def counting_dense(*args, **kwargs):
-            self.ours += 1
-            return dense(*args, **kwargs)
-
-        def counting_sdpa(*args, **kwargs):
-            self.kept += 1
-            return sdpa(*args, **kwargs)
-
-        monkeypatch.setattr(ops, "run_plan", counting_dense)
-        monkeypatch.setattr(torch._C._nn, "scaled_dot_product_attention", counting_sdpa)
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -160,15 +134,17 @@ def test_fullgraph_has_no_break_from_the_backend(case):
 
 
 def test_model_with_graph_breaks_is_reported_per_graph_and_stays_exact():
-    """Mochi without fullgraph: Dynamo breaks at torch.nonzero; the joint attention runs outside
-    every graph. Each graph is reported, and the output still equals eager."""
+    """Mochi traced as Dynamo does by default (graph.capture_dynamic_output_shape_ops=false):
+    Dynamo breaks at torch.nonzero; the joint attention runs outside every graph. Each graph is
+    reported, and the output still equals eager."""
     spec = get_tiny_model("mochi-tiny")
     torch.manual_seed(0)
     model = spec.build()
     inputs = spec.make_inputs(seed=6)
-    report = ditcompile.explain(model, **inputs, options=options_for(spec))
+    options = options_for(spec, **{"graph.capture_dynamic_output_shape_ops": False})
+    report = ditcompile.explain(model, **inputs, options=options)
     assert len(report.graphs) > 1 and "graph breaks" in report.format()
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend="ditaccel", options=options_for(spec))
+    compiled = torch.compile(model, backend="ditaccel", options=options)
     with torch.no_grad():
         torch.testing.assert_close(run_model(compiled, inputs), run_model(model, inputs), rtol=1e-5, atol=1e-5)

@@ -32,6 +32,12 @@ class GraphConfig:
     """(frames, height, width) of the video tokens after patching; overrides discovery."""
     text_position: str = field(default="auto", metadata=_choices("auto", "before", "after", "none"))
     """Where text sits in joint attention; "auto" discovers it from the concatenation."""
+    capture_dynamic_output_shape_ops: bool = True
+    """While Dynamo traces a model for ditaccel, capture operators whose output size depends on
+    the data (`torch.nonzero`, boolean indexing) instead of breaking the graph there
+    (`torch._dynamo.config.capture_dynamic_output_shape_ops`); valid-token selections before
+    attention (Mochi) are then rewritten as key-padding masks on static shapes. Takes effect
+    through `torch.compile(..., options=...)` and `explain()`; False traces as Dynamo's default."""
 
     def __post_init__(self) -> None:
         check_section(self)

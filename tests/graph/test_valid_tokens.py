@@ -1,0 +1,217 @@
+"""Valid-token selection before attention (issue 16): Mochi's `torch.nonzero` text selection is
+traced into one graph under a default `torch.compile(backend="ditaccel")` and rewritten as a
+key-padding mask on static shapes.
+
+References: the eager model (outputs, on padded, unpadded, holed and empty prompts, batch 1 and
+2), the eager count of attention calls, and Dynamo's own graph count with its default config.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import ditcompile
+from ditcompile.graph.valid_tokens import rewrite_valid_token_selections
+from tests.attention_counting import ExecutedAttention, count_eager_attention
+from tests.models.zoo import get_tiny_model, run_model
+
+MASKS = {  # 10 text tokens; batch 2 rows
+    "unpadded": [[1] * 10, [1] * 10],
+    "padded": [[1] * 7 + [0] * 3, [1] * 4 + [0] * 6],
+    "holes": [[1, 0, 1, 1, 0, 0, 1, 0, 1, 0], [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]],
+    "empty": [[0] * 10, [1] * 2 + [0] * 8],
+}
+
+
+def mochi_inputs(spec, batch_size: int, mask: str, seed: int) -> dict:
+    inputs = spec.make_inputs(batch_size=batch_size, seed=seed)
+    inputs["encoder_attention_mask"] = torch.tensor(MASKS[mask][:batch_size], dtype=torch.bool)
+    return inputs
+
+
+@pytest.fixture(scope="module")
+def mochi():
+    spec = get_tiny_model("mochi-tiny")
+    torch.manual_seed(0)
+    return spec, spec.build()
+
+
+class GraphCount:
+    """A backend that counts Dynamo graphs, then hands each to ditaccel (or runs it as traced)."""
+
+    def __init__(self, options=None, ours: bool = True):
+        self.graphs = 0
+        self.options, self.ours = options, ours
+        if ours:
+            self.trace_context_for = lambda _options: ditcompile.backend.trace_context_for(options)
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        if not self.ours:
+            return gm.forward
+        return ditcompile.ditaccel_backend(gm, example_inputs, options=self.options)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_default_compile_rewrites_every_joint_site_in_one_graph_and_equals_eager(mochi, monkeypatch, batch_size):
+    spec, model = mochi
+    options = {"preset": "mochi", "compiler": "eager", "strict": True}
+    inputs = mochi_inputs(spec, batch_size, "padded", seed=1)
+    eager_calls = count_eager_attention(model, inputs).total
+    report = ditcompile.explain(model, **inputs, options=options)  # no fullgraph, no flags
+    assert len(report.graphs) == 1
+    rows = report.graphs[0].rows()
+    assert len(rows) == eager_calls and all(r["plan"] != "original" for r in rows)
+    joint = [r for r in rows if r["kind"] == "joint"]
+    assert len(joint) == 2 * batch_size  # two blocks, one call per batch element as in eager
+    assert all(r["text"] == "text after (10)" and "key-padding" in r["plan"] for r in joint)
+    assert any("valid-token selection" in n for n in report.graphs[0].notes)
+    assert not any("data-dependent" in n for n in report.graphs[0].notes)
+
+    torch._dynamo.reset()
+    counting = GraphCount(options)
+    compiled = torch.compile(model, backend=counting)
+    opaque = torch.compile(model, backend="ditaccel", options={**options, "attention.lower_dense": False})
+    with torch.no_grad():
+        for mask in MASKS:
+            inputs = mochi_inputs(spec, batch_size, mask, seed=2)
+            expected = run_model(model, inputs)
+            torch.testing.assert_close(run_model(compiled, inputs), expected, rtol=1e-5, atol=1e-5)
+            run_model(opaque, inputs)
+            executed = ExecutedAttention(monkeypatch)
+            torch.testing.assert_close(run_model(opaque, inputs), expected, rtol=1e-5, atol=1e-5)
+            assert executed.ours == eager_calls and executed.kept == 0, mask
+            monkeypatch.undo()
+    assert counting.graphs == 1  # one graph for every mask: no recompile per valid length
+
+
+def test_dynamo_default_still_breaks_and_the_capture_is_scoped_to_ditaccel(mochi):
+    spec, model = mochi
+    inputs = mochi_inputs(spec, 2, "padded", seed=3)
+    torch._dynamo.reset()
+    plain = GraphCount(ours=False)
+    with torch.no_grad():
+        run_model(torch.compile(model, backend=plain), inputs)
+    assert plain.graphs > 1  # Dynamo's own default: a break at torch.nonzero
+    assert torch._dynamo.config.capture_dynamic_output_shape_ops is False
+    torch._dynamo.reset()
+    off = GraphCount({"preset": "mochi", "compiler": "eager", "graph.capture_dynamic_output_shape_ops": False})
+    with torch.no_grad():
+        out = run_model(torch.compile(model, backend=off), inputs)
+    assert off.graphs == plain.graphs
+    torch.testing.assert_close(out, run_model(model, inputs), rtol=1e-5, atol=1e-5)
+    assert torch._dynamo.config.capture_dynamic_output_shape_ops is False
+
+
+def test_preset_plans_and_step_cache_apply_to_mochi(mochi):
+    spec, model = mochi
+    options = {"preset": "mochi", "compiler": "eager", "strict": True, "sparse.enabled": True,
+               "sparse.min_tokens": 0, "sparse.dense_steps": 0, "attention.quant": "int8", "cache.enabled": True,
+               "cache.threshold": 0.5}
+    inputs = mochi_inputs(spec, 2, "padded", seed=4)
+    report = ditcompile.explain(model, **inputs, options=options)
+    assert len(report.graphs) == 1
+    joint = [r for r in report.graphs[0].rows() if r["kind"] == "joint"]
+    assert joint and all(r["plan"].startswith("sparse/") and "int8" in r["plan"] for r in joint)
+    assert "note: step cache teacache" in report.format()  # the graph splits at block boundaries
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ditaccel", options=options)
+    ditcompile.new_generation(compiled)
+    with torch.no_grad():
+        for t in (999.0, 990.0, 980.0, 970.0):
+            inputs["timestep"] = torch.full((2,), t)
+            run_model(compiled, inputs)
+    (state,) = ditcompile.cache_stats(compiled)
+    (branch,) = state["current"].values()
+    assert branch["computed"] + branch["reused"] == 4 and branch["pattern"][0] is True  # decisions made
+
+
+class TextFirstBooleanIndex(nn.Module):
+    """Another spelling: text before video, selected with a boolean mask (`x[:, :, m]`), one
+    batch element at a time, padded back to the full length."""
+
+    def __init__(self, dim=32, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.ctx_qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, hidden_states, encoder_hidden_states, encoder_attention_mask):
+        b, s, c = hidden_states.shape
+        t = encoder_hidden_states.shape[1]
+        q, k, v = (x.unflatten(2, (self.heads, -1)).transpose(1, 2) for x in self.qkv(hidden_states).chunk(3, -1))
+        cq, ck, cv = (x.unflatten(2, (self.heads, -1)).transpose(1, 2)
+                      for x in self.ctx_qkv(encoder_hidden_states).chunk(3, -1))
+        outs = []
+        for i in range(b):
+            m = encoder_attention_mask[i]
+            qi = torch.cat([cq[i:i + 1, :, m], q[i:i + 1]], dim=2)
+            ki = torch.cat([ck[i:i + 1, :, m], k[i:i + 1]], dim=2)
+            vi = torch.cat([cv[i:i + 1, :, m], v[i:i + 1]], dim=2)
+            o = F.scaled_dot_product_attention(qi, ki, vi)
+            outs.append(F.pad(o, (0, 0, 0, s + t - o.size(2))))
+        o = torch.cat(outs).transpose(1, 2).flatten(2)
+        return self.out(o)
+
+
+def test_boolean_index_and_text_first_are_rewritten_too():
+    torch.manual_seed(0)
+    model = TextFirstBooleanIndex()
+    counting = GraphCount({"compiler": "eager", "strict": True})
+    compiled = torch.compile(model, backend=counting)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for mask in MASKS.values():
+            x, ctx = torch.randn(2, 12, 32, generator=g), torch.randn(2, 10, 32, generator=g)
+            m = torch.tensor(mask, dtype=torch.bool)
+            torch.testing.assert_close(compiled(x, ctx, m), model(x, ctx, m), rtol=1e-5, atol=1e-5)
+    assert counting.graphs == 1
+    report = ditcompile.explain(model, x, ctx, m, options={"compiler": "eager", "strict": True})
+    assert len(report.graphs) == 1 and len(report.sites) == 2
+    assert all("key-padding" in r["plan"] for r in report.graphs[0].rows())
+
+
+class UnpaddedSelection(nn.Module):
+    """The selected attention's output is used at its data-dependent length (no pad back): not
+    the pattern; the selection stays and the report says a data-dependent size is kept."""
+
+    def forward(self, q, k, v, mask):
+        idx = torch.nonzero(mask).flatten()
+        o = F.scaled_dot_product_attention(q[:, :, idx], k[:, :, idx], v[:, :, idx])
+        return o.sum(dim=2)
+
+
+def test_a_selection_that_does_not_fit_stays_and_is_reported():
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 2, 10, 8, generator=g) for _ in range(3))
+    mask = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)
+    model = UnpaddedSelection()
+    report = ditcompile.explain(model, q, k, v, mask, options={"compiler": "eager"})
+    notes = [n for g_ in report.graphs for n in g_.notes]
+    assert any("data-dependent size kept: torch.nonzero" in n for n in notes), notes
+    torch._dynamo.reset()
+    out = torch.compile(model, backend="ditaccel", options={"compiler": "eager"})(q, k, v, mask)
+    torch.testing.assert_close(out, model(q, k, v, mask), rtol=1e-5, atol=1e-5)
+
+
+def test_rewrite_leaves_graphs_without_the_pattern_alone():
+    def f(x, y):
+        return F.scaled_dot_product_attention(torch.cat([x, y], dim=2), x.repeat(1, 1, 2, 1), x.repeat(1, 1, 2, 1))
+
+    gm = torch.fx.symbolic_trace(f)
+    before = str(gm.graph)
+    assert rewrite_valid_token_selections(gm) == [] and str(gm.graph) == before
+
+
+def test_mochi_through_inductor_equals_eager(mochi):
+    spec, model = mochi
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ditaccel", options={"preset": "mochi"})
+    with torch.no_grad():
+        for mask in ("padded", "holes"):
+            inputs = mochi_inputs(spec, 2, mask, seed=7)
+            torch.testing.assert_close(run_model(compiled, inputs), run_model(model, inputs), rtol=1e-5, atol=1e-5)
