@@ -75,11 +75,31 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
         sink.append(report)
     if ctx is not None and ctx.runner_factory is not None:
         return ctx.runner_factory(lambda piece: _compile_piece(piece, config, mode, no_cudagraphs))
-    compiled = compiled_gm.forward if config.compiler == "eager" else _inductor(
-        compiled_gm, example_inputs, config, mode, no_cudagraphs)
+    compiled = compiled_gm.forward if config.compiler == "eager" else _inductor_or_uncompiled(
+        compiled_gm, example_inputs, config, mode, no_cudagraphs, report)
     if needs_step:
         return StepTrackingCall(compiled, ctx.call_observer())
     return compiled
+
+
+def _inductor_or_uncompiled(gm: fx.GraphModule, example_inputs: Sequence[Any], config: DitConfig,
+                            mode: Optional[str], no_cudagraphs: bool, report: GraphReport) -> Callable:
+    """Inductor's compiled graph; for a graph that still holds data-dependent sizes (captured
+    because ditaccel traces with `capture_dynamic_output_shape_ops`) that Inductor fails on, the
+    graph itself, uncompiled, with a warning: without the capture Dynamo would have broken the
+    graph there and run those operations eagerly too. Other Inductor errors propagate."""
+    try:
+        return _inductor(gm, example_inputs, config, mode, no_cudagraphs)
+    except Exception as err:
+        kept = data_dependent_ops(gm)
+        if not kept or config.strict:
+            raise
+        why = (f"Inductor failed on this graph's data-dependent sizes ({kept[0].split(': ', 1)[-1].split(' (')[0]}; "
+               f"{type(err).__name__}: {str(err).splitlines()[0][:160]}); it runs uncompiled. Set "
+               "graph.capture_dynamic_output_shape_ops=false to let Dynamo break the graph there instead")
+        report.notes.append(why)
+        log.warning("ditaccel %s: %s", report.graph_id, why)
+        return gm.forward
 
 
 def trace_context_for(options: Any) -> Optional[Callable[[], Any]]:
@@ -118,7 +138,9 @@ def features_off(report: GraphReport, config: DitConfig, ctx: Optional[PassConte
                     f"{report.analysis.unmatched_softmax} softmax call(s) kept as written (attention written with "
                     "einsum, or another spelling than SDPA / matmul-softmax-matmul?)"]
         return []
-    out = []
+    out = [f"{note}; attention here may see sizes known only at run time. Set "
+           "graph.capture_dynamic_output_shape_ops=false to trace as Dynamo does by default (a graph break there)"
+           for note in report.notes if note.startswith("data-dependent size kept")][:1]
     if config.attention.enabled and config.sparse.enabled:
         rows = report.rows()
         if not any(r["plan"].startswith("sparse") for r in rows):
