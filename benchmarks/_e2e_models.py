@@ -50,6 +50,12 @@ CONFIGS: dict[str, dict] = {
         temporal_interpolation_scale=1.0, use_rotary_positional_embeddings=True,
         use_learned_positional_embeddings=False,
     ),
+    # genmo/mochi-1-preview, transformer/config.json
+    "mochi-1": dict(
+        patch_size=2, num_attention_heads=24, attention_head_dim=128, num_layers=48, pooled_projection_dim=1536,
+        in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=4096, time_embed_dim=256,
+        activation_fn="swiglu", max_sequence_length=256,
+    ),
     # black-forest-labs/FLUX.1-dev, transformer/config.json
     "flux-dev": dict(
         patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -100,6 +106,7 @@ MODEL_SOURCES = {
     "hunyuan-video": "hunyuanvideo-community/HunyuanVideo transformer/config.json",
     "cogvideox-5b": "THUDM/CogVideoX-5b transformer/config.json",
     "flux-dev": "black-forest-labs/FLUX.1-dev transformer/config.json",
+    "mochi-1": "genmo/mochi-1-preview transformer/config.json",
     "wan2.1-tiny": "tiny Wan2.1 for --cpu-smoke (not a published model)",
 }
 
@@ -134,6 +141,13 @@ def _cogvideox_inputs(device, dtype, gen, negative=False) -> dict:
         "encoder_hidden_states": _randn((1, 226, 4096), device, dtype, gen),
         "image_rotary_emb": (cos, sin),
     }
+
+
+def _mochi_inputs(device, dtype, gen, negative=False) -> dict:
+    valid = 64  # a typical prompt: 64 of the T5 encoder's 256 tokens, the rest padding (prefix mask)
+    mask = torch.zeros(1, 256, dtype=torch.bool, device=device)
+    mask[:, :valid] = True
+    return {"encoder_hidden_states": _randn((1, 256, 4096), device, dtype, gen), "encoder_attention_mask": mask}
 
 
 def _flux_inputs(device, dtype, gen, negative=False) -> dict:
@@ -172,6 +186,12 @@ MODELS: dict[str, ModelSpec] = {
         "cogvideox-5b", "CogVideoXTransformer3DModel", (1, 13, 16, 60, 90), 13 * 30 * 45, 226, "cogvideox",
         scheduler=dict(shift=1.0), resolution="480x720, 49 frames", make_inputs=_cogvideox_inputs,
         note="flow-matching Euler stands in for CogVideoX's DPM scheduler",
+    ),
+    "mochi-1": ModelSpec(
+        # 480x848, 163 frames -> latents 28x60x106 -> 2x2 patches: 28 * 30 * 53 = 44,520 video tokens
+        "mochi-1", "MochiTransformer3DModel", (1, 12, 28, 60, 106), 28 * 30 * 53, 256, "mochi",
+        scheduler=dict(shift=1.0), resolution="480x848, 163 frames", make_inputs=_mochi_inputs,
+        note="flow-matching Euler with shift 1 stands in for Mochi's linear-quadratic schedule",
     ),
     "flux-dev": ModelSpec(
         "flux-dev", "FluxTransformer2DModel", (1, 4096, 64), 64 * 64, 512, "flux",

@@ -10,7 +10,8 @@ One process, one GPU, under 8 minutes (a time budget skips what would not fit)::
 Models (``--models``): diffusers transformers from their published configs with random bf16
 weights (``benchmarks/_e2e_models.py``) at the papers' resolutions -- Wan2.1-T2V-1.3B (default)
 and 14B at 480x832x81 (21x30x52 = 32,760 tokens, 512 text tokens), HunyuanVideo at 720p
-(118,800 tokens), CogVideoX-5B at 480x720x49 (17,550 tokens), FLUX.1-dev at 1024x1024.
+(118,800 tokens), CogVideoX-5B at 480x720x49 (17,550 tokens), FLUX.1-dev at 1024x1024, Mochi 1
+(10B) at 480x848x163 (28x30x53 = 44,520 tokens; 256 text tokens, 64 of them valid).
 
 For each variant, in this process, after ``torch._dynamo.reset()``:
 

@@ -39,3 +39,6 @@ timeout 120 python3 benchmarks/masked_attention.py --reps 3 --out "$OUT/masked_a
   | tee "$OUT/masked_attention.txt"
 echo "== end to end (Wan2.1-1.3B 480p, quick subset)"
 timeout 220 python3 benchmarks/e2e.py --quick --budget-s 200 --out "$OUT/e2e.json" 2>&1 | tail -30 | tee "$OUT/e2e.txt"
+echo "== Mochi 1 480p (issue 16 target: the preset's sparse plan below torch.compile's step time)"
+timeout 240 python3 benchmarks/e2e.py --models mochi-1 --quick --variants compile,ditaccel-dense,ditaccel-sparse-radial \
+  --budget-s 220 --out "$OUT/e2e_mochi.json" 2>&1 | tail -12 | tee "$OUT/e2e_mochi.txt"

@@ -215,3 +215,58 @@ def test_mochi_through_inductor_equals_eager(mochi):
         for mask in ("padded", "holes"):
             inputs = mochi_inputs(spec, 2, mask, seed=7)
             torch.testing.assert_close(run_model(compiled, inputs), run_model(model, inputs), rtol=1e-5, atol=1e-5)
+
+
+class _JointBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.o = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x, text, key_padding):
+        h = torch.cat([x, text], dim=1)
+        q, k, v = self.qkv(h).unflatten(2, (3, 2, 8)).permute(2, 0, 3, 1, 4)
+        o = self.o(F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding).transpose(1, 2).flatten(2))
+        return x + o[:, :x.shape[1]], text + o[:, x.shape[1]:]
+
+
+class ValidTokensFirst(nn.Module):
+    """HunyuanVideo 1.5 / HunyuanImage 2.1 style: each prompt's valid tokens are moved first with
+    boolean indexing (invalid ones after, zeroed) before the blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([_JointBlock(), _JointBlock()])
+
+    def forward(self, x, text, text_mask, text_2, text_mask_2):
+        new_t, new_m = [], []
+        for t1, m1, t2, m2 in zip(text, text_mask, text_2, text_mask_2):
+            new_t.append(torch.cat([t2[m2], t1[m1], t2[~m2], torch.zeros_like(t1[~m1])], dim=0))
+            new_m.append(torch.cat([m2[m2], m1[m1], m2[~m2], m1[~m1]], dim=0))
+        text, mask = torch.stack(new_t), torch.stack(new_m)
+        key_padding = F.pad(mask, (x.shape[1], 0), value=True)[:, None, None, :]
+        for block in self.blocks:
+            x, text = block(x, text, key_padding)
+        return x
+
+
+def test_a_reorder_before_the_blocks_traces_as_with_dynamos_default():
+    """The capture does not make such a model worse: Dynamo still breaks where the reordered
+    lengths reach attention, the blocks compile on their own with static shapes as without the
+    capture, and outputs equal eager."""
+    torch.manual_seed(0)
+    model = ValidTokensFirst()
+    g = torch.Generator().manual_seed(8)
+    x, t, t2 = torch.randn(2, 12, 16, generator=g), torch.randn(2, 6, 16, generator=g), torch.randn(2, 4, 16, generator=g)
+    masks = (torch.tensor([[1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 0, 1]]).bool(), torch.tensor([[1, 1, 0, 0], [0] * 4]).bool())
+    formats = []
+    for capture in (True, False):
+        torch._dynamo.reset()
+        options = {"compiler": "eager", "graph.capture_dynamic_output_shape_ops": capture}
+        report = ditcompile.explain(model, x, t, masks[0], t2, masks[1], options=options)
+        formats.append([r["plan"] for g_ in report.graphs for r in g_.rows()])
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="ditaccel", options=options)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x, t, *masks[:1], t2, masks[1]), model(x, t, masks[0], t2, masks[1]),
+                                       rtol=1e-5, atol=1e-5)
+    assert formats[0] == formats[1] and formats[0] and all("key-padding" in p for p in formats[0])
