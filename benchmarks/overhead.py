@@ -25,14 +25,15 @@ With ``--mode`` the mode goes to ``torch.compile(mode=...)`` and to ditaccel's `
 Per round and variant: one *call* row (``--calls`` transformer calls, time per call) and one
 *generation* row (a whole sampling loop). Reported per model and variant: the median over the
 rounds, the min-max spread (% of the median) and the speed relative to ``compile`` (its median
-/ the variant's: 1.0 = as fast, the issue's target is >= 0.99), plus the largest relative
-difference of the variant's output from ``compile``'s. ``--profile`` (default on) adds, per
+/ the variant's: 1.0 = as fast, the issue's target is >= 0.99), plus the difference (relative
+L2) of the variant's output from ``compile``'s. The profiler table (skip it
+with ``--no-profile``) adds, per
 variant, the torch profiler's account of one generation: time inside ``ditaccel::attention``
 beyond the SDPA it runs (Python dispatch and plan handling, per call), ``aten::copy_`` time, and
 the transposes.
 
 JSON (``--out``): {"environment": {...}, "args": {...}, "rows": [{model, variant, what: call |
-generation, unit: ms | s, median, spread_pct, vs_compile, times: [...], max_rel_diff}],
+generation, unit: ms, median, spread_pct, vs_compile, times: [...], rel_l2_diff}],
 "profile": [{model, variant, attention_op_calls, op_overhead_us_per_call, copy_ms, copies,
 transposes}]}.
 """
@@ -43,6 +44,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -62,6 +64,7 @@ VARIANTS = {
     "ditaccel-opaque": {"attention.lower_dense": False},
 }
 REFERENCE = "compile"
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def environment(device: torch.device) -> dict:
@@ -122,11 +125,19 @@ class Workload:
         return x
 
 
-def compiled(model: torch.nn.Module, variant: str, mode: str) -> Callable:
+def compiled(model: torch.nn.Module, variant: str, mode: str, device: torch.device) -> Callable:
     options = VARIANTS[variant]
     if options is None:
-        return torch.compile(model, mode=None if mode == "default" else mode)
-    return torch.compile(model, backend="ditaccel", options={**options, **({"mode": mode} if mode != "default" else {})})
+        fn = torch.compile(model, mode=None if mode == "default" else mode)
+    else:
+        fn = torch.compile(model, backend="ditaccel", options={**options, **({"mode": mode} if mode != "default" else {})})
+    if device.type != "cuda":
+        return fn
+
+    def step(*args, **kwargs):  # CUDA graphs: each call is a new step (outputs of the last one may be reused)
+        torch.compiler.cudagraph_mark_step_begin()
+        return fn(*args, **kwargs)
+    return step
 
 
 # ---------------------------------------------------------------------- measurement
@@ -160,14 +171,14 @@ def profile_generation(work: Workload, fn: Callable) -> dict:
 
 
 def measure(work: Workload, variants: list[str], args, device: torch.device) -> tuple[list[dict], list[dict]]:
-    fns = {v: compiled(work.model, v, args.mode) for v in variants}
+    fns = {v: compiled(work.model, v, args.mode, device) for v in variants}
     sync = _sync(device)
     outputs_call, outputs_gen = {}, {}
     with torch.no_grad():
         for v, fn in fns.items():  # compile and warm up (CUDA graphs record on their first calls)
             for _ in range(3):
-                outputs_call[v] = work.call(fn)
-            outputs_gen[v] = work.generate(fn)
+                outputs_call[v] = work.call(fn).clone()  # a CUDA graph's next replay overwrites its output
+            outputs_gen[v] = work.generate(fn).clone()
         sync()
         calls = {v: (lambda fn=fn: [work.call(fn) for _ in range(args.calls)]) for v, fn in fns.items()}
         gens = {v: (lambda fn=fn: work.generate(fn)) for v, fn in fns.items()}
@@ -179,7 +190,7 @@ def measure(work: Workload, variants: list[str], args, device: torch.device) -> 
                 profiles.append({"model": work.name, "variant": v, **profile_generation(work, fn)})
     rows = []
     for what, outs, scale, unit in (("call", outputs_call, 1000.0 / args.calls, "ms"),
-                                    ("generation", outputs_gen, 1.0, "s")):
+                                    ("generation", outputs_gen, 1000.0, "ms")):
         ref = statistics.median(times[f"{what}:{REFERENCE}"]) if REFERENCE in variants else None
         for v in variants:
             t = [x * scale for x in times[f"{what}:{v}"]]
@@ -191,18 +202,18 @@ def measure(work: Workload, variants: list[str], args, device: torch.device) -> 
             rows.append({"model": work.name, "variant": v, "what": what, "unit": unit, "median": med,
                          "spread_pct": 100.0 * (max(t) - min(t)) / med,
                          "vs_compile": (ref * scale) / med if ref is not None else None,
-                         "times": t, "max_rel_diff": diff})
+                         "times": t, "rel_l2_diff": diff})
     return rows, profiles
 
 
 def print_table(rows: list[dict], profiles: list[dict]) -> None:
-    head = f"{'model':<12} {'variant':<16} {'what':<10} {'median':>10} {'spread':>8} {'vs compile':>10} {'rel diff':>9}"
+    head = f"{'model':<12} {'variant':<16} {'what':<10} {'median':>11} {'spread':>8} {'vs compile':>10} {'rel L2':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
         vs = f"{r['vs_compile']:.3f}x" if r["vs_compile"] is not None else "-"
-        diff = f"{r['max_rel_diff']:.1e}" if r["max_rel_diff"] is not None else "-"
-        print(f"{r['model']:<12} {r['variant']:<16} {r['what']:<10} {r['median']:>8.3f}{r['unit']:>2} "
+        diff = f"{r['rel_l2_diff']:.1e}" if r["rel_l2_diff"] is not None else "-"
+        print(f"{r['model']:<12} {r['variant']:<16} {r['what']:<10} {r['median']:>9.3f}{r['unit']:>2} "
               f"{r['spread_pct']:>7.1f}% {vs:>10} {diff:>9}")
     if profiles:
         print()
@@ -222,7 +233,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="default: float32 on the CPU, bfloat16 on CUDA")
-    parser.add_argument("--mode", default="default", help="torch.compile mode for every variant (default: default)")
+    parser.add_argument("--mode", default="default", choices=MODES, help="torch.compile mode for every variant")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
     parser.add_argument("--calls", type=int, default=10, help="transformer calls per round in the call row (default 10)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps of a generation (default 20)")
@@ -237,7 +248,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.rounds < 1 or args.calls < 1 or args.steps < 1:
         parser.error("--rounds, --calls and --steps must be >= 1")
     if args.cpu_smoke:
+        if args.device == "cuda":
+            parser.error("--cpu-smoke runs on the CPU: leave --device out")
         args.device, args.rounds, args.calls, args.steps = "cpu", 2, 2, 3
+    args.models = ",".join(dict.fromkeys(args.models.split(",")))
+    args.variants = ",".join(dict.fromkeys(args.variants.split(",")))
+    try:  # a path that cannot be written fails now, not after the run
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        parser.error(f"--out {args.out}: cannot write there ({err})")
     return args
 
 
@@ -259,6 +281,8 @@ def main(argv=None) -> int:
         rows += r
         profiles += p
     print_table(rows, profiles)
+    if args.cpu_smoke:
+        print("\n--cpu-smoke: 2 rounds of a few calls check the script; these ratios are not speed measurements")
     result = {"environment": environment(device), "args": {**vars(args), "dtype": str(dtype)}, "reference": REFERENCE,
               "elapsed_s": round(time.perf_counter() - started, 1), "rows": rows, "profile": profiles}
     out = Path(args.out)

@@ -61,8 +61,9 @@ def ditaccel_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, optio
                             "ditcompile.track_steps(model) follows the model's calls (regional compilation)")
     host_reads = host_sync_reasons(compiled_gm) if ctx is not None else []
     no_cudagraphs = step_dependent_call or bool(host_reads)
-    if no_cudagraphs and config.compiler == "inductor" and _inductor_patches(config, mode).get("triton.cudagraphs"):
-        why = ("the plans depend on the denoising step, which a replayed graph would not see" if step_dependent_call
+    if no_cudagraphs and _inductor_patches(config, mode).get("triton.cudagraphs"):  # said by explain() too
+        why = ("the step cache decides per call which blocks run" if ctx.runner_factory is not None
+               else "the plans depend on the denoising step, which a replayed graph would not see" if needs_step
                else f"{host_reads[0]}{f' (and {len(host_reads) - 1} more)' if len(host_reads) > 1 else ''}")
         report.notes.append(f"CUDA graphs off: {why}")
     for warning in features_off(report, config, ctx):

@@ -62,6 +62,11 @@ class GraphReport:
             })
         return rows
 
+    @property
+    def lowered(self) -> int:
+        """Sites whose plan is plain dense SDPA, handed to Inductor as aten SDPA (pass lower_dense)."""
+        return sum(d.action == LOWERED for r in self.passes for d in r.decisions)
+
     def format(self) -> str:
         a = self.analysis
         rewritten = sum(r.rewritten for r in self.passes)
@@ -71,7 +76,8 @@ class GraphReport:
             f"  token grid: {a.grid or a.dynamic_grid or 'unknown'}; "
             f"video tokens: {a.num_video_tokens or (a.dynamic_grid.tokens_expr if a.dynamic_grid else '?')}; "
             f"batch: {a.batch or '?'}{'; dynamic shapes' if a.dynamic else ''}",
-            f"  attention sites: {len(a.attention)} found, {rewritten} rewritten, "
+            f"  attention sites: {len(a.attention)} found, {rewritten} rewritten"
+            f"{f' ({self.lowered} lowered to aten SDPA)' if self.lowered else ''}, "
             f"{len(a.attention) - rewritten} kept; linear sites: {len(a.linear)} "
             f"({sum(s.in_features * s.out_features for s in a.linear):,} weights)",
         ]
@@ -99,7 +105,8 @@ class GraphReport:
             "pipeline": self.pipeline, "pipeline_uuid": self.pipeline_uuid, "error": self.error,
             "grid": dataclasses.asdict(a.grid) if a.grid else None,
             "num_video_tokens": a.num_video_tokens, "batch": a.batch, "dynamic": a.dynamic,
-            "notes": [*a.notes, *self.notes],
+            "notes": [*a.notes, *self.notes, *(n for r in self.passes for n in r.notes)],
+            "lowered": self.lowered,
             "attention": self.rows(),
             "linear": [{"module": s.module_path, "in": s.in_features, "out": s.out_features,
                         "tokens": s.tokens, "bias": s.has_bias} for s in a.linear],
@@ -136,7 +143,8 @@ class Explanation:
 
     def to_dict(self) -> dict:
         return {"graphs": [g.to_dict() for g in self.graphs], "total": self.total_line(),
-                "attention_sites": len(self.sites), "rewritten": self.rewritten}
+                "attention_sites": len(self.sites), "rewritten": self.rewritten,
+                "lowered": sum(g.lowered for g in self.graphs)}
 
 
 __all__ = ["GraphReport", "Explanation", "KEPT", "PLANNED", "REWRITTEN", "LOWERED"]

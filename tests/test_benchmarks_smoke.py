@@ -130,7 +130,7 @@ def test_overhead_cpu_smoke(tmp_path):
     assert set(rows) == {(v, w) for v in ("compile", "ditaccel", "ditaccel-opaque") for w in ("call", "generation")}
     for r in rows.values():
         assert _number(r["median"]) and _number(r["vs_compile"]) and len(r["times"]) == 2, r
-        assert r["max_rel_diff"] < 1e-5, r
+        assert r["rel_l2_diff"] < 1e-5 and r["unit"] == "ms", r
     assert rows["compile", "call"]["vs_compile"] == pytest.approx(1.0)
     prof = {p["variant"]: p for p in data["profile"]}
     steps = data["args"]["steps"]

@@ -508,7 +508,7 @@ def sdpa_override(q: Tensor, k: Tensor, v: Tensor, layout: str, is_causal: bool,
     "bshd". Reasons to keep the op: `recording()` is on (`ditaccel autotune` traces the op's
     calls); the plan's autotune mode is "online" (tuned at the first call); the tuning cache
     holds a fresh winner other than "sdpa" for this problem -- for symbolic lengths, for any
-    length with this dtype, layout, heads, head dim, causality and mask kind. Never raises: an
+    value of the symbolic sizes (static sizes still have to match). Never raises: an
     unreadable cache reads as empty (the default, SDPA, is what would run)."""
     if is_recording():
         return SdpaCheck("kept as ditaccel::attention while `ditaccel autotune` records the calls")
@@ -517,15 +517,15 @@ def sdpa_override(q: Tensor, k: Tensor, v: Tensor, layout: str, is_causal: bool,
     if plan.autotune == "online":
         return SdpaCheck("autotune.mode='online' picks the kernel at the first call")
     sd, hd = seq_dim(layout), heads_dim(layout)
-    fields: dict = dict(dtype=q.dtype, layout=layout, causal=bool(is_causal), mask=mask_kind, quant="none")
+    # a dense SDPA plan's calls carry no block mask: entries with blocks / density are another problem
+    fields: dict = dict(dtype=q.dtype, layout=layout, causal=bool(is_causal), mask=mask_kind, quant="none",
+                        blocks=None, density=None)
     for name, size in (("heads", q.shape[hd]), ("head_dim", q.shape[-1])):
         if isinstance(size, int):
             fields[name] = size
-    lengths = (q.shape[0], q.shape[sd], k.shape[sd])
-    static = all(isinstance(n, int) for n in lengths)
-    if static:
-        fields.update(batch=length_bucket(lengths[0]), q_len=length_bucket(lengths[1]),
-                      kv_len=length_bucket(lengths[2]))
+    lengths = {"batch": q.shape[0], "q_len": q.shape[sd], "kv_len": k.shape[sd]}
+    static = all(isinstance(n, int) for n in lengths.values())
+    fields.update({name: length_bucket(n) for name, n in lengths.items() if isinstance(n, int)})
     try:
         winners = autotuner(plan.autotune, plan.autotune_dir).cached_winners(TUNABLES[DENSE], q.device, **fields)
     except Exception:  # noqa: BLE001 -- a cache that cannot be read means the default (SDPA) runs

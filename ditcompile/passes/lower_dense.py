@@ -42,7 +42,7 @@ from ..ops.tunables import SdpaCheck, sdpa_override
 from ..plans import AttentionPlan
 from .base import LOWERED, PLANNED, DitPass, PassContext, PassReport, SiteDecision, attention_nodes
 
-LOWERED_KERNEL = "aten SDPA (lowered: compiled by Inductor)"
+LOWERED_KERNEL = "aten SDPA (lowered)"
 """What the explain report's kernel column says for a lowered site."""
 LOWERED_KERNEL_CACHED = "aten SDPA (lowered; cache: sdpa)"
 """... and for one whose tuning-cache entry names SDPA the winner."""

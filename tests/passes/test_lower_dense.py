@@ -8,6 +8,7 @@ operations that read a tensor on the host.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -18,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ditcompile
 import ditcompile.backend as backend_mod
-from ditcompile.autotune import Autotuner, recording
+from ditcompile.autotune import Autotuner, TuneKey, recording
 from ditcompile.kernels.attention.flash_fwd import sparse_flash_attention
 from ditcompile.kernels.attention.reference import key_bias_from_mask
 from ditcompile.ops import attention_op
@@ -238,19 +239,23 @@ def _mode_patches(monkeypatch, options) -> tuple[dict, list[str]]:
     spec = get_tiny_model("wan2.1-tiny")
     model, inputs = spec.build(), spec.make_inputs(seed=8)
     handed = _Handed(monkeypatch)
+    options = {"mode": "reduce-overhead", **options}
     with torch.no_grad():
-        run_model(torch.compile(model, backend="ditaccel", options={"mode": "reduce-overhead", **options}), inputs)
-    report = ditcompile.explain(model, **inputs, options=options)
+        run_model(torch.compile(model, backend="ditaccel", options=options), inputs)
+    report = ditcompile.explain(model, **inputs, options=options)  # explain says it too
     return handed.patches[0], [n for g in report.graphs for n in g.notes]
 
 
 def test_cuda_graphs_stay_on_unless_a_plan_needs_the_step_or_the_host(monkeypatch):
-    patches, _ = _mode_patches(monkeypatch, {})
-    assert patches.get("triton.cudagraphs") is True  # reduce-overhead's CUDA graphs, untouched
-    patches, _ = _mode_patches(monkeypatch, {"attention.quant": "int8"})  # opaque, step-independent
-    assert patches.get("triton.cudagraphs") is True
-    patches, _ = _mode_patches(monkeypatch, {"preset": "wan2.1", "sparse.enabled": True, "sparse.min_tokens": 0})
+    patches, notes = _mode_patches(monkeypatch, {})
+    assert patches.get("triton.cudagraphs") is True and not notes  # reduce-overhead's CUDA graphs, untouched
+    patches, notes = _mode_patches(monkeypatch, {"attention.quant": "int8"})  # opaque, step-independent
+    assert patches.get("triton.cudagraphs") is True and not any("CUDA graphs" in n for n in notes)
+    patches, notes = _mode_patches(monkeypatch, {"preset": "wan2.1", "sparse.enabled": True, "sparse.min_tokens": 0})
     assert patches.get("triton.cudagraphs") is False
+    assert any(n.startswith("CUDA graphs off: the plans depend on the denoising step") for n in notes), notes
+    _, notes = _mode_patches(monkeypatch, {"preset": "wan2.1", "cache.enabled": True})
+    assert any(n.startswith("CUDA graphs off: the step cache decides per call") for n in notes), notes
 
 
 def test_a_dense_mask_read_on_the_host_turns_cuda_graphs_off(monkeypatch):
@@ -258,22 +263,44 @@ def test_a_dense_mask_read_on_the_host_turns_cuda_graphs_off(monkeypatch):
     model, inputs = spec.build(), spec.make_inputs(seed=9)
     handed = _Handed(monkeypatch)
     options = {"mode": "reduce-overhead", "attention.backend": "triton"}
-    reports = []
-    monkeypatch.setattr(backend_mod, "_REPORT_SINK", backend_mod._REPORT_SINK)
-    token = backend_mod._REPORT_SINK.set(reports)
-    try:
-        with torch.no_grad():
-            run_model(torch.compile(model, backend="ditaccel", options=options), inputs)
-    finally:
-        backend_mod._REPORT_SINK.reset(token)
+    with torch.no_grad():
+        run_model(torch.compile(model, backend="ditaccel", options=options), inputs)
     assert any(p.get("triton.cudagraphs") is False for p in handed.patches)
-    notes = [n for r in reports for n in r.notes]
+    notes = [n for g in ditcompile.explain(model, **inputs, options=options).graphs for n in g.notes]
     assert any("CUDA graphs off" in n and "dense mask's values on the host" in n for n in notes), notes
     handed.patches.clear()
     torch._dynamo.reset()
     with torch.no_grad():  # the SDPA backend takes the mask as it is: lowered, CUDA graphs on
         run_model(torch.compile(model, backend="ditaccel", options={"mode": "reduce-overhead"}), inputs)
     assert all(p.get("triton.cudagraphs") is True for p in handed.patches)
+
+
+def test_cache_entries_are_matched_on_every_static_size_and_without_block_masks(tmp_path):
+    """Dynamic batch (CFG) keeps the cached lengths in the lookup; an entry for a block-mask
+    problem (our kernel's key) is not the dense SDPA plan's problem."""
+    q, k, v = _qkv(9)
+    timer = (lambda fn, budget, device: 0.5 if fn.__defaults__[0].name == "sdpa.math" else 1.0)
+    Autotuner("online", tmp_path, time_ms=timer).tune(TUNABLES[DENSE], AttentionProblem(q, k, v, "bhsd", None, False))
+    options = {"autotune.cache_dir": str(tmp_path)}
+    torch._dynamo.reset()
+    other = [t[:, :, :40] for t in _qkv(10)]  # another length: lowered, also when the batch becomes symbolic
+    ditcompile.explain(Attn(), *other, options=options)
+    batch2 = [torch.cat([t, t]) for t in other]
+    report = ditcompile.explain(Attn(), *batch2, options=options)  # recompiled with a symbolic batch
+    assert report.graphs[0].analysis.dynamic
+    assert report.graphs[0].rows()[0]["lowered"], report.format()
+    store = Autotuner("offline", tmp_path).store(q.device)
+    (text, entry), = store.entries(refresh=True).items()
+    key = TuneKey.from_str(text)
+    blocked = TuneKey(key.kernel, key.device, tuple(sorted({**dict(key.fields), "blocks": (16, 16),
+                                                            "density": 0.5}.items())))
+    data = json.loads(store.path.read_text())
+    data["entries"] = {blocked.to_str(): entry}
+    store.path.write_text(json.dumps(data))
+    ditcompile.clear_caches()
+    torch._dynamo.reset()
+    row = ditcompile.explain(Attn(), q, k, v, options=options).graphs[0].rows()[0]
+    assert row["lowered"] and row["kernel_from_cache"] is False, row
 
 
 class _HostReads(TorchDispatchMode):
