@@ -213,7 +213,47 @@ def _compile_piece(gm: fx.GraphModule, config: DitConfig, mode: Optional[str], n
     with `.item()` are handled as in any compiled model."""
     if config.compiler == "eager":
         return gm.forward
-    return _LazyPiece(gm, functools.partial(_piece_backend, config=config, mode=mode, no_cudagraphs=no_cudagraphs))
+    backend = functools.partial(_piece_backend, config=config, mode=mode, no_cudagraphs=no_cudagraphs)
+    if _changes_autocast(gm):
+        return _PerSignaturePiece(gm, backend)
+    return _LazyPiece(gm, backend)
+
+
+def _changes_autocast(gm: fx.GraphModule) -> bool:
+    """The graph enters or leaves an autocast region (`with torch.autocast(...)` in the model,
+    e.g. Mochi's rotary embedding): Dynamo records it as `_enter_autocast` / `_exit_autocast`
+    calls, which Inductor compiles in a Dynamo graph but which AOTAutograd refuses when Dynamo
+    traces them again from a piece's code ("does not support tracing graphs that mutate the
+    autocast state")."""
+    targets = {getattr(torch.amp.autocast_mode, name, None) for name in ("_enter_autocast", "_exit_autocast")}
+    return any(n.op == "call_function" and n.target in targets for n in gm.graph.nodes)
+
+
+class _PerSignaturePiece:
+    """A piece compiled by Inductor directly (no Dynamo trace of its code: see `_changes_autocast`),
+    once per input signature: each tensor's shape, strides, dtype, device and grad flag and each
+    other argument's value. Dynamo's guards would do this for a traced piece; without them a
+    compiled piece must never see inputs it was not compiled for."""
+
+    def __init__(self, gm: fx.GraphModule, backend: Callable):
+        self.gm, self.backend = gm, backend
+        self.compiled: dict[tuple, Callable] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def signature(args: Sequence[Any]) -> tuple:
+        return tuple((tuple(a.shape), a.stride(), a.dtype, a.device, a.requires_grad) if isinstance(a, torch.Tensor)
+                     else (type(a).__name__, a) for a in args)
+
+    def __call__(self, *args: Any) -> Any:
+        key = self.signature(args)
+        fn = self.compiled.get(key)
+        if fn is None:
+            with self._lock:
+                fn = self.compiled.get(key)
+                if fn is None:
+                    fn = self.compiled[key] = self.backend(copy.deepcopy(self.gm), list(args))
+        return fn(*args)
 
 
 class _LazyPiece:

@@ -20,6 +20,7 @@ context managers, or None) becomes the ``backend_ctx_ctor``. ditaccel uses it to
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable, Optional
 
@@ -84,6 +85,9 @@ def trace_context_of(compiler_fn: Any) -> Optional[Callable[[], Any]]:
             inner = lookup_backend(compiler_fn)
         except Exception:  # noqa: BLE001 -- an unknown name: Dynamo says so itself
             return None
+    if isinstance(inner, functools.partial):  # functools.partial(ditaccel_backend, options=...)
+        options = inner.keywords.get("options", options)
+        inner = inner.func
     factory = getattr(inner, "trace_context_for", None)
     if not callable(factory):
         return None

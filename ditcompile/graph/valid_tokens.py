@@ -28,8 +28,9 @@ the same way. The eager result lists the outputs of the kept tokens in order, th
 drop flags (`argsort(~keep, stable=True)`): an identity for the usual prefix masks, exact for
 any mask. Only the piece that holds the selection is reordered when it is the last piece.
 
-The selection index may be `torch.nonzero(m)` of a 1-D mask (flattened, `as_tuple` or not) or the
-boolean mask itself (`x[:, :, m]`); q, k and v must select with the same index in the same piece
+The selection index may be `torch.nonzero(m).flatten()` of a 1-D mask (or `argwhere`),
+`torch.nonzero(m, as_tuple=True)[0]` (or `torch.where(m)[0]`), or the boolean mask itself
+(`x[:, :, m]`) -- not `nonzero(m)[0]`, which is one row; q, k and v must select with the same index in the same piece
 of their `cat`, the SDPA must have no mask, dropout or causality of its own, and its output's only
 user must be the pad back to the full length. Anything else is left as it is (the report's
 attention row then shows a data-dependent text length).
@@ -43,6 +44,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols, statically_known_true
 
 from .attention_match import SDPA_TARGETS
 from .fx_edit import add_node
@@ -83,15 +85,36 @@ def rewrite_valid_token_selections(gm: fx.GraphModule) -> list[str]:
 
 def data_dependent_ops(gm: fx.GraphModule) -> list[str]:
     """Notes on the operators left in `gm` whose output size depends on the data (captured by
-    Dynamo with unbacked sizes): what follows them has symbolic sizes."""
+    Dynamo with unbacked sizes: `nonzero`, boolean indexing, `masked_select`, `torch.where(m)`,
+    `argwhere`, `unique`, ...): what follows them has sizes known only at run time. A producer is
+    a node whose example value has an unbacked size symbol none of its inputs has."""
     counts: dict[str, int] = {}
     for node in gm.graph.nodes:
-        if is_function(node, *_NONZERO) or is_method(node, "nonzero") or _bool_index(node):
-            what = "boolean index" if _bool_index(node) else f"torch.{call_name(node)}"
-            where = f"{what} at {module_path(node) or '<top>'}"
-            counts[where] = counts.get(where, 0) + 1
+        if node.op not in ("call_function", "call_method") or not _new_unbacked(node):
+            continue
+        what = "boolean index" if _bool_index(node) else f"torch.{call_name(node)}"
+        where = f"{what} at {module_path(node) or '<top>'}"
+        counts[where] = counts.get(where, 0) + 1
     return [f"data-dependent size kept: {where}{f' ({n} calls)' if n > 1 else ''} (the tensors after it have "
             "sizes known only at run time)" for where, n in counts.items()]
+
+
+def _unbacked(value: Any) -> set:
+    try:
+        return set(free_unbacked_symbols(value))
+    except Exception:  # noqa: BLE001 -- a value the helper does not know: no symbols
+        return set()
+
+
+def _new_unbacked(node: fx.Node) -> bool:
+    value = node.meta.get("example_value", node.meta.get("val"))
+    if not isinstance(value, (torch.Tensor, tuple, list)):
+        return False
+    mine = _unbacked(value)
+    if not mine:
+        return False
+    inherited = set().union(*(_unbacked(n.meta.get("example_value", n.meta.get("val"))) for n in node.all_input_nodes))
+    return bool(mine - inherited)
 
 
 def _bool_index(node: fx.Node) -> bool:
@@ -117,25 +140,27 @@ def _rewrite(graph: fx.Graph, sdpa: fx.Node) -> bool:
     if any(p != pos or s.key is not sel.key for p, s in others):
         return False
     pad = _only_pad_user(sdpa)
-    full = _static_seq_len(pad) if pad is not None else None
+    full = _seq_len(pad) if pad is not None else None
     lengths = [_piece_lengths(pieces, pos, s) for (pieces, _), (_, s) in zip(cats, found)]
-    if full is None or any(n is None for n in lengths) or any(n != lengths[0] for n in lengths):
+    if full is None or any(n is None for n in lengths):
         return False
-    before, total = sum(lengths[0][:pos]), sum(lengths[0])
-    if total != full:
+    if not all(_same(a, b) for n in lengths[1:] for a, b in zip(n, lengths[0])):
         return False
+    before, total = sum(lengths[0][:pos]), sum(lengths[0])  # ints, or SymInts with dynamic shapes
+    if not _same(total, full):
+        return False  # the pad does not restore the full length
     fake_mode = getattr(example_value(q), "fake_mode", None)
     with graph.inserting_before(sdpa):
         operands = [_full_cat(graph, sdpa, pieces, dim, pos, s, fake_mode) for (pieces, dim), (_, s) in zip(cats, found)]
         valid = _valid_flags(graph, sdpa, sel, fake_mode)                                  # [T] bool
-        keep = _keep_flags(graph, sdpa, lengths[0], pos, valid, q, fake_mode)               # [L] bool
-        mask = add_node(graph, sdpa, "call_method", "view", (keep, 1, 1, 1, total), fake_mode)
+        keep = _keep_flags(graph, sdpa, cats[0][0], pos, valid, fake_mode)                   # [L] bool
+        mask = add_node(graph, sdpa, "call_method", "view", (keep, 1, 1, 1, -1), fake_mode)
         kwargs = {"attn_mask": mask}
         if node_arg(sdpa, 7, "scale") is not None:
             kwargs["scale"] = node_arg(sdpa, 7, "scale")
         out = add_node(graph, sdpa, "call_function", F.scaled_dot_product_attention, tuple(operands), fake_mode,
                        kwargs)                                                               # [B, H, L, D]
-        if pos == len(cats[0][0]) - 1:  # the selection is the last piece: only it moves
+        if pos == len(cats[0][0]) - 1 and isinstance(total, int):  # the selection is the last piece: only it moves
             head = add_node(graph, sdpa, "call_function", operator.getitem,
                             (out, (slice(None), slice(None), slice(0, before))), fake_mode)
             tail = add_node(graph, sdpa, "call_function", operator.getitem,
@@ -194,16 +219,25 @@ def _selection(node: Any) -> Optional[Selection]:
 
 
 def _nonzero_source(node: fx.Node) -> Optional[fx.Node]:
-    """The 1-D tensor m when `node` is `nonzero(m).flatten()`, `nonzero(m)[:, 0]`-like or
-    `nonzero(m, as_tuple=True)[0]`."""
+    """The 1-D tensor m when `node` is `nonzero(m).flatten()` ([u, 1] -> [u]),
+    `argwhere(m).flatten()`, `nonzero(m, as_tuple=True)[0]` or `torch.where(m)[0]`."""
     inner = node
-    if is_method(inner, "flatten", "squeeze") or (is_function(inner, torch.flatten, torch.squeeze)):
+    as_tuple = False
+    if is_method(inner, "flatten") or is_function(inner, torch.flatten):
+        if len(inner.args) > 1 or inner.kwargs:
+            return None  # flatten(start, end): not checked, leave it
         inner = inner.args[0]
     elif is_function(inner, operator.getitem) and inner.args[1] == 0:
-        inner = inner.args[0]  # as_tuple=True: the first (only) index tensor
+        inner, as_tuple = inner.args[0], True  # only the as_tuple=True form: nonzero(m)[0] is one row
     if not isinstance(inner, fx.Node):
         return None
-    if not (is_function(inner, *_NONZERO) or is_method(inner, "nonzero")):
+    if as_tuple and is_function(inner, torch.where) and len(inner.args) == 1 and not inner.kwargs:
+        pass  # torch.where(m) is nonzero(m, as_tuple=True)
+    elif not as_tuple and (is_function(inner, torch.argwhere) or is_method(inner, "argwhere")):
+        pass  # argwhere(m) is nonzero(m)
+    elif not (is_function(inner, *_NONZERO) or is_method(inner, "nonzero")):
+        return None
+    elif bool(node_arg(inner, 1, "as_tuple", False)) != as_tuple:
         return None
     source = inner.args[0]
     value = example_value(source)
@@ -223,21 +257,33 @@ def _only_pad_user(sdpa: fx.Node) -> Optional[fx.Node]:
     return pad if mode == "constant" and fill in (None, 0, 0.0) else None
 
 
-def _static_seq_len(node: fx.Node) -> Optional[int]:
+def _seq_len(node: fx.Node) -> Any:
+    """Dim 2 of a 4-D node's value: an int, a SymInt (dynamic shapes), or None."""
     value = example_value(node)
-    return static_int(value.shape[2]) if value is not None and value.dim() == 4 else None
+    return value.shape[2] if value is not None and value.dim() == 4 else None
 
 
-def _piece_lengths(pieces: list, pos: int, sel: Selection) -> Optional[list[int]]:
-    """Sequence lengths of the pieces with the selection's piece at its full length."""
+def _same(a: Any, b: Any) -> bool:
+    """a == b for sizes, without adding a guard: symbolic sizes must be provably equal."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    try:
+        return bool(statically_known_true(a == b))
+    except Exception:  # noqa: BLE001 -- not comparable: not the pattern
+        return False
+
+
+def _piece_lengths(pieces: list, pos: int, sel: Selection) -> Optional[list]:
+    """Sequence lengths of the pieces (ints or SymInts) with the selection's piece at its full
+    length, which must be the mask's length."""
     out = []
     for i, piece in enumerate(pieces):
-        n = _static_seq_len(sel.base) if i == pos else _static_seq_len(piece)
+        n = _seq_len(sel.base) if i == pos else _seq_len(piece)
         if n is None:
             return None
         out.append(n)
     full_valid = example_value(sel.valid_source)
-    if full_valid is None or static_int(full_valid.shape[0]) != out[pos]:
+    if full_valid is None or not _same(full_valid.shape[0], out[pos]):
         return None
     return out
 
@@ -256,15 +302,16 @@ def _valid_flags(graph: fx.Graph, like: fx.Node, sel: Selection, fake_mode: Any)
     return sel.valid_source
 
 
-def _keep_flags(graph: fx.Graph, like: fx.Node, lengths: list[int], pos: int, valid: fx.Node, ref: fx.Node,
-                fake_mode: Any) -> fx.Node:
+def _keep_flags(graph: fx.Graph, like: fx.Node, pieces: list, pos: int, valid: fx.Node, fake_mode: Any) -> fx.Node:
+    """[L] bool: True for every token of the other pieces (their lengths read from the pieces
+    themselves, so symbolic lengths need no size node), the mask's flags for the selection."""
     parts = []
-    for i, n in enumerate(lengths):
+    for i, piece in enumerate(pieces):
         if i == pos:
             parts.append(valid)
         else:
-            parts.append(add_node(graph, like, "call_function", torch.ones, (n,), fake_mode,
-                                  {"dtype": torch.bool, "device": example_value(ref).device}))
+            row = add_node(graph, like, "call_function", operator.getitem, (piece, (0, 0, slice(None), 0)), fake_mode)
+            parts.append(add_node(graph, like, "call_function", torch.ones_like, (row,), fake_mode, {"dtype": torch.bool}))
     return add_node(graph, like, "call_function", torch.cat, (parts,), fake_mode)
 
 
@@ -295,9 +342,13 @@ def _erase_unused(graph: fx.Graph, start: list) -> None:
 
 
 def _erase_dead_nonzero(graph: fx.Graph) -> None:
-    """Erase `nonzero` calls whose results now only feed Dynamo's runtime asserts on their
-    data-dependent size (u >= 0, u <= T) and size arithmetic, with those asserts."""
-    for node in [n for n in graph.nodes if is_function(n, *_NONZERO) or is_method(n, "nonzero")]:
+    """Erase data-dependent producers (`nonzero`, boolean indexing) whose results now only feed
+    Dynamo's runtime asserts on their sizes (u >= 0, u <= T), with everything in between (tuple
+    items, size arithmetic) and those asserts."""
+    for node in [n for n in graph.nodes if is_function(n, *_NONZERO, torch.argwhere) or is_method(n, "nonzero", "argwhere")
+                 or (is_function(n, torch.where) and len(n.args) == 1) or _bool_index(n)]:
+        if getattr(node, "_erased", False):
+            continue
         seen, frontier = [], [node]
         while frontier:
             current = frontier.pop()
@@ -305,8 +356,9 @@ def _erase_dead_nonzero(graph: fx.Graph) -> None:
                 if user not in seen:
                     seen.append(user)
                     frontier.append(user)
-        if not all(_is_size_assert(n) or _is_size_arithmetic(n) for n in seen):
-            continue
+        if not seen or not all(n.op in ("call_function", "call_method") and (_is_size_assert(n) or _pure(n))
+                               for n in seen):
+            continue  # something else reads it: it stays
         order = {n: i for i, n in enumerate(graph.nodes)}
         for dead in sorted(seen, key=order.__getitem__, reverse=True):
             graph.erase_node(dead)

@@ -270,3 +270,97 @@ def test_a_reorder_before_the_blocks_traces_as_with_dynamos_default():
             torch.testing.assert_close(compiled(x, t, *masks[:1], t2, masks[1]), model(x, t, masks[0], t2, masks[1]),
                                        rtol=1e-5, atol=1e-5)
     assert formats[0] == formats[1] and formats[0] and all("key-padding" in p for p in formats[0])
+
+
+class Spelling(nn.Module):
+    """One valid-token selection spelled several ways; `nonzero(m)[0]` (the first valid index,
+    one row) is not a selection of all valid tokens and must be left alone."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, q, k, v, m):
+        idx = {"nonzero_first_row": lambda: torch.nonzero(m)[0],
+               "as_tuple": lambda: torch.nonzero(m, as_tuple=True)[0],
+               "where": lambda: torch.where(m)[0],
+               "argwhere": lambda: torch.argwhere(m).flatten(),
+               "bool": lambda: m}[self.how]()
+        s = q.shape[2]
+        o = F.scaled_dot_product_attention(*(torch.cat([x, x[:, :, idx]], dim=2) for x in (q, k, v)))
+        return F.pad(o, (0, 0, 0, 2 * s - o.size(2)))
+
+
+@pytest.mark.parametrize("how,rewritten", [("nonzero_first_row", False), ("as_tuple", True), ("where", True),
+                                           ("argwhere", True), ("bool", True)])
+def test_spellings_of_the_selection(how, rewritten):
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, 6, 8, generator=g) for _ in range(3))
+    model = Spelling(how)
+    for mask in ([1, 0, 1, 1, 0, 1], [0, 0, 1, 0, 0, 0]):
+        m = torch.tensor(mask, dtype=torch.bool)
+        torch._dynamo.reset()
+        report = ditcompile.explain(model, q, k, v, m, options={"compiler": "eager"})
+        notes = [n for g_ in report.graphs for n in g_.notes]
+        assert ("key-padding" in report.graphs[0].rows()[0]["plan"]) is rewritten, notes
+        # a rewritten selection leaves no data-dependent op behind; one left alone is reported
+        assert any(n.startswith("data-dependent size kept") for n in notes) is (not rewritten), notes
+        torch._dynamo.reset()
+        out = torch.compile(model, backend="ditaccel", options={"compiler": "eager"})(q, k, v, m)
+        torch.testing.assert_close(out, model(q, k, v, m), rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_shapes_keep_the_rewrite(mochi):
+    spec, model = mochi
+    options = {"preset": "mochi", "compiler": "eager", "strict": True}
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ditaccel", options=options)  # automatic dynamic after a resize
+    with torch.no_grad():
+        for latent in ((3, 8, 12), (3, 8, 16), (2, 12, 12)):
+            inputs = spec.make_inputs(batch_size=2, seed=12, latent=latent)
+            inputs["encoder_attention_mask"] = torch.tensor(MASKS["holes"], dtype=torch.bool)
+            torch.testing.assert_close(run_model(compiled, inputs), run_model(model, inputs), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    report = ditcompile.explain(model, **inputs, options=options, dynamic=True)
+    notes = [n for g_ in report.graphs for n in g_.notes]
+    assert len(report.graphs) == 1 and not any(n.startswith("data-dependent") for n in notes), notes
+    assert sum("key-padding" in r["plan"] for r in report.graphs[0].rows()) == 5  # pooler + 2 blocks x 2
+
+
+def test_mochi_step_cache_through_inductor(mochi):
+    """The split pieces hold Mochi's `torch.autocast` region (its rotary embedding): compiled by
+    Inductor directly, per input signature. Threshold 0 computes every step: equal to eager."""
+    spec, model = mochi
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ditaccel", options={"preset": "mochi", "cache.enabled": True,
+                                                                 "cache.threshold": 0.0})
+    inputs = mochi_inputs(spec, 2, "padded", seed=13)
+    with torch.no_grad():
+        for t in (999.0, 990.0):
+            inputs["timestep"] = torch.full((2,), t)
+            torch.testing.assert_close(run_model(compiled, inputs), run_model(model, inputs), rtol=1e-5, atol=1e-5)
+    (state,) = ditcompile.cache_stats(compiled)
+    assert sum(b["computed"] for b in state["current"].values()) == 2
+
+
+def test_a_partial_backend_traces_with_its_options():
+    import functools
+    spec = get_tiny_model("mochi-tiny")
+    torch.manual_seed(0)
+    model = spec.build()
+    inputs = mochi_inputs(spec, 1, "padded", seed=14)
+    graphs = []
+
+    def counting(gm, example_inputs, **kwargs):
+        graphs.append(gm)
+        return ditcompile.ditaccel_backend(gm, example_inputs, **kwargs)
+
+    counting.trace_context_for = ditcompile.backend.trace_context_for
+    for capture, expect_one in ((True, True), (False, False)):
+        graphs.clear()
+        torch._dynamo.reset()
+        backend = functools.partial(counting, options={"compiler": "eager",
+                                                       "graph.capture_dynamic_output_shape_ops": capture})
+        with torch.no_grad():
+            run_model(torch.compile(model, backend=backend), inputs)
+        assert (len(graphs) == 1) is expect_one, len(graphs)
