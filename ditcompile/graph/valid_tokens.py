@@ -48,7 +48,7 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols, statica
 
 from .attention_match import SDPA_TARGETS
 from .fx_edit import add_node
-from .fx_utils import call_name, example_value, is_function, is_method, node_arg, normalize_dim, static_int
+from .fx_utils import call_name, example_value, is_function, is_method, node_arg, normalize_dim
 from .module_path import module_path
 
 _NONZERO = (torch.nonzero, torch.Tensor.nonzero)
