@@ -116,6 +116,9 @@ class DynamicGrid:
     text: str          # "3x(s42//2)x(s18//2)"
     tokens_expr: str   # "3*((s18//2))*((s42//2))"
     source: str
+    # per-frame patch embedding (conv2d on [B*F, C, H, W]): frames = node.size(dims[0]) //
+    # frames_from.size(0), the main input's batch
+    frames_from: Optional[fx.Node] = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.text} ({self.source}; sizes read at run time)"

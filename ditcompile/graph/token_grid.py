@@ -149,7 +149,8 @@ def discover_grid(graph: fx.Graph, main_input: Optional[fx.Node]) -> Optional[To
 
 def discover_dynamic_grid(graph: fx.Graph, main_input: Optional[fx.Node]) -> Optional[DynamicGrid]:
     """The grid of a dynamic-shape graph, from a patch embedding whose output has symbolic sizes:
-    conv3d on [B, C, F, H, W] (dims 2, 3, 4) or conv2d on an image [B, C, H, W] (1 x dims 2, 3)."""
+    conv3d on [B, C, F, H, W] (dims 2, 3, 4), conv2d on an image [B, C, H, W] (1 x dims 2, 3), or
+    conv2d per frame on [B*F, C, H, W] (dim 0 // the main input's batch x dims 2, 3)."""
     if main_input is None:
         return None
     main_shape = shape_of(main_input) or ()
@@ -160,17 +161,23 @@ def discover_dynamic_grid(graph: fx.Graph, main_input: Optional[fx.Node]) -> Opt
         out = shape_of(node)
         if out is None:
             return None
+        frames_from = None
         if conv3d and len(out) == 5:
             dims: tuple = (2, 3, 4)
         elif conv2d and len(out) == 4 and len(main_shape) == 4:
             dims = (None, 2, 3)
+        elif conv2d and len(out) == 4 and len(main_shape) == 5:  # per frame: [B*F, D, H', W']
+            dims, frames_from = (0, 2, 3), main_input
         else:
             return None
         sizes = [1 if d is None else out[d] for d in dims]
+        if frames_from is not None:
+            sizes[0] = out[0] // main_shape[0]
         tokens = sizes[0] * sizes[1] * sizes[2]
         where = module_path(node) or "the model's top level"
+        kind = "conv3d" if conv3d else "conv2d" if frames_from is None else "conv2d per frame"
         return DynamicGrid(node, dims, "x".join(dim_text(s) for s in sizes), dim_text(tokens),
-                           f"{'conv3d' if conv3d else 'conv2d'} patch embedding at {where}")
+                           f"{kind} patch embedding at {where}", frames_from=frames_from)
     return None
 
 

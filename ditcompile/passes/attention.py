@@ -26,6 +26,7 @@ embedding's output with `size(d)`), so that a sparse plan can build its mask for
 """
 from __future__ import annotations
 
+import operator
 import re
 from typing import Optional
 
@@ -77,8 +78,7 @@ def rewrite_site(graph: fx.Graph, site: AttentionSite, plan: AttentionPlan,
             q, k, v = (add_node(graph, old, "call_method", "unsqueeze", (t, 1), fake_mode) for t in (q, k, v))
         args = (q, k, v, site.layout, site.scale, site.is_causal, plan.to_json())
         if grid is not None:  # [F, H, W] sizes of the patch embedding's output, read at run time
-            args += ([1 if d is None else add_node(graph, old, "call_method", "size", (grid.node, d), fake_mode)
-                      for d in grid.dims],)
+            args += (_grid_sizes(graph, old, grid, fake_mode),)
         if site.mask is not None:  # SDPA's attn_mask as the model built it (MASK_ARG)
             args += (() if grid is not None else (None,)) + (site.mask,)
         op_node = add_node(graph, old, "call_function", attention_op, args, fake_mode)
@@ -106,3 +106,20 @@ def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode)
             with graph.inserting_after(new):
                 bhsd_view = add_node(graph, old, "call_method", "transpose", (new, 1, 2), fake_mode)
         user.replace_input_with(old, bhsd_view)
+
+
+
+def _grid_sizes(graph: fx.Graph, like: fx.Node, grid: DynamicGrid, fake_mode) -> list:
+    """The run-time [F, H, W] of a dynamic grid as size nodes (1 for a single frame; the frames
+    of a per-frame patch embedding = its output's dim 0 // the main input's batch)."""
+    sizes: list = []
+    for axis, d in enumerate(grid.dims):
+        if d is None:
+            sizes.append(1)
+            continue
+        size = add_node(graph, like, "call_method", "size", (grid.node, d), fake_mode)
+        if axis == 0 and grid.frames_from is not None:
+            batch = add_node(graph, like, "call_method", "size", (grid.frames_from, 0), fake_mode)
+            size = add_node(graph, like, "call_function", operator.floordiv, (size, batch), fake_mode)
+        sizes.append(size)
+    return sizes

@@ -325,6 +325,28 @@ def test_dynamic_shapes_keep_the_rewrite(mochi):
     notes = [n for g_ in report.graphs for n in g_.notes]
     assert len(report.graphs) == 1 and not any(n.startswith("data-dependent") for n in notes), notes
     assert sum("key-padding" in r["plan"] for r in report.graphs[0].rows()) == 5  # pooler + 2 blocks x 2
+    # a resize recompiles with symbolic video sizes (the text keeps its length): the per-frame patch
+    # embedding gives the grid at run time, so the joint sites stay joint and run sparse
+    sparse = {**options, "sparse.enabled": True, "sparse.min_tokens": 0, "sparse.dense_steps": 0,
+              "sparse.block_size": 16}
+    torch._dynamo.reset()
+    for latent in ((3, 8, 12), (2, 8, 16)):
+        report = ditcompile.explain(model, **spec.make_inputs(batch_size=2, seed=15, latent=latent), options=sparse)
+    assert report.graphs[0].analysis.dynamic
+    joint = [r for r in report.graphs[0].rows() if r["module"].startswith("transformer_blocks")]
+    assert len(joint) == 4 and all(r["kind"] == "joint" and r["plan"].startswith("sparse/") for r in joint), \
+        report.format()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ditaccel", options=sparse)
+    ditcompile.new_generation(compiled)
+    with torch.no_grad():
+        for latent in ((3, 8, 12), (2, 8, 16), (3, 12, 12)):
+            inputs = spec.make_inputs(batch_size=2, seed=15, latent=latent)
+            inputs["timestep"] = torch.full((2,), 900.0)  # one step for the batch: the step is known
+            out = run_model(compiled, inputs)
+            assert out.shape == run_model(model, inputs).shape and torch.isfinite(out).all()
+    calls = sum(s["sparse_calls"] for state in ditcompile.sparse_stats(compiled) for s in state["current"].values())
+    assert calls == 3 * 4  # every call of the 4 joint sites ran sparse, at each of the 3 resolutions
 
 
 def test_mochi_step_cache_through_inductor(mochi):
