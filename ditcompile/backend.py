@@ -139,9 +139,10 @@ def features_off(report: GraphReport, config: DitConfig, ctx: Optional[PassConte
                     f"{report.analysis.unmatched_softmax} softmax call(s) kept as written (attention written with "
                     "einsum, or another spelling than SDPA / matmul-softmax-matmul?)"]
         return []
-    out = [f"{note}; attention here may see sizes known only at run time. Set "
-           "graph.capture_dynamic_output_shape_ops=false to trace as Dynamo does by default (a graph break there)"
-           for note in report.notes if note.startswith("data-dependent size kept")][:1]
+    kept = [note for note in report.notes if note.startswith("data-dependent size kept")]
+    out = [f"{kept[0]}{f' (and {len(kept) - 1} more in the report)' if len(kept) > 1 else ''}; attention here "
+           "may see sizes known only at run time. Set graph.capture_dynamic_output_shape_ops=false to trace as "
+           "Dynamo does by default (a graph break there)"] if kept else []
     if config.attention.enabled and config.sparse.enabled:
         rows = report.rows()
         if not any(r["plan"].startswith("sparse") for r in rows):

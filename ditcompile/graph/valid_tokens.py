@@ -367,11 +367,6 @@ def _erase_dead_nonzero(graph: fx.Graph) -> None:
         _erase_unused(graph, inputs)
 
 
-def _is_size_arithmetic(node: fx.Node) -> bool:
-    value = node.meta.get("example_value", node.meta.get("val"))
-    return isinstance(value, (torch.SymInt, torch.SymBool, int, bool)) and not isinstance(value, torch.Tensor)
-
-
 def _is_size_assert(node: fx.Node) -> bool:
     name = str(node.target)
     return any(s in name for s in ("_assert_scalar", "sym_constrain_range", "_check_is_size"))
