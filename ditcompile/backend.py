@@ -29,7 +29,6 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from .compat import DynamoConfigPatch
 from .config import ConfigError, DitConfig, inductor_patch_dict, resolve_config
 from .graph.analysis import analyze_graph
 from .graph.valid_tokens import data_dependent_ops, rewrite_valid_token_selections
@@ -110,7 +109,7 @@ def trace_context_for(options: Any) -> Optional[Callable[[], Any]]:
     config = resolve_config(options)
     if not config.graph.capture_dynamic_output_shape_ops:
         return None
-    return functools.partial(DynamoConfigPatch, capture_dynamic_output_shape_ops=True)
+    return functools.partial(torch._dynamo.config.patch, capture_dynamic_output_shape_ops=True)
 
 
 ditaccel_backend.trace_context_for = trace_context_for  # read by compat's get_compiler_fn

@@ -16,7 +16,8 @@ wraps the backend in ``torch._TorchCompileWrapper``, which drops that attribute.
 ``torch._dynamo.eval_frame.get_compiler_fn`` gives it back: when the backend function (or the
 one inside torch.compile's wrapper) has ``trace_context_for(options)``, its result (a factory of
 context managers, or None) becomes the ``backend_ctx_ctor``. ditaccel uses it to turn on
-``capture_dynamic_output_shape_ops`` while Dynamo traces for it, and only then.
+``capture_dynamic_output_shape_ops`` (``torch._dynamo.config.patch``, restored after each call of
+the compiled function).
 """
 from __future__ import annotations
 
@@ -117,25 +118,4 @@ def install_trace_context() -> bool:
     return True
 
 
-class DynamoConfigPatch:
-    """A cheap context manager that sets `torch._dynamo.config` attributes and restores them
-    (entered around every call of a compiled function, so it avoids `config.patch`'s setup)."""
-
-    def __init__(self, **changes: Any) -> None:
-        self.changes = changes
-        self.saved: list[dict] = []
-
-    def __enter__(self) -> "DynamoConfigPatch":
-        config = torch._dynamo.config
-        self.saved.append({name: getattr(config, name) for name in self.changes})
-        for name, value in self.changes.items():
-            setattr(config, name, value)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        config = torch._dynamo.config
-        for name, value in self.saved.pop().items():
-            setattr(config, name, value)
-
-
-__all__ = ["sdp_kernel", "install", "uninstall", "install_trace_context", "trace_context_of", "DynamoConfigPatch"]
+__all__ = ["sdp_kernel", "install", "uninstall", "install_trace_context", "trace_context_of"]
