@@ -94,8 +94,8 @@ def _inductor_or_uncompiled(gm: fx.GraphModule, example_inputs: Sequence[Any], c
         kept = data_dependent_ops(gm)
         if not kept or config.strict:
             raise
-        why = (f"Inductor failed on this graph's data-dependent sizes ({kept[0].split(': ', 1)[-1].split(' (')[0]}; "
-               f"{type(err).__name__}: {str(err).splitlines()[0][:160]}); it runs uncompiled. Set "
+        why = (f"Inductor failed on this graph ({kept[0]}; {type(err).__name__}: "
+               f"{str(err).splitlines()[0][:160]}); it runs uncompiled. Set "
                "graph.capture_dynamic_output_shape_ops=false to let Dynamo break the graph there instead")
         report.notes.append(why)
         log.warning("ditaccel %s: %s", report.graph_id, why)

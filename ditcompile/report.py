@@ -62,6 +62,10 @@ class GraphReport:
             })
         return rows
 
+    def all_notes(self) -> list[str]:
+        """The analysis's notes, the graph's (backend) notes, then every pass's, in that order."""
+        return [*self.analysis.notes, *self.notes, *(n for r in self.passes for n in r.notes)]
+
     @property
     def lowered(self) -> int:
         """Sites whose plan is plain dense SDPA, handed to Inductor as aten SDPA (pass lower_dense)."""
@@ -81,7 +85,7 @@ class GraphReport:
             f"{len(a.attention) - rewritten} kept; linear sites: {len(a.linear)} "
             f"({sum(s.in_features * s.out_features for s in a.linear):,} weights)",
         ]
-        for note in [*a.notes, *self.notes, *(n for r in self.passes for n in r.notes)]:
+        for note in self.all_notes():
             lines.append(f"  note: {note}")
         if self.error:
             lines.append(f"  ERROR: {self.error} -- the graph runs unchanged")
@@ -105,7 +109,7 @@ class GraphReport:
             "pipeline": self.pipeline, "pipeline_uuid": self.pipeline_uuid, "error": self.error,
             "grid": dataclasses.asdict(a.grid) if a.grid else None,
             "num_video_tokens": a.num_video_tokens, "batch": a.batch, "dynamic": a.dynamic,
-            "notes": [*a.notes, *self.notes, *(n for r in self.passes for n in r.notes)],
+            "notes": self.all_notes(),
             "lowered": self.lowered,
             "attention": self.rows(),
             "linear": [{"module": s.module_path, "in": s.in_features, "out": s.out_features,

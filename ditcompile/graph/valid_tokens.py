@@ -48,20 +48,20 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols, statica
 
 from .attention_match import SDPA_TARGETS
 from .fx_edit import add_node
-from .fx_utils import call_name, example_value, is_function, is_method, node_arg, normalize_dim
+from .fx_utils import call_name, example_of, example_value, is_function, is_method, node_arg, normalize_dim
 from .module_path import module_path
 
 _NONZERO = (torch.nonzero, torch.Tensor.nonzero)
 _PAD = (F.pad, torch._C._nn.pad)
+_SEQ_DIM = 2  # q, k, v are [B, H, S, D]
 
 
 @dataclass(frozen=True)
 class Selection:
-    """One operand piece `x[..., idx, ...]` along the sequence dim: the tensor indexed, the index
-    tuple, where the index sits in it, and the 1-D bool node saying which tokens are kept."""
+    """One operand piece `x[:, :, idx]` along the sequence dim (2): the tensor indexed, the index
+    tuple, and the 1-D bool node saying which tokens are kept."""
     base: fx.Node
     index: tuple
-    position: int
     key: fx.Node          # the index node (shared by q, k and v)
     valid_source: fx.Node  # the 1-D mask whose nonzero entries are kept
     via_nonzero: bool
@@ -107,13 +107,13 @@ def _unbacked(value: Any) -> set:
 
 
 def _new_unbacked(node: fx.Node) -> bool:
-    value = node.meta.get("example_value", node.meta.get("val"))
+    value = example_of(node)
     if not isinstance(value, (torch.Tensor, tuple, list)):
         return False
     mine = _unbacked(value)
     if not mine:
         return False
-    inherited = set().union(*(_unbacked(n.meta.get("example_value", n.meta.get("val"))) for n in node.all_input_nodes))
+    inherited = set().union(*(_unbacked(example_of(n)) for n in node.all_input_nodes))
     return bool(mine - inherited)
 
 
@@ -187,7 +187,7 @@ def _seq_cat(node: Any) -> Optional[tuple[list, int]]:
     if not isinstance(pieces, (list, tuple)) or len(pieces) < 2 or value is None or value.dim() != 4:
         return None
     dim = normalize_dim(node_arg(node, 1, "dim", 0), 4)
-    return (list(pieces), dim) if dim == 2 else None
+    return (list(pieces), dim) if dim == _SEQ_DIM else None
 
 
 def _selection_piece(pieces: list) -> Optional[tuple[int, Selection]]:
@@ -204,17 +204,17 @@ def _selection(node: Any) -> Optional[Selection]:
     if base_value is None or base_value.dim() != 4 or not isinstance(index, tuple) or len(index) < 3:
         return None
     tensors = [i for i, part in enumerate(index) if isinstance(part, fx.Node)]
-    if tensors != [2] or any(not isinstance(p, slice) for i, p in enumerate(index) if i != 2):
+    if tensors != [_SEQ_DIM] or any(not isinstance(p, slice) for i, p in enumerate(index) if i != _SEQ_DIM):
         return None
-    if any(p != slice(None) for p in index[3:]):
+    if any(p != slice(None) for p in index[_SEQ_DIM + 1:]):
         return None
-    key = index[2]
+    key = index[_SEQ_DIM]
     source = _nonzero_source(key)
     if source is not None:
-        return Selection(base, index, 2, key, source, True)
+        return Selection(base, index, key, source, True)
     value = example_value(key)
     if value is not None and value.dtype == torch.bool and value.dim() == 1:
-        return Selection(base, index, 2, key, key, False)
+        return Selection(base, index, key, key, False)
     return None
 
 
@@ -290,7 +290,7 @@ def _piece_lengths(pieces: list, pos: int, sel: Selection) -> Optional[list]:
 
 def _full_cat(graph: fx.Graph, like: fx.Node, pieces: list, dim: int, pos: int, sel: Selection, fake_mode: Any
               ) -> fx.Node:
-    index = tuple(slice(None) if i == sel.position else p for i, p in enumerate(sel.index))
+    index = tuple(slice(None) if i == _SEQ_DIM else p for i, p in enumerate(sel.index))
     whole = add_node(graph, like, "call_function", operator.getitem, (sel.base, index), fake_mode)
     pieces = [whole if i == pos else p for i, p in enumerate(pieces)]
     return add_node(graph, like, "call_function", torch.cat, (pieces,), fake_mode, {"dim": dim})

@@ -108,7 +108,6 @@ def _replace_bhsd_output(graph: fx.Graph, old: fx.Node, new: fx.Node, fake_mode)
         user.replace_input_with(old, bhsd_view)
 
 
-
 def _grid_sizes(graph: fx.Graph, like: fx.Node, grid: DynamicGrid, fake_mode) -> list:
     """The run-time [F, H, W] of a dynamic grid as size nodes (1 for a single frame; the frames
     of a per-frame patch embedding = its output's dim 0 // the main input's batch)."""
